@@ -1,0 +1,71 @@
+# Two commands for a newcomer: `make run` and `make test`. Both start from a fresh clone.
+SHELL := /bin/bash
+PYTHON3 ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VAR_DIR ?= var
+export VAR_DIR
+
+.PHONY: run test lint format bench venv sysdeps sysdeps-test migrate clean
+
+## Python environment ----------------------------------------------------------------------
+# The CPU build of PyTorch goes in first so that nothing resolves to a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[export,reference,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## System packages (Debian), installed with apt when running as root ---------------------------
+APT_RUN := libcurl4-openssl-dev
+APT_TEST := chromium
+
+define apt_ensure
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+endef
+
+sysdeps:
+	$(call apt_ensure,$(APT_RUN))
+
+sysdeps-test: sysdeps
+	$(call apt_ensure,$(APT_TEST))
+
+## Console database ---------------------------------------------------------------------------
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+## Checks -------------------------------------------------------------------------------------
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv sysdeps-test lint
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) bench/embeddings.py
+
+## Run everything on embedded defaults --------------------------------------------------------
+run: venv sysdeps migrate
+	$(PY) -m inference deploy all-MiniLM-L6-v2:v1 --source package --if-missing
+	$(PY) -m inference serve
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Local text-embedding engine, model store and inference sidecar (no Django)."""

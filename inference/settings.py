@@ -1,0 +1,233 @@
+"""The sidecar's settings, declared as data.
+
+One declaration feeds validation, persistence, the HTTP API (`GET/PUT /settings`), SQL
+(`azure_local_ai.get_setting/set_setting`, which pass values as text) and the console form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def _physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: str  # "int" | "bool" | "float" | "choice"
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    unit: str = ""
+
+    def parse(self, raw: Any) -> Any:
+        """Turn a JSON value or SQL text into the setting's type, or raise SettingError."""
+        if self.kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in {"true", "on", "1", "yes"}:
+                return True
+            if isinstance(raw, str) and raw.strip().lower() in {"false", "off", "0", "no"}:
+                return False
+            raise SettingError(self.key, f"must be true or false, got {raw!r}")
+        if self.kind == "choice":
+            if isinstance(raw, str) and raw.strip().lower() in self.choices:
+                return raw.strip().lower()
+            raise SettingError(self.key, f"must be one of {', '.join(self.choices)}, got {raw!r}")
+        value: float
+        if isinstance(raw, bool):
+            raise SettingError(self.key, f"must be a number, got {raw!r}")
+        if self.kind == "int":
+            if isinstance(raw, int):
+                value = raw
+            elif isinstance(raw, float) and raw.is_integer():
+                value = int(raw)
+            elif isinstance(raw, str):
+                try:
+                    value = int(raw.strip())
+                except ValueError:
+                    raise SettingError(self.key, f"must be an integer, got {raw!r}") from None
+            else:
+                raise SettingError(self.key, f"must be an integer, got {raw!r}")
+        else:
+            try:
+                value = float(raw) if isinstance(raw, int | float | str) else float("nan")
+            except ValueError:
+                raise SettingError(self.key, f"must be a number, got {raw!r}") from None
+            if value != value:  # NaN
+                raise SettingError(self.key, f"must be a number, got {raw!r}")
+        unit = f" {self.unit}" if self.unit else ""
+        if self.minimum is not None and value < self.minimum:
+            raise SettingError(self.key, f"must be at least {self.minimum:g}{unit}, got {value:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingError(self.key, f"must be at most {self.maximum:g}{unit}, got {value:g}")
+        return value
+
+    def to_text(self, value: Any) -> str:
+        if self.kind == "bool":
+            return "true" if value else "false"
+        if self.kind == "float":
+            return f"{value:g}"
+        return str(value)
+
+
+class SettingError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class SettingsValidationError(ValueError):
+    """All problems of one update, keyed by setting; nothing of the update was applied."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "intra_op_parallelism",
+        "int",
+        _physical_cores(),
+        "ONNX Runtime threads inside one operator. Default: the machine's physical cores.",
+        minimum=1,
+        maximum=256,
+        unit="threads",
+    ),
+    Setting(
+        "inter_op_parallelism",
+        "int",
+        1,
+        "ONNX Runtime threads across independent operators.",
+        minimum=1,
+        maximum=64,
+        unit="threads",
+    ),
+    Setting(
+        "spin_control",
+        "bool",
+        True,
+        "Let idle ONNX Runtime threads spin: lower latency, but burns CPU while idle.",
+    ),
+    Setting(
+        "max_batch_tokens",
+        "int",
+        16384,
+        "Token budget of one model run (texts x padded length). Dynamic batching fills a "
+        "batch up to this budget.",
+        minimum=64,
+        maximum=1_048_576,
+        unit="tokens",
+    ),
+    Setting(
+        "max_batch_size",
+        "int",
+        64,
+        "Most texts in one model run.",
+        minimum=1,
+        maximum=4096,
+        unit="texts",
+    ),
+    Setting(
+        "max_wait_ms",
+        "float",
+        2.0,
+        "Dynamic batching window: how long a request may wait for others to share its run.",
+        minimum=0,
+        maximum=1000,
+        unit="ms",
+    ),
+    Setting(
+        "max_inputs_per_request",
+        "int",
+        10_000,
+        "Most inputs accepted in one request.",
+        minimum=1,
+        maximum=1_000_000,
+        unit="inputs",
+    ),
+    Setting(
+        "max_request_bytes",
+        "int",
+        32 * 1024 * 1024,
+        "Largest request body accepted, in bytes.",
+        minimum=1024,
+        maximum=1024 * 1024 * 1024,
+        unit="bytes",
+    ),
+    Setting(
+        "memory_arena",
+        "bool",
+        False,
+        "Use ONNX Runtime's CPU memory arena. Off by default: with inputs of varied shapes the "
+        "arena keeps its largest allocation and memory ratchets up.",
+    ),
+)
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+def defaults() -> dict[str, Any]:
+    return {s.key: s.default for s in SETTINGS}
+
+
+def validate(updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Parse every update; raise SettingsValidationError naming each bad key, else the values."""
+    errors: dict[str, str] = {}
+    parsed: dict[str, Any] = {}
+    for key, raw in updates.items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            errors[key] = f"unknown setting; known settings: {', '.join(BY_KEY)}"
+            continue
+        try:
+            parsed[key] = setting.parse(raw)
+        except SettingError as exc:
+            errors[key] = exc.message
+    if errors:
+        raise SettingsValidationError(errors)
+    return parsed
+
+
+class SettingsFile:
+    """Settings persisted as JSON; writes are atomic and validated as a whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._values = defaults()
+        if path.exists():
+            stored = json.loads(path.read_text())
+            # A file from an older version may hold keys that no longer exist: keep the rest.
+            self._values.update(validate({k: v for k, v in stored.items() if k in BY_KEY}))
+
+    def values(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._values)
+
+    def update(self, updates: Mapping[str, Any]) -> dict[str, Any]:
+        parsed = validate(updates)
+        with self._lock:
+            merged = {**self._values, **parsed}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".settings-")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(merged, fh, indent=2, sort_keys=True)
+            os.replace(tmp, self.path)
+            self._values = merged
+            return dict(merged)

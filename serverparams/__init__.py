@@ -1,0 +1,1 @@
+"""The managed PostgreSQL server: lifecycle, parameters, validation, apply, audit."""

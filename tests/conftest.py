@@ -1,0 +1,30 @@
+"""Shared fixtures. Area fixtures live in tests/<area>/conftest.py and tests/fixtures/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.tinymodel import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated tiny model repository (mean pooling), shared by the session."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with CLS pooling."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-cls-model"), pooling="cls", seed=1)
+
+
+@pytest.fixture(scope="session")
+def session_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VAR_DIR of the test session's own, so tests never touch the developer's var/."""
+    path = tmp_path_factory.mktemp("var")
+    os.environ["VAR_DIR"] = str(path)
+    return path
