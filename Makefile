@@ -56,14 +56,26 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: venv sysdeps-test lint
+test: venv sysdeps-test extension lint
 	$(PY) -m pytest
 
 bench: venv
 	$(PY) bench/embeddings.py
 
+## Managed PostgreSQL server and the azure_local_ai module -----------------------------------
+# The module is built against the embedded PostgreSQL (pgserver, inside the venv) and
+# installed there; `server` starts that PostgreSQL with the module preloaded (idempotent).
+PG_CONFIG = $(shell $(PY) -c 'from serverparams.server import pg_config_path; print(pg_config_path())')
+
+.PHONY: extension server
+extension: venv sysdeps
+	$(MAKE) -s -C extension install PG_CONFIG="$(PG_CONFIG)"
+
+server: extension
+	$(PY) manage.py server start
+
 ## Run everything on embedded defaults --------------------------------------------------------
-run: venv sysdeps migrate
+run: venv sysdeps extension server migrate
 	$(PY) -m inference deploy all-MiniLM-L6-v2:v1 --source package --if-missing
 	$(PY) -m inference serve
 

@@ -9,6 +9,13 @@ import pytest
 
 from tests.fixtures.tinymodel import make_tiny_model
 
+# Fixtures shared across areas: the sidecar process, the managed server, the real model.
+pytest_plugins = [
+    "tests.fixtures.sidecar",
+    "tests.fixtures.pg",
+    "tests.fixtures.realmodel",
+]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

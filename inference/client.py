@@ -1,0 +1,167 @@
+"""A small synchronous client of the inference sidecar, for the console, the worker and the CLI.
+
+    client = InferenceClient("http://127.0.0.1:8090", token=None)
+    vectors, usage = client.embed("all-MiniLM-L6-v2:v1", ["hello"], input_type="query")
+
+``base_url`` may also be ``unix:/path/to/socket`` (the sidecar served with ``uds``). Errors the
+sidecar reports raise ``InferenceError`` with its status, code and message; a sidecar that
+cannot be reached raises ``InferenceUnavailable`` naming the URL.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+from inference import config
+
+
+class InferenceError(Exception):
+    """The sidecar refused or failed a request; ``message`` is the sidecar's own."""
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InferenceUnavailable(InferenceError):
+    """The sidecar could not be reached (not running, wrong URL, or it did not answer)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            None,
+            "unavailable",
+            f"the inference sidecar at {url} cannot be reached ({reason}); start it with "
+            "`python -m inference serve`, or set INFERENCE_URL to where it runs",
+        )
+        self.url = url
+
+
+class InferenceClient:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """``base_url`` defaults to ``INFERENCE_URL``, ``token`` to ``INFERENCE_TOKEN``."""
+        self.base_url = (base_url or config.inference_url()).rstrip("/")
+        token = config.inference_token() if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if self.base_url.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=self.base_url.removeprefix("unix:"))
+            self._http = httpx.Client(
+                base_url="http://sidecar", transport=transport, headers=headers, timeout=timeout
+            )
+        else:
+            self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, json: Any = None, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, json=json, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise InferenceUnavailable(self.base_url, f"no answer in time: {exc}") from None
+        except httpx.TransportError as exc:
+            raise InferenceUnavailable(self.base_url, str(exc) or type(exc).__name__) from None
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()["error"]
+            code, message = str(error.get("code")), str(error.get("message"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            code = "http_error"
+            message = f"{method} {path} answered {response.status_code}: {response.text[:200]}"
+        raise InferenceError(response.status_code, code, message)
+
+    # -- service ------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``{"status", "models": [{"model_uri", "loaded", "error"?}], "version"}``."""
+        return self._request("GET", "/health")
+
+    def settings(self) -> dict[str, Any]:
+        return self._request("GET", "/settings")
+
+    def settings_schema(self) -> list[dict[str, Any]]:
+        """One entry per setting: key, type, default, min, max, choices, help, unit."""
+        return self._request("GET", "/settings", params={"describe": "1"})["schema"]
+
+    def update_settings(self, updates: Mapping[str, Any]) -> dict[str, Any]:
+        """Change some settings; returns all values. A bad key raises InferenceError whose
+        message names it, and nothing changes."""
+        return self._request("PUT", "/settings", json=dict(updates))
+
+    # -- registry -----------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/models")["models"]
+
+    def model(self, uri: str) -> dict[str, Any]:
+        return self._request("GET", f"/models/{uri}")
+
+    def register(
+        self,
+        uri: str,
+        model_path: str,
+        tokenizer_path: str | None = None,
+        *,
+        precision: str | None = None,
+        load: bool = True,
+    ) -> dict[str, Any]:
+        """Register (and by default load) a model; returns its metadata with its ``id``."""
+        body: dict[str, Any] = {"model_uri": uri, "model_path": str(model_path), "load": load}
+        if tokenizer_path is not None:
+            body["tokenizer_path"] = str(tokenizer_path)
+        if precision is not None:
+            body["precision"] = precision
+        return self._request("POST", "/models", json=body)
+
+    def load(self, uri: str) -> dict[str, Any]:
+        return self._request("POST", f"/models/{uri}/load")
+
+    def unload(self, uri: str) -> dict[str, Any]:
+        return self._request("POST", f"/models/{uri}/unload")
+
+    def unregister(self, uri: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/models/{uri}")
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    def embed(
+        self,
+        model: str,
+        inputs: Sequence[str] | str,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        """Embed ``inputs``; returns float32 ``(len(inputs), dims)`` rows and the usage."""
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "base64"}
+        if input_type is not None:
+            body["input_type"] = input_type
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        answer = self._request("POST", "/v1/embeddings", json=body)
+        rows = sorted(answer["data"], key=lambda item: item["index"])
+        vectors = np.stack(
+            [np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in rows]
+        )
+        return vectors.astype(np.float32, copy=False), answer["usage"]

@@ -1,0 +1,325 @@
+"""The embedding engine: a fast tokenizer and one ONNX Runtime session per loaded model.
+
+``EmbeddingModel.embed`` tokenises the whole request at once, sorts the inputs by token
+length, cuts them into batches bounded by ``max_batch_size`` texts and ``max_batch_tokens``
+padded tokens, pads each batch only to its longest member, runs the graph, pools (mean or CLS,
+under the attention mask), L2-normalises when the model says so, and returns float32 rows in
+input order. The dynamic batcher (``inference/batcher.py``) uses the two halves separately:
+``tokenize`` for each request, ``run`` for each batch it assembles across requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from inference import settings as settings_schema
+from inference.modelconfig import ModelConfig
+
+if TYPE_CHECKING:
+    from inference.store import StoredModel
+
+# Settings that are baked into an ONNX Runtime session: changing one rebuilds the session.
+SESSION_KEYS = ("intra_op_parallelism", "inter_op_parallelism", "spin_control", "memory_arena")
+
+# Graph inputs the engine knows how to fill; an export that wants anything else is refused.
+_KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
+# Per-token outputs, by the names Hugging Face and sentence-transformers exports give them.
+_HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+_ONNX_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class InputTooLongError(ValueError):
+    """With ``truncate=False``, an input has more tokens than the model accepts."""
+
+    def __init__(self, index: int, tokens: int, max_tokens: int) -> None:
+        super().__init__(
+            f"input {index} has {tokens} tokens, more than this model's limit of {max_tokens} "
+            "(special tokens included); shorten it, split it, or allow truncation"
+        )
+        self.index = index
+        self.tokens = tokens
+        self.max_tokens = max_tokens
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray  # float32, (n, dimensions), rows in input order
+    token_counts: list[int]  # tokens per input after truncation, special tokens included
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids of some inputs (special tokens added, truncated as asked), in input order."""
+
+    ids: list[list[int]]
+    lengths: np.ndarray  # int64, len(ids[i]) for each i
+
+
+def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: int) -> bool:
+    """Whether ``count`` texts padded to ``width`` tokens fit one model run.
+
+    A single text always fits, however long: the token budget shapes batches, it never
+    refuses an input.
+    """
+    return count <= 1 or (count <= max_batch_size and count * width <= max_batch_tokens)
+
+
+def session_options(settings: Mapping[str, Any]) -> ort.SessionOptions:
+    """ONNX Runtime session options from the sidecar settings (see ``inference/settings.py``)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(settings["intra_op_parallelism"])
+    inter = int(settings["inter_op_parallelism"])
+    options.inter_op_num_threads = inter
+    # Threads across operators only help when independent operators may run at once.
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if inter > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    spin = "1" if settings["spin_control"] else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    arena = bool(settings["memory_arena"])
+    options.enable_cpu_mem_arena = arena
+    # Memory patterns are planned and kept per input shape; with shapes varying on every
+    # request they only add up, so they follow the arena setting.
+    options.enable_mem_pattern = arena
+    options.log_severity_level = 3  # optimiser notices are not for the people running this
+    return options
+
+
+def _full_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {**settings_schema.defaults(), **settings}
+
+
+def _load_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:
+    """The fast (Rust) tokenizer of a Hugging Face tokenizer directory, and its pad id."""
+    # Imported here: transformers is slow to import and only model loading needs it.
+    from transformers import AutoTokenizer
+
+    if not tokenizer_dir.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {tokenizer_dir} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot load the tokenizer in {tokenizer_dir}: {exc}") from exc
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not getattr(tokenizer, "is_fast", False) or backend is None:
+        raise ValueError(
+            f"the tokenizer in {tokenizer_dir} has no fast (Rust) implementation; the engine "
+            "needs one: add the model's tokenizer.json to that directory"
+        )
+    pad_id = tokenizer.pad_token_id
+    return backend, int(pad_id) if pad_id is not None else 0
+
+
+class EmbeddingModel:
+    """One embedding model: its tokenizer, its config and one ONNX Runtime session.
+
+    Safe to call from several threads at once. An empty string is embedded like any other
+    input: as the model's special tokens alone (for BERT, ``[CLS] [SEP]``); refusing empty
+    inputs is the caller's decision.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        tokenizer_dir: str | Path,
+        config: ModelConfig,
+        settings: Mapping[str, Any],
+    ) -> None:
+        self.config = config
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"ONNX model file {self.onnx_path} does not exist")
+        backend, self._pad_id = _load_tokenizer(Path(tokenizer_dir))
+        # Two private copies, configured once and never changed after, so that concurrent
+        # calls never see each other's truncation: one cuts at max_tokens, one counts everything.
+        serialized = backend.to_str()
+        self._truncating = Tokenizer.from_str(serialized)
+        self._counting = Tokenizer.from_str(serialized)
+        for tok in (self._truncating, self._counting):
+            tok.no_padding()
+            tok.no_truncation()
+        self._truncating.enable_truncation(max_length=config.max_tokens)
+
+        self._settings = _full_settings(settings)
+        self._settings_lock = threading.Lock()
+        self._session = self._new_session(self._settings)
+        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in self._session.get_inputs()}
+        unknown = sorted(set(self._inputs) - _KNOWN_INPUTS)
+        bad_types = sorted(name for name, dtype in self._inputs.items() if dtype is None)
+        if unknown or bad_types or "input_ids" not in self._inputs:
+            raise ValueError(
+                f"{self.onnx_path} is not a text encoder the engine can feed: it needs inputs "
+                f"{', '.join(sorted(self._inputs))} (known: {', '.join(sorted(_KNOWN_INPUTS))}, "
+                "as int32 or int64 tensors)"
+            )
+        self._output = self._hidden_output_name()
+
+    @classmethod
+    def from_stored(
+        cls, stored: StoredModel, settings: Mapping[str, Any], precision: str = "fp32"
+    ) -> EmbeddingModel:
+        """Load a model from the model store (``precision`` "fp32" or "int8")."""
+        return cls(stored.onnx_path(precision), stored.tokenizer_dir, stored.config, settings)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _new_session(self, settings: Mapping[str, Any]) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            str(self.onnx_path),
+            sess_options=session_options(settings),
+            providers=["CPUExecutionProvider"],
+        )
+
+    def _hidden_output_name(self) -> str:
+        outputs = self._session.get_outputs()
+        names = [o.name for o in outputs]
+        for name in _HIDDEN_OUTPUTS:
+            if name in names:
+                return name
+        for output in outputs:
+            if len(output.shape) == 3:
+                return output.name
+        raise ValueError(
+            f"{self.onnx_path} has no per-token output to pool (outputs: {', '.join(names)}); "
+            "export the model with its last_hidden_state"
+        )
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def session_options(self) -> ort.SessionOptions:
+        """The options of the session now in use (thread counts and so on), as ORT reports them."""
+        return self._session.get_session_options()
+
+    def apply_settings(self, settings: Mapping[str, Any]) -> None:
+        """Take new settings; rebuild the session only when a session option changed.
+
+        The new session is built first and then swapped in. A run that started on the old
+        session keeps its own reference to it, so it finishes there undisturbed; ONNX Runtime
+        frees the old session once the last such run lets go of it.
+        """
+        with self._settings_lock:
+            merged = {**self._settings, **settings}
+            if any(merged[key] != self._settings[key] for key in SESSION_KEYS):
+                self._session = self._new_session(merged)
+            self._settings = merged
+
+    # -- tokenising ---------------------------------------------------------------------------
+
+    def _prefixed(self, texts: Sequence[str], input_type: str | None) -> list[str]:
+        prefix = self.config.prefix(input_type)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"input {index} must be a string, got {type(text).__name__}")
+        return [prefix + text for text in texts] if prefix else list(texts)
+
+    def tokenize(
+        self, texts: Sequence[str], *, input_type: str | None = None, truncate: bool = True
+    ) -> Tokenized:
+        """Token ids with special tokens, cut to ``max_tokens`` (or refused if ``truncate`` is
+        false and an input is longer: ``InputTooLongError`` names the first such input)."""
+        prefixed = self._prefixed(texts, input_type)
+        tokenizer = self._truncating if truncate else self._counting
+        ids = [encoding.ids for encoding in tokenizer.encode_batch(prefixed)]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        if not truncate and len(ids):
+            too_long = np.flatnonzero(lengths > self.config.max_tokens)
+            if too_long.size:
+                index = int(too_long[0])
+                raise InputTooLongError(index, int(lengths[index]), self.config.max_tokens)
+        return Tokenized(ids=ids, lengths=lengths)
+
+    def count_tokens(self, texts: Sequence[str], *, input_type: str | None = None) -> list[int]:
+        """Tokens per input *before* truncation (special tokens and prefix included): compare
+        with ``config.max_tokens`` to tell which inputs would be cut."""
+        prefixed = self._prefixed(texts, input_type)
+        return [len(encoding.ids) for encoding in self._counting.encode_batch(prefixed)]
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed one batch of token id rows (as ``tokenize`` makes them), padded to its longest.
+
+        Returns float32 ``(len(ids), dimensions)`` in the given order.
+        """
+        count = len(ids)
+        if count == 0:
+            return np.empty((0, self.config.dimensions), dtype=np.float32)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
+        width = int(lengths.max())
+        mask = np.arange(width) < lengths[:, None]
+        input_ids = np.full((count, width), self._pad_id, dtype=np.int64)
+        # Boolean-mask assignment fills row by row, left to right: the order of the flat ids.
+        input_ids[mask] = np.fromiter(
+            itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())
+        )
+        feed: dict[str, np.ndarray] = {}
+        for name, dtype in self._inputs.items():
+            if name == "input_ids":
+                value = input_ids
+            elif name == "attention_mask":
+                value = mask
+            elif name == "token_type_ids":
+                value = np.zeros((count, width), dtype=np.int64)
+            else:  # position_ids
+                value = np.broadcast_to(np.arange(width), (count, width))
+            feed[name] = np.ascontiguousarray(value, dtype=dtype)
+
+        session = self._session  # one reference for the whole run: see apply_settings
+        (hidden,) = session.run([self._output], feed)
+        hidden = np.asarray(hidden, dtype=np.float32)
+        if hidden.ndim != 3 or hidden.shape[2] != self.config.dimensions:
+            raise ValueError(
+                f"{self.onnx_path} returned {self._output} of shape {hidden.shape}; the model "
+                f"config says {self.config.dimensions} dimensions"
+            )
+
+        if self.config.pooling == "cls":
+            pooled = np.array(hidden[:, 0, :])
+        else:
+            weights = mask.astype(np.float32)[:, None, :]  # (n, 1, width)
+            pooled = np.matmul(weights, hidden)[:, 0, :]
+            pooled /= lengths[:, None].astype(np.float32)
+        if self.config.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled /= np.maximum(norms, 1e-12)  # the epsilon sentence-transformers uses
+        return pooled
+
+    def embed(
+        self, texts: Sequence[str], *, input_type: str | None = None, truncate: bool = True
+    ) -> EmbedResult:
+        """Embed ``texts``; rows of the result follow the order of ``texts``.
+
+        ``input_type`` "query" or "passage" prepends the model's prefix for it, None prepends
+        nothing. Inputs longer than ``max_tokens`` are cut to it, or refused with
+        ``InputTooLongError`` when ``truncate`` is false. An empty string is embedded as the
+        special tokens alone.
+        """
+        tokenized = self.tokenize(texts, input_type=input_type, truncate=truncate)
+        lengths = tokenized.lengths
+        vectors = np.empty((len(texts), self.config.dimensions), dtype=np.float32)
+        settings = self._settings
+        max_size = int(settings["max_batch_size"])
+        max_tokens = int(settings["max_batch_tokens"])
+        # Longest first: each batch's first member sets its width, the rest pad up to it.
+        order = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            width = int(lengths[order[start]])
+            stop = min(len(order), start + max(1, min(max_size, max_tokens // width)))
+            rows = order[start:stop]
+            vectors[rows] = self.run([tokenized.ids[i] for i in rows])
+            start = stop
+        return EmbedResult(vectors=vectors, token_counts=lengths.tolist())

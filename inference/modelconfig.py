@@ -1,0 +1,227 @@
+"""What an embedding model needs besides its weights: dimensions, length limit, pooling, prefixes.
+
+``read_model_config`` reads it from a Hugging Face / sentence-transformers repository layout;
+``ModelConfig.from_manifest`` / ``to_manifest`` move it in and out of the model store's
+``manifest.json`` (keys ``dimensions``, ``max_tokens``, ``pooling``, ``normalize``, ``prefixes``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POOLINGS = ("mean", "cls")
+
+# The sentence-transformers modules the engine reproduces; any other module (Dense, LayerNorm,
+# ...) would change the vectors, so a model that has one is refused rather than served wrongly.
+_SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
+
+# Legacy sentence-transformers pooling flags and the mode each one turns on.
+_LEGACY_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+# Tokenizers without a real limit store a huge sentinel (1e30) as model_max_length.
+_NO_LIMIT = 1_000_000
+
+
+class ModelConfigError(ValueError):
+    """A model repository or manifest describes something the engine cannot serve as-is."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dimensions: int
+    max_tokens: int  # special tokens included
+    pooling: str  # "mean" | "cls"
+    normalize: bool
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ModelConfigError(
+                f"pooling {self.pooling!r} is not supported; use one of {', '.join(POOLINGS)}"
+            )
+        if self.dimensions < 1:
+            raise ModelConfigError(f"dimensions must be a positive integer, got {self.dimensions}")
+        if self.max_tokens < 2:
+            # Room for at least the two special tokens that frame every input.
+            raise ModelConfigError(f"max_tokens must be at least 2, got {self.max_tokens}")
+
+    def prefix(self, input_type: str | None) -> str:
+        """The text prepended for ``input_type`` ("query", "passage" or None for none)."""
+        if input_type is None:
+            return ""
+        if input_type == "query":
+            return self.query_prefix
+        if input_type == "passage":
+            return self.passage_prefix
+        raise ValueError(f"input_type must be 'query', 'passage' or omitted, got {input_type!r}")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelConfig:
+        """Build the config from a store manifest, naming the key that is missing or wrong."""
+        missing = [k for k in ("dimensions", "max_tokens", "pooling") if k not in manifest]
+        if missing:
+            raise ModelConfigError(f"model manifest lacks {', '.join(missing)}")
+        prefixes = manifest.get("prefixes") or {}
+        try:
+            dimensions = int(manifest["dimensions"])
+            max_tokens = int(manifest["max_tokens"])
+            query_prefix = str(prefixes.get("query", ""))
+            passage_prefix = str(prefixes.get("passage", ""))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelConfigError(f"model manifest has an invalid value: {exc}") from None
+        return cls(
+            dimensions=dimensions,
+            max_tokens=max_tokens,
+            pooling=str(manifest["pooling"]),
+            normalize=bool(manifest.get("normalize", True)),
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest keys this config owns."""
+        return {
+            "dimensions": self.dimensions,
+            "max_tokens": self.max_tokens,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
+        }
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _module_kind(module_type: str) -> str:
+    # "sentence_transformers.models.Pooling" and the newer
+    # "sentence_transformers.sentence_transformer.modules.Pooling" both end in the class name.
+    return module_type.rsplit(".", 1)[-1]
+
+
+def _pooling_mode(config: Mapping[str, Any], path: Path) -> str:
+    """The single pooling mode of a sentence-transformers Pooling config (old or new format)."""
+    if "pooling_mode" in config:
+        raw = config["pooling_mode"]
+        modes = [raw] if isinstance(raw, str) else list(raw)
+    else:
+        modes = [mode for flag, mode in _LEGACY_POOLING_FLAGS.items() if config.get(flag)]
+    if len(modes) != 1:
+        raise ModelConfigError(
+            f"{path} asks for pooling {' + '.join(map(str, modes)) or 'none'}; "
+            f"the engine serves exactly one of {', '.join(POOLINGS)} pooling"
+        )
+    mode = str(modes[0])
+    if mode not in POOLINGS:
+        raise ModelConfigError(
+            f"{path} asks for {mode!r} pooling; "
+            f"the engine serves {', '.join(POOLINGS)} pooling only"
+        )
+    if config.get("include_prompt") is False:
+        raise ModelConfigError(
+            f"{path} excludes the prompt from pooling (include_prompt: false), "
+            "which the engine does not support"
+        )
+    return mode
+
+
+def read_model_config(directory: str | Path) -> ModelConfig:
+    """Read a model's config from a Hugging Face / sentence-transformers repository layout.
+
+    * dimensions: the Pooling module's embedding dimension, else ``config.json`` hidden_size;
+    * max_tokens: ``sentence_bert_config.json`` max_seq_length, else the smaller of the
+      tokenizer's model_max_length and ``config.json`` max_position_embeddings;
+    * pooling: from the Pooling module's config (mean or CLS; anything else is refused); a
+      plain transformers repository without one gets mean pooling, as sentence-transformers does;
+    * normalize: whether ``modules.json`` lists a Normalize module; true without ``modules.json``;
+    * prefixes: the "query" / "passage" prompts of ``config_sentence_transformers.json``, else
+      none (the model catalog supplies them for models that document them elsewhere).
+    """
+    root = Path(directory)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise ModelConfigError(f"{root} has no config.json; is it a Hugging Face model directory?")
+    hf_config = _read_json(config_path)
+
+    modules_path = root / "modules.json"
+    modules: list[dict[str, Any]] = _read_json(modules_path) if modules_path.is_file() else []
+    pooling_dir = "1_Pooling"
+    for module in modules:
+        kind = _module_kind(str(module.get("type", "")))
+        if kind not in _SUPPORTED_MODULES:
+            raise ModelConfigError(
+                f"{modules_path} uses a {kind} module, which the engine does not reproduce; "
+                f"supported modules: {', '.join(sorted(_SUPPORTED_MODULES))}"
+            )
+        if kind == "Pooling":
+            pooling_dir = str(module.get("path") or pooling_dir)
+    normalize = any(_module_kind(str(m.get("type", ""))) == "Normalize" for m in modules)
+    if not modules:
+        normalize = True
+
+    pooling = "mean"
+    dimensions = hf_config.get("hidden_size") or hf_config.get("dim") or hf_config.get("d_model")
+    pooling_path = root / pooling_dir / "config.json"
+    if pooling_path.is_file():
+        pooling_config = _read_json(pooling_path)
+        pooling = _pooling_mode(pooling_config, pooling_path)
+        dimensions = (
+            pooling_config.get("embedding_dimension")
+            or pooling_config.get("word_embedding_dimension")
+            or dimensions
+        )
+    if not dimensions:
+        raise ModelConfigError(
+            f"cannot tell the embedding dimensions: {config_path} has no hidden_size and "
+            f"{pooling_path} gives no embedding dimension"
+        )
+
+    max_tokens: int | None = None
+    st_path = root / "sentence_bert_config.json"
+    if st_path.is_file():
+        max_tokens = _read_json(st_path).get("max_seq_length")
+    if not max_tokens:
+        limits: list[int] = []
+        if "max_position_embeddings" in hf_config:
+            limits.append(int(hf_config["max_position_embeddings"]))
+        tok_path = root / "tokenizer_config.json"
+        if tok_path.is_file():
+            model_max = _read_json(tok_path).get("model_max_length")
+            if isinstance(model_max, int | float) and model_max < _NO_LIMIT:
+                limits.append(int(model_max))
+        if not limits:
+            raise ModelConfigError(
+                f"cannot tell the longest input of {root}: no max_seq_length in "
+                "sentence_bert_config.json, no model_max_length in tokenizer_config.json and "
+                "no max_position_embeddings in config.json"
+            )
+        max_tokens = min(limits)
+
+    prefixes: Mapping[str, Any] = {}
+    st_model_path = root / "config_sentence_transformers.json"
+    if st_model_path.is_file():
+        prefixes = _read_json(st_model_path).get("prompts") or {}
+
+    return ModelConfig(
+        dimensions=int(dimensions),
+        max_tokens=int(max_tokens),
+        pooling=pooling,
+        normalize=normalize,
+        query_prefix=str(prefixes.get("query", "")),
+        passage_prefix=str(prefixes.get("passage", prefixes.get("document", ""))),
+    )

@@ -1,0 +1,282 @@
+"""The deployment pipeline: fetch -> verify -> prepare -> install, into the model store.
+
+``deploy`` is what the CLI (``python -m inference deploy``) and the console's deployment task
+call. Each step reports through ``progress`` (``ProgressEvent``: start, progress, log, skip,
+done). A step that already holds is skipped: a model that is in the store and verifies needs
+nothing, and asking for int8 on a model that has only fp32 prepares int8 from the stored fp32
+graph without fetching again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference import catalog as catalog_module
+from inference import export, quantize, sources
+from inference.catalog import Catalog, CatalogEntry
+from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
+from inference.store import MANIFEST, ModelStore, StoredModel, StoreError
+
+STEPS = ("fetch", "verify", "prepare", "install")
+PRECISIONS = ("fp32", "int8")
+INT8_FILE = "onnx/model_int8.onnx"
+
+
+class ProvisionError(RuntimeError):
+    """A deployment cannot go on; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: str  # one of STEPS
+    kind: str  # "start" | "progress" | "log" | "skip" | "done"
+    message: str = ""
+    done: int = 0  # bytes (fetch, install) or work units
+    total: int = 0  # 0 when unknown
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class DeployResult:
+    stored: StoredModel
+    changed: bool  # False when the store already held what was asked
+    skipped: list[str] = field(default_factory=list)
+    int8: dict[str, Any] | None = None  # the quality gate's figures, when int8 was asked
+
+    @property
+    def int8_admitted(self) -> bool:
+        return "int8" in self.stored.precisions
+
+
+class _Reporter:
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self.skipped: list[str] = []
+
+    def emit(self, step: str, kind: str, message: str = "", done: int = 0, total: int = 0) -> None:
+        if self._progress is not None:
+            self._progress(ProgressEvent(step, kind, message, done, total))
+
+    def log(self, step: str) -> Callable[[str], None]:
+        return lambda line: self.emit(step, "log", line)
+
+    def bytes(self, step: str) -> Callable[[int, int], None]:
+        return lambda done, total: self.emit(step, "progress", "", done, total)
+
+    def skip(self, step: str, reason: str) -> None:
+        self.skipped.append(step)
+        self.emit(step, "skip", reason)
+
+
+def _check_config(entry: CatalogEntry, staging: Path) -> None:
+    """Refuse files that are not the catalog's model (another size, pooling or length)."""
+    try:
+        found = read_model_config(staging)
+    except ModelConfigError as exc:
+        raise ProvisionError(f"the files fetched for {entry.uri} cannot be served: {exc}") from None
+    expected = {
+        "dimensions": entry.dimensions,
+        "pooling": entry.pooling,
+        "max_tokens": entry.max_tokens,
+    }
+    actual = {
+        "dimensions": found.dimensions,
+        "pooling": found.pooling,
+        "max_tokens": found.max_tokens,
+    }
+    wrong = [f"{k} {actual[k]} (catalog: {v})" for k, v in expected.items() if actual[k] != v]
+    if wrong:
+        raise ProvisionError(
+            f"the files fetched for {entry.uri} describe another model: {', '.join(wrong)}; "
+            "check that --source points at a copy of this model"
+        )
+
+
+def _prepare_int8(
+    entry: CatalogEntry, staging: Path, manifest: dict[str, Any], report: _Reporter
+) -> dict[str, Any]:
+    fp32 = staging / manifest["onnx"]["fp32"]
+    int8 = staging / INT8_FILE
+    report.emit("prepare", "log", "quantising to int8 (dynamic, uint8 weights per channel)")
+    manifest["onnx"].pop("int8", None)
+    try:
+        quantize.quantize_int8(fp32, int8)
+    except Exception as exc:  # the quantiser refuses some graphs; fp32 still serves the model
+        int8.unlink(missing_ok=True)
+        figures = {
+            "passed": False,
+            "error": f"quantisation failed: {exc}",
+            "thresholds": dict(entry.int8_thresholds),
+        }
+        report.emit("prepare", "log", f"int8 variant not built: {exc}")
+        manifest.setdefault("quality", {})["int8"] = figures
+        return figures
+    gate = quantize.quality_gate(
+        fp32,
+        int8,
+        staging / str(manifest.get("tokenizer") or "."),
+        ModelConfig.from_manifest(manifest),
+        entry.int8_thresholds,
+    )
+    report.emit("prepare", "log", gate.summary())
+    manifest.setdefault("quality", {})["int8"] = gate.to_manifest()
+    if gate.passed:
+        manifest["onnx"]["int8"] = INT8_FILE
+    else:
+        int8.unlink()
+    return gate.to_manifest()
+
+
+def deploy(
+    uri: str,
+    *,
+    source: str | None = None,
+    precision: str = "fp32",
+    store: ModelStore | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    catalog: Catalog | None = None,
+    cache_dir: Path | None = None,
+) -> DeployResult:
+    """Put ``uri`` into the store, ready to serve, and return it.
+
+    ``source`` is "hub", "package" or a folder (default: the catalog's ``default_source``);
+    ``precision`` "int8" also builds the int8 variant (kept only if it passes its quality
+    gate); ``force`` redeploys even when the store already holds the model.
+    """
+    if precision not in PRECISIONS:
+        raise ProvisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    entry = (catalog or catalog_module.catalog()).get(uri)
+    store = store or ModelStore()
+    report = _Reporter(progress)
+    with store.lock(uri):
+        existing = _existing(store, uri, force, report)
+        if existing is not None:
+            quality = existing.manifest.get("quality") or {}
+            if precision == "fp32" or "int8" in quality:
+                for step in ("prepare", "install"):
+                    report.skip(step, f"{uri} is already in the store, verified")
+                return DeployResult(existing, False, report.skipped, quality.get("int8"))
+            return _add_int8(entry, store, existing, report)
+        return _deploy_fresh(
+            entry, store, source or entry.default_source, precision, report, cache_dir
+        )
+
+
+def _existing(store: ModelStore, uri: str, force: bool, report: _Reporter) -> StoredModel | None:
+    """The stored model if it is there and verifies (fetch is then skipped), else None."""
+    existing = store.get(uri)
+    if existing is None or force:
+        return None
+    report.skip("fetch", f"{uri} is already in the store ({existing.path})")
+    report.emit("verify", "start", "rechecking the stored files' sha256")
+    problems = existing.verify(report.bytes("verify"))
+    if problems:
+        for problem in problems:
+            report.emit("verify", "log", problem)
+        report.emit("verify", "done", "the stored copy is damaged: deploying it again")
+        return None
+    report.emit("verify", "done", "all files match the manifest")
+    return existing
+
+
+def _add_int8(
+    entry: CatalogEntry, store: ModelStore, existing: StoredModel, report: _Reporter
+) -> DeployResult:
+    with store.staging(entry.uri) as staging:
+        report.emit("prepare", "start", "building the int8 variant from the stored fp32 graph")
+        for rel in existing.manifest["files"]:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(existing.path / rel, staging / rel)
+        manifest = {k: v for k, v in existing.manifest.items() if k not in ("files", MANIFEST)}
+        manifest["onnx"] = dict(manifest.get("onnx") or {})
+        gate = _prepare_int8(entry, staging, manifest, report)
+        report.emit("prepare", "done")
+        stored = _install(entry, store, staging, manifest, report)
+    return DeployResult(stored, True, report.skipped, gate)
+
+
+def _install(
+    entry: CatalogEntry,
+    store: ModelStore,
+    staging: Path,
+    manifest: dict[str, Any],
+    report: _Reporter,
+) -> StoredModel:
+    report.emit("install", "start", f"hashing and moving into {store.model_dir(entry.uri)}")
+    try:
+        stored = store.install(entry.uri, staging, manifest, report.bytes("install"))
+    except StoreError as exc:
+        raise ProvisionError(str(exc)) from None
+    report.emit("install", "done", f"{entry.uri} is ready in {stored.path}")
+    return stored
+
+
+def _deploy_fresh(
+    entry: CatalogEntry,
+    store: ModelStore,
+    source: str,
+    precision: str,
+    report: _Reporter,
+    cache_dir: Path | None,
+) -> DeployResult:
+    with store.staging(entry.uri) as staging:
+        report.emit("fetch", "start", f"fetching {entry.uri} from {source}")
+        try:
+            fetched = sources.fetch(
+                entry,
+                source,
+                staging,
+                progress=report.bytes("fetch"),
+                log=report.log("fetch"),
+                cache_dir=cache_dir,
+            )
+        except sources.SourceError as exc:
+            raise ProvisionError(str(exc)) from None
+        report.emit("fetch", "done", f"fetched from {fetched.kind} {fetched.ref}")
+
+        report.emit("verify", "start", "checking the files against their source")
+        problems = sources.verify_fetched(staging, fetched)
+        if problems:
+            raise ProvisionError("; ".join(problems) + "; fetch the model again")
+        _check_config(entry, staging)
+        checked = len(fetched.published)
+        report.emit(
+            "verify",
+            "done",
+            f"{checked} files match the hashes their source published"
+            if checked
+            else "files complete (this source publishes no hashes)",
+        )
+
+        report.emit("prepare", "start", "preparing the ONNX graph for CPU")
+        preparation: dict[str, Any] = {"exported": fetched.onnx is None}
+        fp32 = staging / sources.ONNX_TARGET
+        if fetched.onnx is None:
+            try:
+                preparation["export_max_abs_diff"] = export.export_onnx(
+                    staging, fp32, report.log("prepare")
+                )
+            except export.ExportError as exc:
+                raise ProvisionError(str(exc)) from None
+            sources.remove_weights(staging)
+        preparation.update(
+            export.optimize_onnx(staging, fp32, dict(entry.architecture), report.log("prepare"))
+        )
+        manifest: dict[str, Any] = {
+            **entry.manifest_fields(),
+            "source": fetched.source_info(),
+            "onnx": {"fp32": sources.ONNX_TARGET},
+            "tokenizer": ".",
+            "preparation": preparation,
+        }
+        gate = _prepare_int8(entry, staging, manifest, report) if precision == "int8" else None
+        report.emit("prepare", "done")
+        stored = _install(entry, store, staging, manifest, report)
+    return DeployResult(stored, True, report.skipped, gate)

@@ -1,0 +1,199 @@
+"""Applying parameter changes: validate all, then ``ALTER SYSTEM`` each, reload, record.
+
+Saves are serialised with a session-level advisory lock on the managed server (``ALTER SYSTEM``
+cannot run inside a transaction, so a transaction-scoped lock would not cover it): the rows are
+re-read, checked against the values the editor showed, validated and applied while the lock is
+held, so two saves cannot interleave and nobody's change is silently overwritten.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from psycopg import sql
+
+from serverparams.catalog import Catalog, Parameter, read_catalog
+from serverparams.models import ParameterChange
+from serverparams.server import ServerError, get_managed_server
+from serverparams.validation import Edit, check_edits
+
+# pg_advisory_lock key of parameter saves ("prms" in ASCII).
+SAVE_LOCK_KEY = 0x70726D73
+_RELOAD_WAIT_S = 5.0
+
+
+class Restart(enum.Enum):
+    ASK = "ask"  # a static change needs the user's decision first: nothing is applied
+    YES = "yes"  # apply, then restart the server when the console controls it
+    NO = "no"  # apply; the change waits for the next restart
+
+
+@dataclass
+class SaveResult:
+    catalog: Catalog  # as read after the save (or before it, when nothing was applied)
+    errors: dict[str, str] = field(default_factory=dict)  # validation; nothing was applied
+    applied: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # ALTER SYSTEM refused these
+    not_applied: list[str] = field(default_factory=list)  # skipped after a failure
+    static_changes: list[str] = field(default_factory=list)  # need a restart to take effect
+    needs_decision: bool = False  # Restart.ASK and some change is static
+    pending_restart: list[str] = field(default_factory=list)
+    restarted: bool = False
+    restart_message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.failed and not self.needs_decision
+
+
+def _alter_system(conn: psycopg.Connection, name: str, value: str) -> None:
+    # Custom parameters such as azure.extensions are written as qualified names.
+    identifier = sql.Identifier(*name.split("."))
+    conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(identifier, sql.Literal(value)))
+
+
+def _reload(conn: psycopg.Connection) -> None:
+    """Reload the configuration and wait until this backend has read it."""
+    query = "SELECT pg_conf_load_time()"
+    before = conn.execute(query).fetchone()
+    conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + _RELOAD_WAIT_S
+    while time.monotonic() < deadline:
+        if conn.execute(query).fetchone() != before:
+            return
+        time.sleep(0.02)
+
+
+def save_changes(
+    edits: list[Edit],
+    user: AbstractBaseUser | AnonymousUser,
+    *,
+    restart: Restart = Restart.ASK,
+    check_base: bool = True,
+) -> SaveResult:
+    """Validate ``edits`` against the server, apply them all or report why not, record them."""
+    server = get_managed_server()
+    with server.connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SAVE_LOCK_KEY,))
+        try:
+            result = _save_locked(conn, edits, user, restart=restart, check_base=check_base)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SAVE_LOCK_KEY,))
+    if restart is Restart.YES and result.pending_restart:
+        restart_pending(result)
+    return result
+
+
+def _save_locked(
+    conn: psycopg.Connection,
+    edits: list[Edit],
+    user: AbstractBaseUser | AnonymousUser,
+    *,
+    restart: Restart,
+    check_base: bool,
+) -> SaveResult:
+    before = read_catalog(conn)
+    checked = check_edits(edits, before, check_base=check_base)
+    static = [name for name, parameter in checked.parameters.items() if parameter.is_static]
+    result = SaveResult(catalog=before, errors=checked.errors, static_changes=static)
+    if checked.errors or not checked.values:
+        return result
+    if static and restart is Restart.ASK:
+        result.needs_decision = True
+        return result
+
+    names = list(checked.values)
+    for index, name in enumerate(names):
+        try:
+            _alter_system(conn, name, checked.values[name])
+        except psycopg.Error as exc:
+            message = exc.diag.message_primary or str(exc)
+            result.failed[name] = f"the server refused it: {message}"
+            result.not_applied = names[index + 1 :]
+            break
+        result.applied.append(name)
+    if result.applied:
+        _reload(conn)
+    result.catalog = read_catalog(conn)
+    after = result.catalog.by_name()
+    result.pending_restart = [
+        name for name in result.applied if after[name.lower()].pending_restart
+    ]
+    _record(result, checked.parameters, after, user)
+    return result
+
+
+def _record(
+    result: SaveResult,
+    before: dict[str, Parameter],
+    after: dict[str, Parameter],
+    user: AbstractBaseUser | AnonymousUser,
+) -> None:
+    username = user.get_username() or "anonymous"
+    with transaction.atomic():
+        for name in result.applied:
+            ParameterChange.objects.create(
+                user=user if getattr(user, "is_authenticated", False) else None,
+                username=username,
+                parameter=name,
+                old_value=before[name].value,
+                new_value=after[name.lower()].value,
+                status=(
+                    ParameterChange.Status.PENDING_RESTART
+                    if name in result.pending_restart
+                    else ParameterChange.Status.APPLIED
+                ),
+            )
+
+
+def restart_pending(result: SaveResult) -> None:
+    """Restart the server so that pending changes take effect, or say how to."""
+    server = get_managed_server()
+    if not server.controls_process:
+        result.restart_message = restart_instructions(controls_process=False)
+        return
+    try:
+        server.restart()
+    except ServerError as exc:
+        result.restart_message = f"The restart failed: {exc}"
+        return
+    result.restarted = True
+    # A restart applies every pending change, including earlier saves'.
+    ParameterChange.objects.filter(status=ParameterChange.Status.PENDING_RESTART).update(
+        status=ParameterChange.Status.RESTARTED
+    )
+    with server.connect() as conn:
+        result.catalog = read_catalog(conn)
+    result.pending_restart = []
+
+
+def restart_instructions(*, controls_process: bool) -> str:
+    """How to make pending static changes take effect."""
+    if controls_process:
+        return (
+            "Restart the server to apply them: Save and restart here, or run "
+            "`manage.py server restart`."
+        )
+    return (
+        "The managed server is external (MANAGED_DATABASE_URL), so the console cannot restart "
+        "it. Restart it where it runs (for example `systemctl restart postgresql` or "
+        "`docker compose restart postgres`); until then the change is pending."
+    )
+
+
+def reset_all_edits(catalog: Catalog) -> list[Edit]:
+    """Edits that set every modified, editable parameter back to its default.
+
+    Parameters whose value comes from the connecting client (``client_encoding``) are left
+    alone: every client sets its own, so a server-wide value would change nothing but the log.
+    """
+    return [
+        Edit(name=p.name, value=p.boot_val, base=p.value)
+        for p in catalog.parameters
+        if p.is_modified and not p.is_read_only and p.source != "client"
+    ]

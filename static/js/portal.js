@@ -1,0 +1,192 @@
+// The portal shell's small behaviours, and the Server parameters blade's pending edits.
+//
+// Pending edits live here, in the page, not in the session: editing costs no request, and the
+// edits survive searching, paging and switching tabs (the rows are re-rendered by htmx and
+// the pending values re-applied). The server sees them only on Save, with the value each row
+// was read at, and validates everything again.
+(function () {
+  "use strict";
+
+  const pending = new Map(); // parameter name -> {value, base}
+
+  function paramRows() {
+    return document.querySelectorAll("tr.param-row");
+  }
+
+  function editorOf(row) {
+    return row.querySelector(".param-editor");
+  }
+
+  function normalise(kind, value) {
+    const text = (value || "").trim();
+    if (kind === "set") {
+      return text.split(",").map((s) => s.trim().toLowerCase()).filter(Boolean).sort().join(",");
+    }
+    if (kind === "boolean" || kind === "enumeration") return text.toLowerCase();
+    return text;
+  }
+
+  function setEditorValue(row, value) {
+    const editor = editorOf(row);
+    if (!editor) return;
+    editor.value = value;
+    if (row.dataset.kind === "set") {
+      const members = normalise("set", value).split(",");
+      row.querySelectorAll(".set-choice input[type=checkbox]").forEach((box) => {
+        box.checked = members.includes(box.value);
+      });
+    }
+  }
+
+  function markRow(row) {
+    row.classList.toggle("is-pending", pending.has(row.dataset.param));
+  }
+
+  function updateCommands() {
+    const count = pending.size;
+    const label = document.getElementById("unsaved-count");
+    if (label) label.textContent = count + (count === 1 ? " unsaved change" : " unsaved changes");
+    const save = document.getElementById("cmd-save");
+    if (save) save.disabled = count === 0 || save.dataset.readonly === "1";
+    const discard = document.getElementById("cmd-discard");
+    if (discard) discard.disabled = count === 0;
+    const tab = document.getElementById("param-tab");
+    const resetAll = document.getElementById("cmd-reset-all");
+    if (resetAll && tab) resetAll.hidden = tab.value !== "modified";
+  }
+
+  function recordEdit(row) {
+    const editor = editorOf(row);
+    if (!editor) return;
+    const name = row.dataset.param;
+    const kind = row.dataset.kind;
+    if (normalise(kind, editor.value) === normalise(kind, editor.dataset.original)) {
+      pending.delete(name);
+    } else {
+      const base = pending.has(name) ? pending.get(name).base : row.dataset.base;
+      pending.set(name, { value: editor.value, base: base });
+    }
+    markRow(row);
+    updateCommands();
+  }
+
+  // After htmx re-renders rows (search, paging, tabs, save), show the edits still pending.
+  function reapplyPending() {
+    paramRows().forEach((row) => {
+      const edit = pending.get(row.dataset.param);
+      if (edit) setEditorValue(row, edit.value);
+      markRow(row);
+    });
+    updateCommands();
+  }
+
+  document.addEventListener("change", (event) => {
+    const row = event.target.closest("tr.param-row");
+    if (!row) return;
+    if (event.target.matches(".set-choice input[type=checkbox]")) {
+      const ticked = Array.from(row.querySelectorAll(".set-choice input[type=checkbox]:checked"));
+      editorOf(row).value = ticked.map((box) => box.value).join(",");
+    }
+    recordEdit(row);
+  });
+
+  document.addEventListener("input", (event) => {
+    const row = event.target.closest("tr.param-row");
+    if (!row) return;
+    if (event.target.matches(".set-filter")) {
+      const needle = event.target.value.trim().toLowerCase();
+      row.querySelectorAll(".set-choice").forEach((choice) => {
+        choice.hidden = needle !== "" && !choice.dataset.choice.includes(needle);
+      });
+    } else if (event.target.matches("input.param-editor")) {
+      recordEdit(row);
+    }
+  });
+
+  document.addEventListener("click", (event) => {
+    const reset = event.target.closest(".reset-row");
+    if (reset) {
+      const row = reset.closest("tr.param-row");
+      setEditorValue(row, row.dataset.default);
+      recordEdit(row);
+      return;
+    }
+    if (event.target.closest("#cmd-discard")) {
+      pending.clear();
+      paramRows().forEach((row) => {
+        const editor = editorOf(row);
+        if (editor) setEditorValue(row, editor.dataset.original);
+        row.classList.remove("has-error");
+        row.querySelectorAll(".row-error").forEach((error) => error.remove());
+        markRow(row);
+      });
+      const errors = document.getElementById("save-errors");
+      if (errors) errors.remove();
+      updateCommands();
+      return;
+    }
+    if (event.target.closest("[data-close-dialog]")) {
+      const dialog = event.target.closest("dialog");
+      if (dialog) dialog.close();
+    }
+  });
+
+  document.addEventListener("htmx:configRequest", (event) => {
+    if (event.detail.elt.id !== "cmd-save") return;
+    const form = event.detail.formData;
+    pending.forEach((edit, name) => {
+      form.append("name", name);
+      form.append("value:" + name, edit.value);
+      form.append("base:" + name, edit.base);
+    });
+  });
+
+  // Sent by the server (HX-Trigger) with the names it applied; the others stay pending.
+  document.body.addEventListener("parametersSaved", (event) => {
+    (event.detail.applied || []).forEach((name) => pending.delete(name));
+  });
+
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    const dialog = event.detail.elt.closest && event.detail.elt.closest("dialog");
+    if (dialog) dialog.close();
+  });
+
+  document.addEventListener("htmx:afterSettle", (event) => {
+    const host = document.getElementById("dialog-host");
+    if (host && event.detail.target === host) {
+      const dialog = host.querySelector("dialog");
+      if (dialog && !dialog.open) dialog.showModal();
+    }
+    reapplyPending();
+  });
+
+  // A refused or failed request (403, 500, network) is not swapped in: say so instead.
+  function showProblem(text) {
+    const box = document.getElementById("blade-messages");
+    if (!box) return;
+    const message = document.createElement("div");
+    message.className = "message error";
+    message.setAttribute("role", "alert");
+    message.textContent = text;
+    box.replaceChildren(message);
+  }
+
+  document.addEventListener("htmx:responseError", (event) => {
+    const status = event.detail.xhr.status;
+    showProblem(
+      status === 403
+        ? "Not allowed: your role may not make this change, or your session expired (reload the page)."
+        : "The console could not complete the request (HTTP " + status + "). Try again, or check the console's log."
+    );
+  });
+
+  document.addEventListener("htmx:sendError", () => {
+    showProblem("The console cannot be reached. Check that it is running, then try again.");
+  });
+
+  window.addEventListener("beforeunload", (event) => {
+    if (pending.size > 0) event.preventDefault();
+  });
+
+  document.addEventListener("DOMContentLoaded", reapplyPending);
+})();

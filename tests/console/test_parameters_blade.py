@@ -1,0 +1,271 @@
+"""The Server parameters blade over HTTP: listing, search, tabs, save, dialogs, roles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from serverparams.models import ParameterChange
+from serverparams.server import ManagedServer
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "param-results"}
+WRITES = [
+    ("post", "/parameters/save/"),
+    ("get", "/parameters/reset-all/"),
+    ("post", "/parameters/restart/"),
+]
+
+
+def show(server: ManagedServer, name: str) -> str:
+    with server.connect() as conn:
+        row = conn.execute(f"SHOW {name}").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_blade_lists_parameters_with_search_box_and_tabs(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    page = admin_client.get("/parameters/").content.decode()
+    assert 'placeholder="Search to filter items..."' in page
+    for tab in ("All", "Modified", "Static", "Dynamic", "Read-only"):
+        assert f">{tab} <span" in page
+    assert 'data-param="allow_in_place_tablespaces"' in page  # first page, name order
+    assert "Page 1 of" in page
+    assert page.count('class="param-row') == 50
+
+
+def test_search_filters_on_name_and_description_server_side(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    fragment = admin_client.get("/parameters/", {"q": "extensions"}, **HTMX).content.decode()
+    assert "<html" not in fragment  # an htmx partial, not the whole page
+    assert 'data-param="azure.extensions"' in fragment
+    assert 'data-param="work_mem"' not in fragment
+    by_description = admin_client.get("/parameters/", {"q": "query workspaces"}, **HTMX)
+    assert 'data-param="work_mem"' in by_description.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("tab", "present", "absent"),
+    [
+        ("static", "max_connections", "work_mem"),
+        ("dynamic", "work_mem", "max_connections"),
+        ("readonly", "block_size", "work_mem"),
+    ],
+)
+def test_tabs_filter_by_parameter_type(
+    server: ManagedServer, admin_client: Client, tab: str, present: str, absent: str
+) -> None:
+    query = {"tab": tab, "q": present.split("_")[0]}
+    page = admin_client.get("/parameters/", query).content.decode()
+    assert f'data-param="{present}"' in page
+    assert f'data-param="{absent}"' not in page
+
+
+def test_readonly_tab_includes_policy_parameters(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    page = admin_client.get("/parameters/", {"tab": "readonly", "q": "port"}).content.decode()
+    assert 'data-param="port"' in page
+    assert 'name="value:port"' not in page and "param-editor" not in page
+
+
+def test_modified_tab_shows_changed_parameters(server: ManagedServer, admin_client: Client) -> None:
+    admin_client.post("/parameters/save/", {"name": "work_mem", "value:work_mem": "6MB"}, **HTMX)
+    page = admin_client.get("/parameters/", {"tab": "modified"}).content.decode()
+    assert 'data-param="work_mem"' in page
+    assert 'data-param="enable_seqscan"' not in page
+
+
+def test_editors_match_the_data_type(server: ManagedServer, admin_client: Client) -> None:
+    def row(name: str) -> str:
+        page = admin_client.get("/parameters/", {"q": name}, **HTMX).content.decode()
+        start = page.index(f'data-param="{name}"')
+        return page[start : page.index("</tr>", start)]
+
+    assert '<option value="on" selected>ON</option>' in row("enable_seqscan")
+    assert '<option value="all">all</option>' in row("log_statement")
+    assert 'inputmode="decimal"' in row("work_mem") and "64-2147483647 kB" in row("work_mem")
+    assert 'type="checkbox" value="vector"' in row("azure.extensions")
+    assert "AZURE_LOCAL_AI" in row("azure.extensions")
+
+
+def test_extension_the_machine_cannot_host_is_disabled_with_the_reason(
+    server: ManagedServer, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference import catalog
+
+    class TinyMachine:
+        total = 256 * 1024 * 1024
+
+    monkeypatch.setattr(catalog.psutil, "virtual_memory", lambda: TinyMachine)
+    page = admin_client.get("/parameters/", {"q": "azure.extensions"}, **HTMX).content.decode()
+    start = page.index('value="azure_local_ai"')
+    checkbox = page[page.rindex("<input", 0, start) : page.index(">", start)]
+    assert "disabled" in checkbox
+    assert "this machine has 256 MB" in page
+    response = admin_client.post(
+        "/parameters/save/",
+        {"name": "azure.extensions", "value:azure.extensions": "azure_local_ai"},
+        **HTMX,
+    )
+    assert response.status_code == 422
+    assert "AZURE_LOCAL_AI cannot be enabled on this machine" in response.content.decode()
+
+
+def test_save_applies_and_tells_the_page_what_was_saved(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    response = admin_client.post(
+        "/parameters/save/",
+        {
+            "name": ["azure.extensions"],
+            "value:azure.extensions": "VECTOR",
+            "base:azure.extensions": "",
+            "q": "extensions",
+        },
+        **HTMX,
+    )
+    assert response.status_code == 200
+    assert json.loads(response["HX-Trigger"]) == {
+        "parametersSaved": {"applied": ["azure.extensions"]}
+    }
+    body = response.content.decode()
+    assert "Saved 1 parameter" in body and 'id="history-panel"' in body
+    assert show(server, "azure.extensions") == "vector"
+
+
+def test_invalid_save_returns_422_with_the_error_in_the_row(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    response = admin_client.post(
+        "/parameters/save/",
+        {"name": "work_mem", "value:work_mem": "1", "base:work_mem": "4096", "q": "work_mem"},
+        **HTMX,
+    )
+    assert response.status_code == 422
+    body = response.content.decode()
+    row = body[body.index('data-param="work_mem"') :]
+    assert 'class="row-error" role="alert">must be between 64 and 2147483647 kB' in row
+    assert show(server, "work_mem") == "4MB"
+
+
+def test_static_save_returns_the_restart_dialog(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    response = admin_client.post(
+        "/parameters/save/",
+        {"name": "max_connections", "value:max_connections": "150", "base:max_connections": "100"},
+        **HTMX,
+    )
+    assert response["HX-Retarget"] == "#dialog-host"
+    body = response.content.decode()
+    for button in ("Save and restart", "Save only", "Cancel"):
+        assert button in body
+    assert 'name="value:max_connections" value="150"' in body
+    assert not ParameterChange.objects.exists()
+    saved = admin_client.post(
+        "/parameters/save/",
+        {
+            "name": "max_connections",
+            "value:max_connections": "150",
+            "base:max_connections": "100",
+            "restart": "no",
+            "q": "max_connections",
+        },
+        **HTMX,
+    )
+    assert saved.status_code == 200
+    assert "Restart pending" in saved.content.decode()
+
+
+def test_reset_all_dialog_lists_modified_parameters(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    admin_client.post(
+        "/parameters/save/", {"name": "enable_seqscan", "value:enable_seqscan": "off"}, **HTMX
+    )
+    dialog = admin_client.get("/parameters/reset-all/").content.decode()
+    assert "Reset all to default?" in dialog
+    assert 'name="value:enable_seqscan" value="on"' in dialog
+    assert 'name="base:enable_seqscan" value="off"' in dialog
+
+
+def test_history_panel_shows_who_changed_what(server: ManagedServer, admin_client: Client) -> None:
+    admin_client.post(
+        "/parameters/save/", {"name": "enable_seqscan", "value:enable_seqscan": "off"}, **HTMX
+    )
+    history = admin_client.get("/parameters/history/").content.decode()
+    assert "enable_seqscan" in history and "ada" in history and "Applied" in history
+
+
+@pytest.mark.parametrize(("method", "url"), WRITES)
+def test_reader_may_look_but_every_write_is_forbidden(
+    server: ManagedServer, reader_client: Client, method: str, url: str
+) -> None:
+    assert reader_client.get("/parameters/").status_code == 200
+    response = getattr(reader_client, method)(
+        url, {"name": "work_mem", "value:work_mem": "8MB"}, **HTMX
+    )
+    assert response.status_code == 403
+    assert show(server, "work_mem") == "4MB"
+
+
+@pytest.mark.parametrize(("method", "url"), WRITES)
+def test_settings_manager_may_not_change_parameters(
+    server: ManagedServer, manager_client: Client, method: str, url: str
+) -> None:
+    response = getattr(manager_client, method)(url, {"name": "work_mem", "value:work_mem": "8MB"})
+    assert response.status_code == 403
+
+
+def test_superuser_counts_as_admin(server: ManagedServer, superuser_client: Client) -> None:
+    response = superuser_client.post(
+        "/parameters/save/", {"name": "enable_seqscan", "value:enable_seqscan": "off"}, **HTMX
+    )
+    assert response.status_code == 200
+    assert show(server, "enable_seqscan") == "off"
+
+
+def test_writes_need_the_csrf_token(server: ManagedServer, db: None) -> None:
+    from django.contrib.auth.models import User
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(User.objects.create_superuser("eve", password="pw-for-tests-only"))
+    response = client.post("/parameters/save/", {"name": "work_mem", "value:work_mem": "8MB"})
+    assert response.status_code == 403
+    assert show(server, "work_mem") == "4MB"
+
+
+def test_blade_says_so_when_the_server_is_unreachable(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("MANAGED_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres")
+    response = admin_client.get("/parameters/")
+    assert response.status_code == 503
+    assert "Cannot read the server" in response.content.decode()
+
+
+def test_external_server_offers_no_restart_but_says_how(
+    server: ManagedServer, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MANAGED_DATABASE_URL", server.uri())
+    edit = {"name": "max_connections", "value:max_connections": "150"}
+    dialog = admin_client.post("/parameters/save/", edit, **HTMX).content.decode()
+    assert "Save only" in dialog and "Save and restart" not in dialog
+    assert "The managed server is external (MANAGED_DATABASE_URL)" in dialog
+    saved = admin_client.post("/parameters/save/", {**edit, "restart": "yes"}, **HTMX)
+    body = saved.content.decode()
+    assert "the console cannot restart it" in body and "Restart pending" in body
+
+
+def test_pages_hold_fifty_rows_each(server: ManagedServer, admin_client: Client) -> None:
+    first = admin_client.get("/parameters/", **HTMX).content.decode()
+    second = admin_client.get("/parameters/", {"page": "2"}, **HTMX).content.decode()
+    assert first.count('class="param-row') == second.count('class="param-row') == 50
+    assert 'data-param="allow_in_place_tablespaces"' not in second
+    assert "page=3" in second and "page=1" in second  # next and previous links

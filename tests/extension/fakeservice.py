@@ -1,0 +1,130 @@
+"""Small local HTTP servers that misbehave (or record), standing in for the sidecar.
+
+The module must cope with a service that never answers, answers nonsense, or answers
+malformed embeddings; and its batching is easiest to see on a server that records each
+request. Each server runs in a thread of the test process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import socketserver
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from inference import protocol
+
+
+def _read_request(sock: socket.socket) -> tuple[str, bytes]:
+    """Read one HTTP/1.1 request (request line + headers + Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return "", b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return lines[0], body
+
+
+def _response(status: str, content_type: str, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class FakeService:
+    """A loopback server whose ``behaviour`` decides how each connection is answered.
+
+    Behaviours: ``stall`` (read the request, never answer), ``not_http`` (answer bytes that
+    are not HTTP), ``short_binary`` (200 with a truncated embedding body), ``error_no_json``
+    (500 with a plain-text body), ``record`` (answer the binary route with 2-dimensional
+    vectors ``[len(text), position in request]`` and record each request's texts).
+    """
+
+    def __init__(self, behaviour: str, unix_socket: str | None = None) -> None:
+        self.behaviour = behaviour
+        self.requests: list[list[str]] = []
+        self.connections = 0
+        self._release = threading.Event()
+        fake = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                fake.connections += 1
+                fake.handle(self.request)
+
+        self.server: socketserver.ThreadingTCPServer | socketserver.ThreadingUnixStreamServer
+        if unix_socket:
+            self.server = socketserver.ThreadingUnixStreamServer(unix_socket, Handler)
+            os.chmod(unix_socket, 0o777)  # the server's system account connects to it
+            self.url = f"unix:{unix_socket}"
+        else:
+            socketserver.ThreadingTCPServer.allow_reuse_address = True
+            self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+            self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def handle(self, sock: socket.socket) -> None:
+        request_line, body = _read_request(sock)
+        if not request_line:
+            return
+        if self.behaviour == "stall":
+            self._release.wait(60)
+        elif self.behaviour == "not_http":
+            sock.sendall(b"nonsense, not a protocol anyone speaks\r\n\r\n")
+        elif self.behaviour == "short_binary":
+            sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, b"\x01\x00\x00"))
+        elif self.behaviour == "error_no_json":
+            sock.sendall(_response("500 Internal Server Error", "text/plain", b"oops"))
+        elif self.behaviour == "record":
+            texts = protocol.decode_request(body)
+            self.requests.append(texts)
+            payload = struct.pack("<II", len(texts), 2) + b"".join(
+                struct.pack("<ff", len(text), position) for position, text in enumerate(texts)
+            )
+            sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, payload))
+        else:
+            raise ValueError(f"unknown behaviour {self.behaviour!r}")
+
+    def start(self) -> FakeService:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def fake_service(behaviour: str, unix_socket: str | None = None) -> Iterator[FakeService]:
+    service = FakeService(behaviour, unix_socket).start()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,47 @@
+"""Fixtures of the inference tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference.engine import EmbeddingModel
+from inference.modelconfig import read_model_config
+
+# -- engine and batcher tests -----------------------------------------------------------------
+
+TinyEngineFactory = Callable[..., EmbeddingModel]
+
+
+def _load_tiny_engine(directory: Path, config: Any = None, **settings: Any) -> EmbeddingModel:
+    return EmbeddingModel(
+        directory / "onnx" / "model.onnx",
+        directory,
+        config or read_model_config(directory),
+        settings,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path) -> EmbeddingModel:
+    """The tiny mean-pooling model, shared: tests must not change its settings."""
+    return _load_tiny_engine(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_engine(tiny_cls_model_dir: Path) -> EmbeddingModel:
+    """The tiny CLS-pooling model, shared: tests must not change its settings."""
+    return _load_tiny_engine(tiny_cls_model_dir)
+
+
+@pytest.fixture
+def make_tiny_engine(tiny_model_dir: Path) -> TinyEngineFactory:
+    """A fresh tiny engine of the test's own: ``make_tiny_engine(config=None, **settings)``."""
+
+    def make(config: Any = None, **settings: Any) -> EmbeddingModel:
+        return _load_tiny_engine(tiny_model_dir, config, **settings)
+
+    return make

@@ -1,0 +1,579 @@
+"""The sidecar's HTTP API, spoken to in raw HTTP against a real sidecar process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from inference import protocol
+from tests.fixtures.sidecar import TINY_URI, SidecarProcess, make_store_dir
+from tests.fixtures.tinymodel import HIDDEN, MAX_SEQ_LENGTH
+
+TEXTS = ["the cat is on the house", "a red car", "vector search in postgres", "hello world"]
+
+
+@pytest.fixture(scope="module")
+def http(sidecar: SidecarProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sidecar.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def prefixed_uri(
+    sidecar: SidecarProcess, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A store-layout copy of the tiny model whose manifest gives query/passage prefixes."""
+    uri = "tiny-prefixed:v1"
+    store_dir = make_store_dir(tiny_model_dir, tmp_path_factory.mktemp("store") / "v1", uri=uri)
+    sidecar.client.register(uri, str(store_dir))
+    yield uri
+    sidecar.client.unregister(uri)
+
+
+def embed(http: httpx.Client, **body: Any) -> httpx.Response:
+    return http.post("/v1/embeddings", json={"model": TINY_URI, **body})
+
+
+def vectors_of(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [item["index"] for item in data] == list(range(len(data)))
+    return np.array([item["embedding"] for item in data], dtype=np.float32)
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert set(error) >= {"message", "type", "param", "code"}
+    return error
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text`` (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.partition("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# -- /v1/embeddings ---------------------------------------------------------------------------
+
+
+def test_embeddings_answer_in_the_openai_shape(http: httpx.Client) -> None:
+    response = embed(http, input=TEXTS)
+    body = response.json()
+    assert body["object"] == "list"
+    assert body["model"] == TINY_URI
+    assert all(item["object"] == "embedding" for item in body["data"])
+    vectors = vectors_of(response)
+    assert vectors.shape == (len(TEXTS), HIDDEN)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    usage = body["usage"]
+    # Every text has [CLS] and [SEP] plus at least one token.
+    assert usage["prompt_tokens"] == usage["total_tokens"] >= 3 * len(TEXTS)
+
+
+def test_single_string_input_gives_one_row_equal_to_the_list_form(http: httpx.Client) -> None:
+    single = vectors_of(embed(http, input=TEXTS[0]))
+    listed = vectors_of(embed(http, input=TEXTS))
+    assert single.shape == (1, HIDDEN)
+    np.testing.assert_allclose(single[0], listed[0], atol=1e-6)
+
+
+def test_different_texts_give_different_vectors(http: httpx.Client) -> None:
+    vectors = vectors_of(embed(http, input=["cat", "database"]))
+    assert float(vectors[0] @ vectors[1]) < 0.999
+
+
+def test_base64_encoding_is_float32_little_endian_of_the_same_vector(http: httpx.Client) -> None:
+    floats = vectors_of(embed(http, input=TEXTS))
+    response = embed(http, input=TEXTS, encoding_format="base64")
+    assert response.status_code == 200, response.text
+    decoded = np.array(
+        [
+            np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+            for d in response.json()["data"]
+        ]
+    )
+    np.testing.assert_array_equal(decoded, floats)
+
+
+def test_dimensions_keeps_the_first_n_and_renormalises(http: httpx.Client) -> None:
+    full = vectors_of(embed(http, input=TEXTS))
+    short = vectors_of(embed(http, input=TEXTS, dimensions=8))
+    assert short.shape == (len(TEXTS), 8)
+    expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(short, expected, atol=1e-6)
+    same = vectors_of(embed(http, input=TEXTS, dimensions=HIDDEN))
+    np.testing.assert_allclose(same, full, atol=1e-7)
+
+
+@pytest.mark.parametrize("dimensions", [0, -1, HIDDEN + 1])
+def test_dimensions_out_of_range_names_the_valid_range(http: httpx.Client, dimensions: int) -> None:
+    error = error_of(embed(http, input="cat", dimensions=dimensions), 400, "invalid_input")
+    assert error["param"] == "dimensions"
+    assert f"between 1 and {HIDDEN}" in error["message"]
+
+
+def test_input_type_applies_the_model_prefix(http: httpx.Client, prefixed_uri: str) -> None:
+    text = "the river in the city"
+    plain, query, passage = (
+        vectors_of(http.post("/v1/embeddings", json={"model": prefixed_uri, "input": [text], **x}))
+        for x in ({}, {"input_type": "query"}, {"input_type": "passage"})
+    )
+    assert not np.allclose(plain, query, atol=1e-3)
+    assert not np.allclose(query, passage, atol=1e-3)
+    spelled_out = vectors_of(
+        http.post("/v1/embeddings", json={"model": prefixed_uri, "input": ["query: " + text]})
+    )
+    np.testing.assert_allclose(query, spelled_out, atol=1e-6)
+
+
+def test_truncate_false_refuses_an_over_long_input_naming_it(http: httpx.Client) -> None:
+    long_text = "cat " * (MAX_SEQ_LENGTH * 2)
+    response = embed(http, input=["a dog", long_text], truncate=False)
+    error = error_of(response, 413, "input_too_long")
+    assert "input[1]" in error["message"]
+    assert f"{MAX_SEQ_LENGTH * 2 + 2} tokens" in error["message"]
+    assert str(MAX_SEQ_LENGTH) in error["message"]
+    # By default the input is cut to the model's limit instead.
+    truncated = embed(http, input=["a dog", long_text])
+    assert vectors_of(truncated).shape == (2, HIDDEN)
+
+
+def test_empty_input_list_is_refused(http: httpx.Client) -> None:
+    error = error_of(embed(http, input=[]), 400, "invalid_input")
+    assert "empty list" in error["message"]
+
+
+def test_empty_string_is_refused_naming_its_index(http: httpx.Client) -> None:
+    error = error_of(embed(http, input=["cat", ""]), 400, "invalid_input")
+    assert "input[1] is an empty string" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"input": 5}, "input", "a string or a list of strings"),
+        ({"input": ["cat", 7]}, "input", "input[1] is a number"),
+        ({"input": [[101, 102]]}, "input", "input[0] is an array"),
+        ({"input": "cat", "encoding_format": "hex"}, "encoding_format", "'float' or 'base64'"),
+        ({"input": "cat", "input_type": "document"}, "input_type", "'query' or 'passage'"),
+        ({"input": "cat", "truncate": "no"}, "truncate", "true or false"),
+        ({"input": "cat", "dimensions": "8"}, "dimensions", "must be an integer"),
+        ({"input": "cat", "dimensions": True}, "dimensions", "must be an integer"),
+        ({"input": "cat", "user": 12}, "user", "must be a string"),
+        ({"model": None, "input": "cat"}, "model", "model is required"),
+    ],
+)
+def test_wrong_types_are_422_naming_the_field(
+    http: httpx.Client, body: dict[str, Any], param: str, fragment: str
+) -> None:
+    error = error_of(
+        http.post("/v1/embeddings", json={"model": TINY_URI, **body}), 422, "invalid_input"
+    )
+    assert error["param"] == param
+    assert fragment in error["message"]
+
+
+def test_malformed_json_is_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/embeddings",
+        content=b'{"model": "tiny:v1", "input": ',
+        headers={"content-type": "application/json"},
+    )
+    error = error_of(response, 400, "invalid_input")
+    assert "not valid JSON" in error["message"]
+    error = error_of(http.post("/v1/embeddings", json=["cat"]), 422, "invalid_input")
+    assert "JSON object" in error["message"]
+
+
+def test_unknown_model_is_404_listing_the_registered_ones(http: httpx.Client) -> None:
+    response = http.post("/v1/embeddings", json={"model": "nope:v9", "input": "cat"})
+    error = error_of(response, 404, "model_not_found")
+    assert "nope:v9" in error["message"]
+    assert TINY_URI in error["message"]
+
+
+def test_registered_but_not_loaded_model_is_409_saying_how_to_load(
+    http: httpx.Client, sidecar: SidecarProcess, tiny_model_dir: Path
+) -> None:
+    uri = "tiny-idle:v1"
+    registered = sidecar.client.register(uri, str(tiny_model_dir), load=False)
+    try:
+        assert registered["loaded"] is False
+        response = http.post("/v1/embeddings", json={"model": uri, "input": "cat"})
+        error = error_of(response, 409, "model_not_loaded")
+        assert f"POST /models/{uri}/load" in error["message"]
+
+        assert http.post(f"/models/{uri}/load").json()["loaded"] is True
+        loaded = vectors_of(http.post("/v1/embeddings", json={"model": uri, "input": "cat"}))
+        np.testing.assert_allclose(loaded, vectors_of(embed(http, input="cat")), atol=1e-6)
+
+        assert http.post(f"/models/{uri}/unload").json()["loaded"] is False
+        response = http.post("/v1/embeddings", json={"model": uri, "input": "cat"})
+        error_of(response, 409, "model_not_loaded")
+    finally:
+        sidecar.client.unregister(uri)
+
+
+def test_request_limits_follow_the_settings_live(http: httpx.Client) -> None:
+    before = http.get("/settings").json()
+    try:
+        assert http.put("/settings", json={"max_inputs_per_request": 2}).status_code == 200
+        error = error_of(embed(http, input=["a", "b", "c"]), 413, "too_many_inputs")
+        assert "max_inputs_per_request (2)" in error["message"]
+        assert "3 inputs" in error["message"]
+        assert vectors_of(embed(http, input=["a", "b"])).shape == (2, HIDDEN)
+
+        assert http.put("/settings", json={"max_request_bytes": 1024}).status_code == 200
+        big = ["cat " * 300]
+        error = error_of(embed(http, input=big), 413, "request_too_large")
+        assert "max_request_bytes (1024)" in error["message"]
+
+        # Without Content-Length (chunked), the size is checked on the bytes themselves.
+        payload = json.dumps({"model": TINY_URI, "input": big}).encode()
+        chunked = http.post("/v1/embeddings", content=iter([payload[:500], payload[500:]]))
+        error_of(chunked, 413, "request_too_large")
+        binary = http.post(
+            protocol.PATH, params={"model": TINY_URI}, content=protocol.encode_request(big)
+        )
+        error_of(binary, 413, "request_too_large")
+    finally:
+        restore = {k: before[k] for k in ("max_inputs_per_request", "max_request_bytes")}
+        assert http.put("/settings", json=restore).status_code == 200
+
+
+def test_concurrent_requests_give_the_same_rows_as_single_calls(http: httpx.Client) -> None:
+    texts = [
+        f"{w} {v} number {i}"
+        for i, (w, v) in enumerate(zip(TEXTS * 6, TEXTS[::-1] * 6, strict=True))
+    ]
+    alone = np.concatenate([vectors_of(embed(http, input=[t])) for t in texts])
+
+    def one(index: int) -> np.ndarray:
+        return vectors_of(embed(http, input=[texts[index]]))
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        together = np.concatenate(list(pool.map(one, range(len(texts)))))
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+# -- binary route -----------------------------------------------------------------------------
+
+
+def test_binary_route_equals_the_json_route(http: httpx.Client) -> None:
+    texts = [*TEXTS, "naïve café, ünïcödé ✓"]
+    response = http.post(
+        protocol.PATH,
+        params={"model": TINY_URI},
+        content=protocol.encode_request(texts),
+        headers={"content-type": protocol.CONTENT_TYPE},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == protocol.CONTENT_TYPE
+    binary = protocol.decode_response(response.content)
+    as_json = embed(http, input=texts)
+    np.testing.assert_allclose(binary, vectors_of(as_json), atol=1e-6)
+    assert int(response.headers["x-prompt-tokens"]) == as_json.json()["usage"]["prompt_tokens"]
+
+
+def test_binary_route_applies_input_type_and_truncate(
+    http: httpx.Client, prefixed_uri: str
+) -> None:
+    text = "the river in the city"
+    body = protocol.encode_request([text])
+    query = http.post(
+        protocol.PATH, params={"model": prefixed_uri, "input_type": "query"}, content=body
+    )
+    expected = http.post(
+        "/v1/embeddings", json={"model": prefixed_uri, "input": [text], "input_type": "query"}
+    )
+    np.testing.assert_allclose(
+        protocol.decode_response(query.content), vectors_of(expected), atol=1e-6
+    )
+    long = protocol.encode_request(["cat " * 100])
+    refused = http.post(
+        protocol.PATH, params={"model": TINY_URI, "truncate": "false"}, content=long
+    )
+    error_of(refused, 413, "input_too_long")
+
+
+def test_binary_route_errors_are_json(http: httpx.Client) -> None:
+    error = error_of(
+        http.post(protocol.PATH, params={"model": TINY_URI}, content=b"\x05\x00"),
+        400,
+        "invalid_input",
+    )
+    assert "shorter than its 4-byte count" in error["message"]
+    truncated = protocol.encode_request(["cat", "dog"])[:-1]
+    error = error_of(
+        http.post(protocol.PATH, params={"model": TINY_URI}, content=truncated),
+        400,
+        "invalid_input",
+    )
+    assert "truncated" in error["message"]
+    body = protocol.encode_request(["cat"])
+    error_of(
+        http.post(protocol.PATH, params={"model": "nope:v1"}, content=body), 404, "model_not_found"
+    )
+    error = error_of(http.post(protocol.PATH, content=body), 422, "invalid_input")
+    assert error["param"] == "model"
+    error = error_of(
+        http.post(
+            protocol.PATH, params={"model": TINY_URI}, content=protocol.encode_request(["a", ""])
+        ),
+        400,
+        "invalid_input",
+    )
+    assert "input[1]" in error["message"]
+
+
+def test_timeout_header_gives_504_when_the_model_cannot_answer_in_time(http: httpx.Client) -> None:
+    # Thousands of full-length texts cannot be embedded within one millisecond.
+    body = protocol.encode_request([f"the cat {i} " * 12 for i in range(3000)])
+    response = http.post(
+        protocol.PATH, params={"model": TINY_URI}, content=body, headers={"X-Timeout-Ms": "1"}
+    )
+    error = error_of(response, 504, "timeout")
+    assert "X-Timeout-Ms" in error["message"]
+    # A generous timeout, and 0 (no limit), both answer.
+    small = protocol.encode_request(["cat"])
+    for value in ("600000", "0"):
+        ok = http.post(
+            protocol.PATH,
+            params={"model": TINY_URI},
+            content=small,
+            headers={"X-Timeout-Ms": value},
+        )
+        assert ok.status_code == 200, ok.text
+    bad = http.post(
+        protocol.PATH, params={"model": TINY_URI}, content=small, headers={"X-Timeout-Ms": "soon"}
+    )
+    error_of(bad, 400, "invalid_input")
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def test_openai_model_list_names_the_registered_models(http: httpx.Client) -> None:
+    body = http.get("/v1/models").json()
+    assert body["object"] == "list"
+    tiny = next(m for m in body["data"] if m["id"] == TINY_URI)
+    assert tiny["object"] == "model"
+    assert isinstance(tiny["created"], int) and tiny["created"] > 1_600_000_000
+    assert http.get(f"/v1/models/{TINY_URI}").json()["id"] == TINY_URI
+    error_of(http.get("/v1/models/nope:v1"), 404, "model_not_found")
+
+
+def test_model_metadata_describes_the_registration(
+    http: httpx.Client, tiny_model_dir: Path
+) -> None:
+    meta = http.get(f"/models/{TINY_URI}").json()
+    assert meta["model_uri"] == TINY_URI
+    assert (meta["name"], meta["version"]) == ("tiny", "v1")
+    assert isinstance(meta["id"], int)
+    assert (meta["dimensions"], meta["max_tokens"], meta["pooling"]) == (
+        HIDDEN,
+        MAX_SEQ_LENGTH,
+        "mean",
+    )
+    assert meta["loaded"] is True
+    assert meta["precision"] == "fp32"
+    assert meta["model_path"] == str(tiny_model_dir.resolve())
+    assert len(meta["files"]["onnx/model.onnx"]) == 64
+    assert meta["prefixes"] == {"query": "", "passage": ""}
+    listed = http.get("/models").json()["models"]
+    assert any(m["model_uri"] == TINY_URI and m["id"] == meta["id"] for m in listed)
+
+
+def test_store_model_metadata_comes_from_its_manifest(
+    http: httpx.Client, prefixed_uri: str
+) -> None:
+    meta = http.get(f"/models/{prefixed_uri}").json()
+    assert meta["license"]["name"] == "MIT"
+    assert meta["prefixes"] == {"query": "query: ", "passage": "passage: "}
+    assert meta["source"]["kind"] == "local"
+    assert "manifest.json" not in meta["files"] and "tokenizer.json" in meta["files"]
+
+
+def test_registering_again_returns_the_same_id_and_other_paths_conflict(
+    http: httpx.Client, tiny_model_dir: Path, tiny_cls_model_dir: Path
+) -> None:
+    first = http.get(f"/models/{TINY_URI}").json()
+    again = http.post("/models", json={"model_uri": TINY_URI, "model_path": str(tiny_model_dir)})
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first["id"]
+    other = http.post(
+        "/models", json={"model_uri": TINY_URI, "model_path": str(tiny_cls_model_dir)}
+    )
+    error = error_of(other, 409, "invalid_input")
+    assert str(tiny_model_dir.resolve()) in error["message"]
+
+
+def test_register_validates_uri_and_path(
+    http: httpx.Client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    bad_uri = http.post("/models", json={"model_uri": "tiny", "model_path": str(tiny_model_dir)})
+    assert "name:version" in error_of(bad_uri, 400, "invalid_input")["message"]
+    missing = http.post(
+        "/models", json={"model_uri": "gone:v1", "model_path": str(tmp_path / "gone")}
+    )
+    error = error_of(missing, 400, "invalid_input")
+    assert error["param"] == "model_path" and "does not exist" in error["message"]
+    no_path = http.post("/models", json={"model_uri": "gone:v1"})
+    assert error_of(no_path, 422, "invalid_input")["param"] == "model_path"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "special_tokens_map.json",
+    ):
+        (broken / name).write_bytes((tiny_model_dir / name).read_bytes())
+    unloadable = http.post("/models", json={"model_uri": "broken:v1", "model_path": str(broken)})
+    error = error_of(unloadable, 422, "invalid_input")
+    assert "cannot load model broken:v1" in error["message"]
+    # A model that cannot load is not left registered.
+    error_of(http.get("/models/broken:v1"), 404, "model_not_found")
+
+
+def test_unregister_unloads_and_forgets(
+    http: httpx.Client, sidecar: SidecarProcess, tiny_model_dir: Path
+) -> None:
+    uri = "tiny-gone:v1"
+    created = http.post("/models", json={"model_uri": uri, "model_path": str(tiny_model_dir)})
+    assert created.status_code == 201, created.text
+    assert vectors_of(http.post("/v1/embeddings", json={"model": uri, "input": "cat"})).shape == (
+        1,
+        HIDDEN,
+    )
+    deleted = http.delete(f"/models/{uri}")
+    assert deleted.json() == {"model_uri": uri, "id": created.json()["id"], "deleted": True}
+    error_of(
+        http.post("/v1/embeddings", json={"model": uri, "input": "cat"}), 404, "model_not_found"
+    )
+    error_of(http.delete(f"/models/{uri}"), 404, "model_not_found")
+    error_of(http.post(f"/models/{uri}/load"), 404, "model_not_found")
+    assert uri not in [m["model_uri"] for m in sidecar.client.health()["models"]]
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_settings_lists_every_value_and_describes_its_schema(http: httpx.Client) -> None:
+    values = http.get("/settings").json()
+    assert {"intra_op_parallelism", "inter_op_parallelism", "spin_control"} <= set(values)
+    described = http.get("/settings", params={"describe": "1"}).json()
+    assert described["values"] == values
+    by_key = {s["key"]: s for s in described["schema"]}
+    assert set(by_key) == set(values)
+    threads = by_key["inter_op_parallelism"]
+    assert (threads["type"], threads["default"], threads["min"], threads["unit"]) == (
+        "int",
+        1,
+        1,
+        "threads",
+    )
+    assert threads["help"]
+    assert by_key["spin_control"]["type"] == "bool"
+
+
+def test_bad_settings_change_nothing_and_name_each_bad_key(
+    http: httpx.Client, sidecar: SidecarProcess
+) -> None:
+    before = http.get("/settings").json()
+    response = http.put(
+        "/settings", json={"max_wait_ms": 3, "inter_op_parallelism": 0, "nonsense": 1}
+    )
+    error = error_of(response, 422, "invalid_input")
+    assert set(error["details"]) == {"inter_op_parallelism", "nonsense"}
+    assert "at least 1" in error["details"]["inter_op_parallelism"]
+    assert http.get("/settings").json() == before
+    error_of(http.put("/settings", json=[1]), 422, "invalid_input")
+
+
+def test_settings_change_is_persisted_and_accepts_text_values(
+    http: httpx.Client, sidecar: SidecarProcess
+) -> None:
+    before = http.get("/settings").json()
+    try:
+        answer = http.put("/settings", json={"max_wait_ms": "3.5", "spin_control": "off"})
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["max_wait_ms"], answer.json()["spin_control"]) == (3.5, False)
+        stored = json.loads((sidecar.var_dir / "sidecar" / "settings.json").read_text())
+        assert (stored["max_wait_ms"], stored["spin_control"]) == (3.5, False)
+        assert sidecar.client.settings()["max_wait_ms"] == 3.5
+    finally:
+        http.put("/settings", json={k: before[k] for k in ("max_wait_ms", "spin_control")})
+
+
+def test_batch_settings_apply_live_to_loaded_models(http: httpx.Client) -> None:
+    before = http.get("/settings").json()
+
+    def runs() -> float:
+        return metric_value(http.get("/metrics").text, "inference_batch_size_count", model=TINY_URI)
+
+    try:
+        assert (
+            http.put("/settings", json={"max_batch_size": 1, "inter_op_parallelism": 2}).status_code
+            == 200
+        )
+        start = runs()
+        vectors_of(embed(http, input=TEXTS))
+        assert runs() - start == len(TEXTS)  # one model run per text now
+    finally:
+        http.put(
+            "/settings", json={k: before[k] for k in ("max_batch_size", "inter_op_parallelism")}
+        )
+    start = runs()
+    vectors_of(embed(http, input=TEXTS))
+    assert runs() - start == 1
+
+
+# -- health, metrics, errors ------------------------------------------------------------------
+
+
+def test_health_reports_loaded_models_and_version(http: httpx.Client) -> None:
+    body = http.get("/health").json()
+    assert body["status"] == "ok"
+    assert {"model_uri": TINY_URI, "loaded": True} in body["models"]
+    assert re.match(r"^\d+\.\d+", body["version"])
+
+
+def test_metrics_count_requests_tokens_batches_and_errors(http: httpx.Client) -> None:
+    embed(http, input=TEXTS)
+    http.post("/v1/embeddings", json={"model": "nope:v1", "input": "cat"})
+    text = http.get("/metrics").text
+    assert metric_value(text, "inference_requests_total", route="/v1/embeddings", status="200") >= 1
+    assert metric_value(text, "inference_requests_total", route="/v1/embeddings", status="404") >= 1
+    assert (
+        metric_value(text, "inference_request_duration_seconds_count", route="/v1/embeddings") >= 2
+    )
+    assert metric_value(text, "inference_errors_total", code="model_not_found") >= 1
+    assert metric_value(text, "inference_tokens_total", model=TINY_URI) >= 3 * len(TEXTS)
+    assert metric_value(text, "inference_texts_total", model=TINY_URI) >= len(TEXTS)
+    assert metric_value(text, "inference_queue_wait_seconds_count", model=TINY_URI) >= 1
+    assert metric_value(text, "inference_batch_tokens_count", model=TINY_URI) >= 1
+    assert metric_value(text, "inference_models_loaded") >= 1
+
+
+def test_unknown_route_and_method_are_json_errors(http: httpx.Client) -> None:
+    error = error_of(http.get("/v2/nothing"), 404, "invalid_input")
+    assert "/v2/nothing" in error["message"]
+    error_of(http.get("/v1/embeddings"), 405, "invalid_input")
