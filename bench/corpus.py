@@ -10,7 +10,7 @@ _WORDS = (
     "language document passage question answer customer order product price review weather "
     "river mountain city music history science energy market health travel kitchen garden "
     "the a of to and in is was for on with as by at from it this that be are or not fast "
-    "slow new old good small large first last many few every some quickly carefully today"
+    "slow new old good small large first last many few every some quickly carefully today "
 ).split()
 _OTHER = [
     "数据库中的向量搜索非常快速",

@@ -29,11 +29,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import make_texts  # noqa: E402
-from inference import settings as settings_schema  # noqa: E402
-from inference.config import models_dir, var_dir  # noqa: E402
-from inference.engine import EmbeddingModel  # noqa: E402
-from inference.store import ModelStore  # noqa: E402
+from bench.corpus import make_texts
+from inference import settings as settings_schema
+from inference.config import models_dir, var_dir
+from inference.engine import EmbeddingModel
+from inference.store import ModelStore
 
 MODEL_URI = "all-MiniLM-L6-v2:v1"
 BATCH = 32
@@ -221,8 +221,10 @@ def main() -> None:
     settings = {**settings_schema.defaults(), "intra_op_parallelism": threads}
     config = stored.config
 
-    print(f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cpus, "
-          f"{threads} threads, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cpus, "
+        f"{threads} threads, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    )
     peak = sgemm_peak_gflops()
     print(f"fp32 SGEMM peak (numpy): {peak:.1f} GFLOP/s")
 
@@ -258,8 +260,10 @@ def main() -> None:
 
     print("throughput (best of 3 after a warm-up):")
     measure("sentence-transformers (PyTorch)", run_reference)
-    measure("plain ONNX Runtime", plain_ort(
-        stored.onnx_path("fp32"), stored.tokenizer_dir, config.max_tokens, threads))
+    measure(
+        "plain ONNX Runtime",
+        plain_ort(stored.onnx_path("fp32"), stored.tokenizer_dir, config.max_tokens, threads),
+    )
     measure("this project: engine fp32", lambda: engine.embed(texts).vectors)
     int8 = EmbeddingModel.from_stored(stored, settings, precision="int8")
     measure("this project: engine int8", lambda: int8.embed(texts).vectors)
@@ -277,20 +281,24 @@ def main() -> None:
         rss_before = sidecar.rss_mb()
         http_concurrent(sidecar.url, soak)
         rss_after = sidecar.rss_mb()
-        print(f"  sidecar RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
-              f"{args.requests} requests")
+        print(
+            f"  sidecar RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
+            f"{args.requests} requests"
+        )
     finally:
         sidecar.close()
 
     reference = results["sentence-transformers (PyTorch)"]
     rows = []
     for name, vectors in results.items():
-        rows.append({
-            "system": name,
-            "texts_per_s": round(len(texts) / seconds[name], 1),
-            "tokens_per_s": round(total_tokens / seconds[name], 1),
-            "min_cos": round(min_cosine(vectors, reference), 6),
-        })
+        rows.append(
+            {
+                "system": name,
+                "texts_per_s": round(len(texts) / seconds[name], 1),
+                "tokens_per_s": round(total_tokens / seconds[name], 1),
+                "min_cos": round(min_cosine(vectors, reference), 6),
+            }
+        )
     st_speed = len(texts) / seconds["sentence-transformers (PyTorch)"]
     fp32_speed = len(texts) / seconds["this project: engine fp32"]
     model_gflops = flops / seconds["this project: engine fp32"] / 1e9
@@ -315,7 +323,8 @@ def main() -> None:
         "int8": {
             "texts_per_s": round(len(texts) / seconds["this project: engine int8"], 1),
             "speedup_vs_sentence_transformers": round(
-                len(texts) / seconds["this project: engine int8"] / st_speed, 2),
+                len(texts) / seconds["this project: engine int8"] / st_speed, 2
+            ),
             "mean_cos": quality.get("mean_cos"),
             "top10_agreement": quality.get("top10_agreement"),
         },
@@ -343,21 +352,32 @@ def _hidden_and_layers(model_dir: Path) -> tuple[int, int]:
 def _print_table(report: dict) -> None:
     print(f"\n{'system':36} {'texts/s':>9} {'tokens/s':>10} {'min cos':>9}")
     for row in report["rows"]:
-        print(f"{row['system']:36} {row['texts_per_s']:>9.0f} {row['tokens_per_s']:>10.0f} "
-              f"{row['min_cos']:>9.6f}")
-    print(f"\nfp32 speed-up vs sentence-transformers: {report['speedup_vs_sentence_transformers']}x")
-    print(f"model {report['model_gflops']} GFLOP/s of {report['peak_gflops']} GFLOP/s SGEMM peak "
-          f"({report['model_share_of_peak']:.0%})")
-    print(f"16 concurrent single-text clients: {report['concurrent_texts_per_s']} texts/s; "
-          f"bulk: {report['bulk_texts_per_s']} texts/s "
-          f"({report['concurrent_texts_per_s'] / report['bulk_texts_per_s']:.0%})")
+        print(
+            f"{row['system']:36} {row['texts_per_s']:>9.0f} {row['tokens_per_s']:>10.0f} "
+            f"{row['min_cos']:>9.6f}"
+        )
+    print(
+        f"\nfp32 speed-up vs sentence-transformers: {report['speedup_vs_sentence_transformers']}x"
+    )
+    print(
+        f"model {report['model_gflops']} GFLOP/s of {report['peak_gflops']} GFLOP/s SGEMM peak "
+        f"({report['model_share_of_peak']:.0%})"
+    )
+    print(
+        f"16 concurrent single-text clients: {report['concurrent_texts_per_s']} texts/s; "
+        f"bulk: {report['bulk_texts_per_s']} texts/s "
+        f"({report['concurrent_texts_per_s'] / report['bulk_texts_per_s']:.0%})"
+    )
     i8 = report["int8"]
-    print(f"int8: {i8['texts_per_s']} texts/s ({i8['speedup_vs_sentence_transformers']}x "
-          f"sentence-transformers), mean cos {i8['mean_cos']}, top-10 agreement "
-          f"{i8['top10_agreement']}")
+    print(
+        f"int8: {i8['texts_per_s']} texts/s ({i8['speedup_vs_sentence_transformers']}x "
+        f"sentence-transformers), mean cos {i8['mean_cos']}, top-10 agreement "
+        f"{i8['top10_agreement']}"
+    )
     growth = report["rss_mb_after"] / report["rss_mb_before"] - 1
-    print(f"sidecar RSS {report['rss_mb_before']} MB -> {report['rss_mb_after']} MB "
-          f"({growth:+.1%})")
+    print(
+        f"sidecar RSS {report['rss_mb_before']} MB -> {report['rss_mb_after']} MB ({growth:+.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inference import config as env
 from inference import protocol
 from inference import settings as settings_schema
-from inference.batcher import DynamicBatcher
+from inference.batcher import BatcherClosedError, DynamicBatcher
 from inference.engine import EmbeddingModel, EmbedResult, InputTooLongError
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inference.metrics import Metrics
@@ -69,7 +69,6 @@ log = logging.getLogger("inference.sidecar")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
-TIMEOUT_CODE = "timeout"  # 504: the caller's X-Timeout-Ms ran out (SQLSTATE 57014)
 INPUT_TYPES = ("query", "passage")
 ENCODING_FORMATS = ("float", "base64")
 
@@ -187,7 +186,7 @@ class Sidecar:
 
     async def start(self) -> None:
         """Load again the models that were loaded when the sidecar last stopped."""
-        for entry in self.registry.list():
+        for entry in self.registry.entries():
             if not entry["loaded"]:
                 continue
             uri = entry["model_uri"]
@@ -200,7 +199,8 @@ class Sidecar:
 
     async def stop(self) -> None:
         for loaded in list(self.models.values()):
-            loaded.batcher.close()
+            # close() waits for a run under way: not on the event loop.
+            await asyncio.to_thread(loaded.batcher.close)
         self.models.clear()
         self.metrics.models_loaded.set(0)
 
@@ -244,7 +244,7 @@ class Sidecar:
         async with self._lock(uri):
             loaded = self.models.pop(uri, None)
             if loaded is not None:
-                loaded.batcher.close()
+                await asyncio.to_thread(loaded.batcher.close)
             self.load_errors.pop(uri, None)
             self.metrics.models_loaded.set(len(self.models))
         if persist:
@@ -309,10 +309,16 @@ class Sidecar:
                 "truncate=true to cut it to the limit",
                 param="input",
             ) from None
+        except BatcherClosedError as exc:
+            raise APIError(
+                409, ErrorCode.MODEL_NOT_LOADED, f"model {uri}: {exc}", param="model"
+            ) from None
         except TimeoutError:
+            if timeout_s is None:
+                raise
             raise APIError(
                 504,
-                TIMEOUT_CODE,
+                ErrorCode.TIMEOUT,
                 f"model {uri} did not answer within the caller's timeout of "
                 f"{timeout_s * 1000:g} ms (X-Timeout-Ms); send fewer inputs per request or "
                 "allow more time",
@@ -703,7 +709,7 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     @app.get("/v1/models")
     async def openai_models() -> dict[str, Any]:
         """OpenAI-compatible list of the registered models."""
-        return {"object": "list", "data": [_openai_model(e) for e in sidecar.registry.list()]}
+        return {"object": "list", "data": [_openai_model(e) for e in sidecar.registry.entries()]}
 
     @app.get("/v1/models/{uri}")
     async def openai_model(uri: str) -> dict[str, Any]:

@@ -200,6 +200,10 @@ class DynamicBatcher:
 
     def _gather(self) -> bool:
         """Collect requests until a run is worth starting; False once closed."""
+        # Requests that came in during the last run join now, so that they get their turn
+        # even while a bulk request still has inputs left.
+        if not self._take_incoming(0):
+            return False
         while not self._closed:
             live = [r for r in self._pending if r.live]
             if not live:
@@ -259,6 +263,8 @@ class DynamicBatcher:
                 run.width = width
             if run.full:
                 break
+        # Full also when not even the shortest possible input could join.
+        run.full = run.full or not batch_fits(run.count + 1, run.width, max_size, max_tokens)
         if not dry_run:
             for request, indices in run.parts:
                 request.scheduled += len(indices)
@@ -288,6 +294,13 @@ class DynamicBatcher:
             self._drop_finished()
             return
         run_s = time.monotonic() - started
+        # Reported before any caller gets its rows: a finished request is always counted.
+        if self.on_batch is not None:
+            tokens = sum(len(row) for row in ids)
+            try:
+                self.on_batch(len(ids), tokens, len(ids) * run.width, queue_wait_s, run_s)
+            except Exception:
+                log.exception("the on_batch callback failed; batching goes on")
         offset = 0
         for request, indices in run.parts:
             assert request.vectors is not None and request.tokenized is not None
@@ -300,13 +313,6 @@ class DynamicBatcher:
                         vectors=request.vectors, token_counts=request.tokenized.lengths.tolist()
                     )
                 )
-        self._drop_finished()
-        if self.on_batch is not None:
-            tokens = sum(len(row) for row in ids)
-            try:
-                self.on_batch(len(ids), tokens, len(ids) * run.width, queue_wait_s, run_s)
-            except Exception:
-                log.exception("the on_batch callback failed; batching goes on")
 
     def _drop_finished(self) -> None:
         self._pending = deque(r for r in self._pending if r.live)

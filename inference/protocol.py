@@ -41,6 +41,7 @@ class ErrorCode:
     MODEL_NOT_FOUND = "model_not_found"  # 404 -> 42704
     MODEL_NOT_LOADED = "model_not_loaded"  # 409 -> 55000
     UNAUTHORIZED = "unauthorized"  # 401 -> 28000
+    TIMEOUT = "timeout"  # 504 -> 57014 (the X-Timeout-Ms budget ran out)
     INTERNAL = "internal_error"  # 500 -> XX000
 
 

@@ -341,7 +341,7 @@ class Registry:
         with self._lock:
             return sorted(self._entries)
 
-    def list(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(e) for e in sorted(self._entries.values(), key=lambda e: e["id"])]
 

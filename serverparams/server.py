@@ -164,8 +164,8 @@ class ManagedServer:
             try:
                 os.kill(pid, signal.SIGINT)
                 psutil.Process(pid).wait(_START_TIMEOUT_S)
-            except psutil.NoSuchProcess:
-                pass
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass  # it exited on its own meanwhile
             except psutil.TimeoutExpired as exc:
                 raise ServerError(
                     f"The managed server (pid {pid}) did not stop within {_START_TIMEOUT_S} s.\n"
@@ -200,7 +200,7 @@ class ManagedServer:
                     " pg_postmaster_start_time(),"
                     " EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)"
                 ).fetchone()
-        except psycopg.Error as exc:
+        except (ServerError, psycopg.Error) as exc:
             return ServerStatus(
                 running=pid is not None,
                 pid=pid,
@@ -210,7 +210,9 @@ class ManagedServer:
                 uptime=None,
                 pending_restart=False,
                 controls_process=self.controls_process,
-                message=f"Cannot connect to the managed server: {exc}".strip(),
+                message=str(exc)
+                if isinstance(exc, ServerError)
+                else f"The managed server answered with an error: {str(exc).strip()}",
             )
         assert row is not None
         version, port, started, pending = row
@@ -435,6 +437,8 @@ class ManagedServer:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL does: closed connections lingering in TIME_WAIT do not block a listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

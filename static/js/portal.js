@@ -160,6 +160,16 @@
     reapplyPending();
   });
 
+  // A session that expired answers htmx requests with the sign-in page: go there instead of
+  // swapping it into the blade.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const url = event.detail.xhr.responseURL || "";
+    if (url.includes("/accounts/login/")) {
+      event.detail.shouldSwap = false;
+      window.location.assign(url);
+    }
+  });
+
   // A refused or failed request (403, 500, network) is not swapped in: say so instead.
   function showProblem(text) {
     const box = document.getElementById("blade-messages");

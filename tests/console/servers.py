@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ from tests.fixtures.pg import free_port, install_module
 UNUSED_SIDECAR_URL = "http://127.0.0.1:9"
 
 
-@pytest.fixture(scope="session")
-def console_pg() -> Iterator[ManagedServer]:
-    """A real managed PostgreSQL 16 with the azure_local_ai module preloaded, for this session.
+@contextlib.contextmanager
+def running_server() -> Iterator[ManagedServer]:
+    """A real managed PostgreSQL 16 with the azure_local_ai module preloaded.
 
     Its directory is not under pytest's basetemp: every pytest session that starts resets
     /tmp/pytest-of-<user> to mode 0700, which would lock out the server's own system user
@@ -35,6 +36,13 @@ def console_pg() -> Iterator[ManagedServer]:
     finally:
         server.stop()
         shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def console_pg() -> Iterator[ManagedServer]:
+    """The session's managed server for the console's tests."""
+    with running_server() as server:
+        yield server
 
 
 AUTO_CONF_QUERY = """

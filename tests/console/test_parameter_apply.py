@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ from serverparams.catalog import read_catalog
 from serverparams.models import ParameterChange
 from serverparams.server import ManagedServer
 from serverparams.validation import Edit
+from tests.console.servers import running_server
 
 pytestmark = pytest.mark.django_db
 
@@ -67,19 +69,26 @@ def test_static_change_saved_only_is_pending_restart(server: ManagedServer, ada:
     assert (change.old_value, change.new_value) == (before, wanted)
 
 
+@pytest.fixture
+def restartable_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ManagedServer]:
+    """A server of this test's own: restarting it disturbs no other test."""
+    with running_server() as own:
+        monkeypatch.setenv("VAR_DIR", str(own.var_dir))
+        monkeypatch.setenv("MANAGED_PG_PORT", str(own.port))
+        monkeypatch.delenv("MANAGED_DATABASE_URL", raising=False)
+        yield own
+
+
 def test_save_and_restart_makes_a_static_change_take_effect(
-    server: ManagedServer, ada: User
+    restartable_server: ManagedServer, ada: User
 ) -> None:
-    before = show(server, "max_connections")
+    before = show(restartable_server, "max_connections")
     wanted = str(int(before) + 5)
     result = save_changes([Edit("max_connections", wanted)], ada, restart=Restart.YES)
     assert result.restarted, result.restart_message
-    assert show(server, "max_connections") == wanted
+    assert show(restartable_server, "max_connections") == wanted
     assert not result.catalog.by_name()["max_connections"].pending_restart
     assert ParameterChange.objects.get().status == ParameterChange.Status.RESTARTED
-    # Put the running value back for the tests that follow.
-    save_changes([Edit("max_connections", before)], ada, restart=Restart.YES)
-    assert show(server, "max_connections") == before
 
 
 def test_invalid_edit_applies_nothing(server: ManagedServer, ada: User) -> None:

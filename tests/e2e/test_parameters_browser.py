@@ -157,3 +157,11 @@ def test_reset_to_default_per_row_and_reset_all_dialog(
     page.locator("#cmd-save").click()
     expect(page.locator("#blade-messages")).to_contain_text("Saved 1 parameter")
     assert show(console, "work_mem") == "4MB"
+
+
+def test_expired_session_goes_to_sign_in(page: Page, console: Console) -> None:
+    page.context.clear_cookies()
+    search_box = page.get_by_placeholder("Search to filter items...")
+    search_box.fill("work_mem")
+    page.wait_for_url("**/accounts/login/**")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()

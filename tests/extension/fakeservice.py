@@ -41,10 +41,11 @@ def _read_request(sock: socket.socket) -> tuple[str, bytes]:
     return lines[0], body
 
 
-def _response(status: str, content_type: str, body: bytes) -> bytes:
+def _response(status: str, content_type: str, body: bytes, keep_alive: bool = False) -> bytes:
+    connection = "keep-alive" if keep_alive else "close"
     return (
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: {connection}\r\n\r\n"
     ).encode() + body
 
 
@@ -54,7 +55,8 @@ class FakeService:
     Behaviours: ``stall`` (read the request, never answer), ``not_http`` (answer bytes that
     are not HTTP), ``short_binary`` (200 with a truncated embedding body), ``error_no_json``
     (500 with a plain-text body), ``record`` (answer the binary route with 2-dimensional
-    vectors ``[len(text), position in request]`` and record each request's texts).
+    vectors ``[len(text), position in request]``, record each request's texts, and keep the
+    connection open between requests).
     """
 
     def __init__(self, behaviour: str, unix_socket: str | None = None) -> None:
@@ -94,12 +96,15 @@ class FakeService:
         elif self.behaviour == "error_no_json":
             sock.sendall(_response("500 Internal Server Error", "text/plain", b"oops"))
         elif self.behaviour == "record":
-            texts = protocol.decode_request(body)
-            self.requests.append(texts)
-            payload = struct.pack("<II", len(texts), 2) + b"".join(
-                struct.pack("<ff", len(text), position) for position, text in enumerate(texts)
-            )
-            sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, payload))
+            # keeps the connection open for the next request, as the sidecar does
+            while request_line:
+                texts = protocol.decode_request(body)
+                self.requests.append(texts)
+                payload = struct.pack("<II", len(texts), 2) + b"".join(
+                    struct.pack("<ff", len(text), position) for position, text in enumerate(texts)
+                )
+                sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, payload, keep_alive=True))
+                request_line, body = _read_request(sock)
         else:
             raise ValueError(f"unknown behaviour {self.behaviour!r}")
 

@@ -280,6 +280,15 @@ def test_batch_size_bounds_each_request_and_keeps_order(conn: psycopg.Connection
     assert fake.requests == [["a", "bb", "ccc"], ["dddd", "eeeee", "ffffff"], ["g"]]
 
 
+def test_connection_is_reused_between_calls(conn: psycopg.Connection) -> None:
+    with fake_service("record") as fake, service_url(conn, fake.url):
+        for text in ("a", "bb", "ccc"):
+            conn.execute("SELECT azure_local_ai.create_embeddings('any:v1', %s)", [text])
+        conn.execute("SELECT * FROM azure_local_ai.create_embeddings('any:v1', ARRAY['d', 'e'])")
+    assert len(fake.requests) == 4
+    assert fake.connections == 1
+
+
 def test_service_url_may_name_a_unix_socket(conn: psycopg.Connection) -> None:
     directory = Path(tempfile.mkdtemp(prefix="alai-"))  # short: socket paths are limited
     directory.chmod(0o755)

@@ -102,6 +102,17 @@ def test_external_server_is_not_controlled(own_server: ManagedServer) -> None:
     assert status.data_dir is None and status.pid is None
 
 
+def test_unreachable_external_server_reports_why(tmp_path: Path) -> None:
+    port = closed_port_url().rsplit(":", 1)[1]
+    external = ManagedServer(
+        var_dir=tmp_path, database_url=f"postgresql://app:secret@127.0.0.1:{port}/postgres"
+    )
+    status = external.status()
+    assert not status.running
+    assert "MANAGED_DATABASE_URL" in status.message
+    assert "secret" not in status.message  # the password is masked
+
+
 def test_long_var_dir_gets_a_short_socket_dir(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 120)
     server = ManagedServer(var_dir=deep, port=5433)

@@ -13,8 +13,6 @@ from inference.modelconfig import read_model_config
 
 # -- engine and batcher tests -----------------------------------------------------------------
 
-TinyEngineFactory = Callable[..., EmbeddingModel]
-
 
 def _load_tiny_engine(directory: Path, config: Any = None, **settings: Any) -> EmbeddingModel:
     return EmbeddingModel(
@@ -38,7 +36,7 @@ def tiny_cls_engine(tiny_cls_model_dir: Path) -> EmbeddingModel:
 
 
 @pytest.fixture
-def make_tiny_engine(tiny_model_dir: Path) -> TinyEngineFactory:
+def make_tiny_engine(tiny_model_dir: Path) -> Callable[..., EmbeddingModel]:
     """A fresh tiny engine of the test's own: ``make_tiny_engine(config=None, **settings)``."""
 
     def make(config: Any = None, **settings: Any) -> EmbeddingModel:

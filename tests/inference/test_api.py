@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from inference import protocol
+from inference.client import InferenceError
 from tests.fixtures.sidecar import TINY_URI, SidecarProcess, make_store_dir
 from tests.fixtures.tinymodel import HIDDEN, MAX_SEQ_LENGTH
 
@@ -73,7 +74,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 def test_embeddings_answer_in_the_openai_shape(http: httpx.Client) -> None:
-    response = embed(http, input=TEXTS)
+    response = embed(http, input=TEXTS, user="someone@example.org")
     body = response.json()
     assert body["object"] == "list"
     assert body["model"] == TINY_URI
@@ -257,19 +258,31 @@ def test_request_limits_follow_the_settings_live(http: httpx.Client) -> None:
         assert http.put("/settings", json=restore).status_code == 200
 
 
-def test_concurrent_requests_give_the_same_rows_as_single_calls(http: httpx.Client) -> None:
-    texts = [
-        f"{w} {v} number {i}"
-        for i, (w, v) in enumerate(zip(TEXTS * 6, TEXTS[::-1] * 6, strict=True))
-    ]
+def test_concurrent_requests_share_runs_and_get_the_same_rows_as_single_calls(
+    http: httpx.Client,
+) -> None:
+    # Varied lengths, so that rows sharing a run are padded to another width than alone.
+    texts = [f"{TEXTS[i % len(TEXTS)]} number {i}" + " and more" * (i % 5) for i in range(24)]
     alone = np.concatenate([vectors_of(embed(http, input=[t])) for t in texts])
+
+    def runs() -> float:
+        return metric_value(http.get("/metrics").text, "inference_batch_size_count", model=TINY_URI)
 
     def one(index: int) -> np.ndarray:
         return vectors_of(embed(http, input=[texts[index]]))
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        together = np.concatenate(list(pool.map(one, range(len(texts)))))
+    before = http.get("/settings").json()
+    # A long window and small runs: a run starts as soon as four requests fill it.
+    assert http.put("/settings", json={"max_wait_ms": 1000, "max_batch_size": 4}).status_code == 200
+    try:
+        start = runs()
+        with ThreadPoolExecutor(max_workers=len(texts)) as pool:
+            together = np.concatenate(list(pool.map(one, range(len(texts)))))
+        shared_runs = runs() - start
+    finally:
+        http.put("/settings", json={k: before[k] for k in ("max_wait_ms", "max_batch_size")})
     np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert shared_runs < len(texts)
 
 
 # -- binary route -----------------------------------------------------------------------------
@@ -577,3 +590,56 @@ def test_unknown_route_and_method_are_json_errors(http: httpx.Client) -> None:
     error = error_of(http.get("/v2/nothing"), 404, "invalid_input")
     assert "/v2/nothing" in error["message"]
     error_of(http.get("/v1/embeddings"), 405, "invalid_input")
+
+
+# -- the Python client ------------------------------------------------------------------------
+
+
+def test_client_covers_the_api(
+    sidecar: SidecarProcess, http: httpx.Client, prefixed_uri: str
+) -> None:
+    client = sidecar.client
+    assert client.health()["status"] == "ok"
+    assert TINY_URI in [m["model_uri"] for m in client.models()]
+    assert client.model(TINY_URI)["dimensions"] == HIDDEN
+    assert {s["key"] for s in client.settings_schema()} == set(client.settings())
+
+    vectors, usage = client.embed(TINY_URI, TEXTS)
+    np.testing.assert_allclose(vectors, vectors_of(embed(http, input=TEXTS)), atol=1e-7)
+    assert vectors.dtype == np.float32
+    assert usage["total_tokens"] == usage["prompt_tokens"] > 0
+    short, _ = client.embed(TINY_URI, "a red car", dimensions=4)
+    assert short.shape == (1, 4)
+    query, _ = client.embed(prefixed_uri, ["the city"], input_type="query")
+    spelled_out, _ = client.embed(prefixed_uri, ["query: the city"])
+    np.testing.assert_allclose(query, spelled_out, atol=1e-6)
+
+
+def test_client_raises_the_servers_error(sidecar: SidecarProcess) -> None:
+    with pytest.raises(InferenceError) as excinfo:
+        sidecar.client.embed("nope:v1", ["cat"])
+    assert (excinfo.value.status, excinfo.value.code) == (404, "model_not_found")
+    assert "nope:v1" in str(excinfo.value)
+    with pytest.raises(InferenceError) as excinfo:
+        sidecar.client.update_settings({"max_batch_size": 0})
+    assert excinfo.value.status == 422
+    assert "max_batch_size" in excinfo.value.message
+
+
+def test_unexpected_failure_is_a_json_500_and_a_log_line(
+    http: httpx.Client, sidecar: SidecarProcess, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # A manifest that misstates the dimensions loads, but its model's output cannot be served.
+    uri = "tiny-misdescribed:v1"
+    store_dir = make_store_dir(tiny_model_dir, tmp_path / "v1", uri=uri, dimensions=HIDDEN // 2)
+    sidecar.client.register(uri, str(store_dir))
+    try:
+        response = http.post("/v1/embeddings", json={"model": uri, "input": "cat"})
+        error = error_of(response, 500, "internal_error")
+        assert error["type"] == "server_error"
+        assert f"{HIDDEN // 2} dimensions" in error["message"]
+        assert "unexpected error on POST /v1/embeddings" in sidecar.log()
+        # The sidecar goes on serving.
+        assert vectors_of(embed(http, input="cat")).shape == (1, HIDDEN)
+    finally:
+        sidecar.client.unregister(uri)
