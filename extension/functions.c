@@ -240,9 +240,8 @@ put_text(StringInfo buf, text *t)
 
 typedef struct Embeddings
 {
-	int			count;
 	int			dims;
-	const char *data;			/* count x dims float32 little-endian */
+	const char *data;			/* one row of dims float32 little-endian per input */
 } Embeddings;
 
 /*
@@ -272,7 +271,6 @@ embed_request(const CallBudget *budget, const char *model_uri, const char *input
 				 errmsg("malformed embedding response from the inference service at %s: "
 						"%zu bytes, shorter than its header", alai_service_display_url(),
 						response.body_len)));
-	result.count = (int) get_u32(response.body);
 	result.dims = (int) get_u32(response.body + 4);
 	result.data = response.body + 8;
 	expected = 8 + (uint64) get_u32(response.body) * get_u32(response.body + 4) * 4;

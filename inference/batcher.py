@@ -163,7 +163,7 @@ class DynamicBatcher:
 
     def _closed_error(self) -> BatcherClosedError:
         return BatcherClosedError(
-            "the model was unloaded while this request waited (its batcher is closed); "
+            "the model was unloaded (its batcher is closed) before this request ran; "
             "load the model again and retry"
         )
 
@@ -175,8 +175,12 @@ class DynamicBatcher:
                 run = self._plan()
                 if run.parts:
                     self._execute(run)
+        except Exception:
+            log.exception("the embedding batcher stopped on an unexpected error")
         finally:
             with self._cond:
+                # Also after an unexpected error: new requests must fail, not wait forever.
+                self._closed = True
                 leftovers = [*self._incoming, *self._pending]
                 self._incoming.clear()
             self._pending.clear()

@@ -12,19 +12,11 @@ import pytest
 from psycopg import sql
 
 from serverparams.server import ManagedServer
-from tests.fixtures import pg as pg_fixtures
-from tests.fixtures import realmodel as realmodel_fixtures
-from tests.fixtures import sidecar as sidecar_fixtures
 from tests.fixtures.pg import allow_extensions
 
 TINY_URI = "tiny:v1"
 TINY_DIMS = 32
 EXT_DB = "ext_tests"
-
-# The shared fixtures these tests build on.
-sidecar = sidecar_fixtures.sidecar
-managed_pg = pg_fixtures.managed_pg
-minilm_stored_model = realmodel_fixtures.minilm_stored_model
 
 
 @pytest.fixture(scope="session")

@@ -227,3 +227,26 @@ def test_close_fails_waiting_requests_and_refuses_new_ones(
     assert isinstance(refused, BatcherClosedError) and "load the model again" in str(refused)
     with pytest.raises(BatcherClosedError):
         asyncio.run(batcher.embed(["the cat"]))
+
+
+def test_request_whose_caller_gave_up_is_not_run(
+    make_batcher: Any, tiny_engine: EmbeddingModel
+) -> None:
+    model = ControlledModel(tiny_engine)
+    model.release.clear()
+    batcher, batches = make_batcher(model, max_batch_size=1, max_wait_ms=0)
+
+    async def scenario() -> Any:
+        running = asyncio.ensure_future(batcher.embed(["the cat"]))
+        abandoned = asyncio.ensure_future(batcher.embed(["the dog"]))
+        await asyncio.to_thread(model.started.wait, 10)
+        abandoned.cancel()
+        await asyncio.sleep(0)
+        model.release.set()
+        result = await running
+        # A request queued after the abandoned one shows that the worker moved past it.
+        await batcher.embed(["the river"])
+        return result
+
+    asyncio.run(scenario())
+    assert [run[0] for run in batches.runs] == [1, 1]

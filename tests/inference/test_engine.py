@@ -17,6 +17,8 @@ from onnx import numpy_helper
 
 from inference.engine import EmbeddingModel, InputTooLongError
 from inference.modelconfig import read_model_config
+from inference.store import StoredModel
+from tests.fixtures.realmodel import minilm_stored_model  # noqa: F401
 
 TinyEngineFactory = Callable[..., EmbeddingModel]  # the make_tiny_engine fixture
 
@@ -262,3 +264,16 @@ def test_memory_does_not_ratchet_with_varied_input_shapes(
         varied_call()
     growth_mb = (_rss() - before) / 2**20
     assert growth_mb < 25, f"RSS grew by {growth_mb:.0f} MB over 300 calls"
+
+
+@pytest.mark.realmodel
+def test_real_model_vectors_do_not_depend_on_batch_company(
+    minilm_stored_model: StoredModel,  # noqa: F811
+) -> None:
+    engine = EmbeddingModel.from_stored(minilm_stored_model, {"max_batch_size": 4})
+    rng = random.Random(11)
+    words = "search vector index postgres table row column query fast small model text".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 120))) for _ in range(12)]
+    together = engine.embed(texts).vectors
+    alone = np.stack([engine.embed([text]).vectors[0] for text in texts])
+    assert np.abs(together - alone).max() < 1e-5
