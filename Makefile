@@ -59,8 +59,11 @@ format: venv
 test: venv sysdeps-test extension lint
 	$(PY) -m pytest
 
-bench: venv
+# Benchmarks print tables and write JSON under $(VAR_DIR)/bench; they are not tests.
+bench: venv extension
 	$(PY) bench/embeddings.py
+	$(PY) bench/sql.py
+	$(PY) bench/console.py
 
 ## Managed PostgreSQL server and the azure_local_ai module -----------------------------------
 # The module is built against the embedded PostgreSQL (pgserver, inside the venv) and
@@ -75,9 +78,11 @@ server: extension
 	$(PY) manage.py server start
 
 ## Run everything on embedded defaults --------------------------------------------------------
-run: venv sysdeps extension server migrate
+# The first run deploys all-MiniLM-L6-v2 from its PyPI package (no network needed), then
+# `manage.py up` starts Redis, the managed server, the sidecar, the worker and the console.
+run: venv sysdeps extension migrate
 	$(PY) -m inference deploy all-MiniLM-L6-v2:v1 --source package --if-missing
-	$(PY) -m inference serve
+	$(PY) manage.py up
 
 clean:
 	rm -rf $(VENV) build *.egg-info

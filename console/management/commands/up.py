@@ -59,11 +59,16 @@ class Command(BaseCommand):
         log_dir = Path(settings.VAR_DIR) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.children: list[Child] = []
+        server = None
+        started_server = False
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             self._start_redis(log_dir)
             self._step("managed PostgreSQL server")
             server = get_managed_server()
+            # Stop on the way out only what this command started: a server that was already
+            # running (or an external one) stays up.
+            started_server = server.controls_process and not server.status().running
             server.start()
             self._ok(server.uri())
             self._start_sidecar(log_dir)
@@ -102,7 +107,7 @@ class Command(BaseCommand):
                     log_dir,
                 )
             )
-            self._wait_http(f"http://{options['web']}/login/", "console")
+            self._wait_http(f"http://{options['web']}/login/", "web")
             self._ok(f"http://{options['web']}/")
             call_command("ensureadmin")
             self.stdout.write(self.style.SUCCESS("\nEverything is running. Ctrl-C stops it all."))
@@ -112,6 +117,8 @@ class Command(BaseCommand):
         finally:
             for child in reversed(self.children):
                 child.stop()
+            if started_server and server is not None:
+                server.stop()
 
     def _step(self, what: str) -> None:
         self.stdout.write(f"starting {what} ... ", ending="")
