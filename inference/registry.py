@@ -114,11 +114,7 @@ class ModelSource:
         manifest = self.manifest or {}
         config = self.config
         return {
-            "dimensions": config.dimensions,
-            "max_tokens": config.max_tokens,
-            "pooling": config.pooling,
-            "normalize": config.normalize,
-            "prefixes": {"query": config.query_prefix, "passage": config.passage_prefix},
+            **config.to_manifest(),
             "license": manifest.get("license") or _readme_license(self.tokenizer_dir),
             "model_card": manifest.get("model_card"),
             "source": manifest.get("source") or {"kind": "local", "ref": str(self.root)},

@@ -127,9 +127,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_batch_tokens",
         "int",
-        16384,
+        1024,
         "Token budget of one model run (texts x padded length). Dynamic batching fills a "
-        "batch up to this budget.",
+        "batch up to this budget. Small budgets keep a run's activations in the CPU caches: "
+        "on small encoders such as MiniLM and e5-small, 1024 runs about twice as fast per "
+        "text as 16384.",
         minimum=64,
         maximum=1_048_576,
         unit="tokens",

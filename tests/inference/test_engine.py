@@ -1,4 +1,5 @@
-"""The embedding engine on the generated tiny model (real tokenizer, real ONNX Runtime)."""
+"""The embedding engine on the generated tiny model (real tokenizer, real ONNX Runtime), and
+one check on the real all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
@@ -178,6 +179,19 @@ def test_graph_without_token_type_ids_is_fed_only_what_it_declares(
     engine = EmbeddingModel(path, tiny_model_dir, tiny_engine.config, {})
     texts = [SHORT, LONG]
     assert _close(engine.embed(texts).vectors, tiny_engine.embed(texts).vectors)
+
+
+def test_graph_wanting_inputs_the_engine_cannot_fill_is_refused_clearly(
+    tiny_engine: EmbeddingModel, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = onnx.load(str(tiny_model_dir / "onnx" / "model.onnx"))
+    model.graph.input.append(
+        onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, [1])
+    )
+    path = tmp_path / "vision.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match=r"not a text encoder.*pixel_values"):
+        EmbeddingModel(path, tiny_model_dir, tiny_engine.config, {})
 
 
 def test_session_options_come_from_the_settings(make_tiny_engine: TinyEngineFactory) -> None:
