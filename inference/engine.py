@@ -64,6 +64,40 @@ class Tokenized:
     lengths: np.ndarray  # int64, len(ids[i]) for each i
 
 
+# The fixed cost of one more model run, in padded tokens: the call itself plus the lower
+# matrix-multiply efficiency of smaller runs. Measured on MiniLM-sized encoders on 2 cores.
+RUN_OVERHEAD_TOKENS = 48
+
+
+def split_by_length(lengths: np.ndarray, overhead: int = RUN_OVERHEAD_TOKENS) -> list[np.ndarray]:
+    """Partition rows into runs of similar length that minimise the padded tokens computed.
+
+    Rows sorted by length are cut into contiguous groups; a group costs ``overhead`` plus its
+    size times its longest length. Dynamic programming over the cut points finds the cheapest
+    partition (O(n^2) in numpy, for n up to ``max_batch_size``). Dynamic batching gathers
+    requests of unrelated lengths into one run, which is where this pays: one long text no
+    longer makes fifteen short ones pad to its length.
+    """
+    order = np.argsort(lengths, kind="stable")
+    widths = lengths[order].astype(np.float64)
+    n = len(order)
+    if n < 2 or widths[0] == widths[-1]:
+        return [order]
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    starts = np.arange(n)
+    for end in range(1, n + 1):
+        costs = best[:end] + overhead + (end - starts[:end]) * widths[end - 1]
+        cut[end] = int(np.argmin(costs))
+        best[end] = costs[cut[end]]
+    groups = []
+    end = n
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = int(cut[end])
+    return groups[::-1]
+
+
 def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: int) -> bool:
     """Whether ``count`` texts padded to ``width`` tokens fit one model run.
 
@@ -250,14 +284,28 @@ class EmbeddingModel:
     # -- running ------------------------------------------------------------------------------
 
     def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed one batch of token id rows (as ``tokenize`` makes them), padded to its longest.
+        """Embed one batch of token id rows (as ``tokenize`` makes them).
 
-        Returns float32 ``(len(ids), dimensions)`` in the given order.
+        Rows of very different lengths are split into sub-runs of similar length where the
+        padding saved outweighs the cost of another run (see ``split_by_length``); each
+        sub-run is padded to its longest row. Returns float32 ``(len(ids), dimensions)`` in
+        the given order.
         """
         count = len(ids)
         if count == 0:
             return np.empty((0, self.config.dimensions), dtype=np.float32)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
+        groups = split_by_length(lengths)
+        if len(groups) == 1:
+            return self._run_padded(ids, lengths)
+        vectors = np.empty((count, self.config.dimensions), dtype=np.float32)
+        for rows in groups:
+            vectors[rows] = self._run_padded([ids[i] for i in rows], lengths[rows])
+        return vectors
+
+    def _run_padded(self, ids: Sequence[Sequence[int]], lengths: np.ndarray) -> np.ndarray:
+        """One model run over ``ids`` padded to the longest of them."""
+        count = len(ids)
         width = int(lengths.max())
         mask = np.arange(width) < lengths[:, None]
         input_ids = np.full((count, width), self._pad_id, dtype=np.int64)

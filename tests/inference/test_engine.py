@@ -16,7 +16,7 @@ import psutil
 import pytest
 from onnx import numpy_helper
 
-from inference.engine import EmbeddingModel, InputTooLongError
+from inference.engine import EmbeddingModel, InputTooLongError, split_by_length
 from inference.modelconfig import read_model_config
 from inference.store import StoredModel
 from tests.fixtures.realmodel import minilm_stored_model  # noqa: F401
@@ -45,7 +45,26 @@ def test_text_gets_the_same_vector_alone_or_padded_among_longer_texts(
     # The same through one explicitly padded run: the short row padded to 32 tokens.
     ids = engine.tokenize([SHORT, TOO_LONG]).ids
     assert len(ids[1]) > len(ids[0])
+    assert len(split_by_length(np.array([len(row) for row in ids]))) == 1  # one padded run
     assert _close(engine.run(ids)[0], engine.run(ids[:1])[0])
+
+
+def test_a_run_of_mixed_lengths_is_split_where_padding_would_cost_more_than_a_run() -> None:
+    lengths = np.array([200, 5, 6, 5, 190, 7])
+    groups = split_by_length(lengths, overhead=48)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    assert [sorted(lengths[g].tolist()) for g in groups] == [[5, 5, 6, 7], [190, 200]]
+    # Similar lengths stay in one run: a second run would cost more than the padding saved.
+    assert len(split_by_length(np.array([10, 12, 11, 14]), overhead=48)) == 1
+
+
+def test_split_runs_give_the_same_vectors_as_one_padded_run(tiny_engine: EmbeddingModel) -> None:
+    texts = ["cat", "the " * 25 + "dog", "red car", "music " * 28, "a"]
+    ids = tiny_engine.tokenize(texts).ids
+    assert len(split_by_length(np.array([len(row) for row in ids]))) > 1
+    together = tiny_engine.run(ids)
+    alone = np.vstack([tiny_engine.run([row]) for row in ids])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
 def test_mean_and_cls_pooling_give_different_vectors(
