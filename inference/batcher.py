@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent requests for one model share model runs.
 
 Each ``DynamicBatcher`` owns one worker thread. Requests from asyncio callers are queued; the
-worker tokenises each one, then assembles a run: it waits at most ``max_wait_ms`` after the
-oldest waiting request for others to arrive, fills the run up to ``max_batch_size`` texts and
-``max_batch_tokens`` padded tokens, runs the model (ONNX Runtime releases the GIL, so the event
-loop keeps serving meanwhile) and hands each request its own rows.
+worker tokenises each one, then assembles a run: a lone request that finds the worker idle, with
+no sign of concurrent clients, runs at once; otherwise the worker waits at most ``max_wait_ms``
+after the oldest waiting request for others to arrive, fills the run up to ``max_batch_size``
+texts and ``max_batch_tokens`` padded tokens, runs the model (ONNX Runtime releases the GIL, so
+the event loop keeps serving meanwhile) and hands each request its own rows.
 
 A large request is cut into several runs, longest inputs first so that each run pads little;
 small concurrent requests share one run. After a run, a request that still has inputs left goes
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 BatchCallback = Callable[[int, int, int, float, float], None]
 
 _JOIN_TIMEOUT_S = 30.0
+# How long a run that served several callers counts as a sign that concurrent clients are about.
+_CONCURRENCY_MEMORY_S = 0.1
 
 
 class BatcherClosedError(RuntimeError):
@@ -103,6 +106,8 @@ class DynamicBatcher:
         self._incoming: deque[_Request] = deque()  # guarded by _cond
         self._pending: deque[_Request] = deque()  # tokenised; touched by the worker only
         self._closed = False
+        self._last_run_end = 0.0  # worker thread only
+        self._last_run_callers = 0
         self._thread = threading.Thread(target=self._work, name="embedding-batcher", daemon=True)
         self._thread.start()
 
@@ -208,13 +213,21 @@ class DynamicBatcher:
         # even while a bulk request still has inputs left.
         if not self._take_incoming(0):
             return False
+        woke_idle = False
         while not self._closed:
             live = [r for r in self._pending if r.live]
             if not live:
                 self._pending.clear()
                 if not self._take_incoming(None):
                     return False
+                woke_idle = True
                 continue
+            # A request that finds the worker idle, when the last run served a single caller
+            # (or ran a while ago), has no company in sight: it runs at once instead of waiting
+            # out the window, so a lone SQL session does not pay for batching. Once runs serve
+            # several callers, concurrent clients are about and the window gathers them.
+            if woke_idle and len(live) == 1 and not self._concurrent_recently():
+                return True
             wait_s = float(self._settings["max_wait_ms"]) / 1000.0
             remaining = min(r.enqueued for r in live) + wait_s - time.monotonic()
             if remaining <= 0 or self._plan(dry_run=True).full:
@@ -222,6 +235,10 @@ class DynamicBatcher:
             if not self._take_incoming(remaining):
                 return False
         return False
+
+    def _concurrent_recently(self) -> bool:
+        recent = time.monotonic() - self._last_run_end < _CONCURRENCY_MEMORY_S
+        return recent and self._last_run_callers > 1
 
     def _admit(self, request: _Request) -> None:
         if not request.live:
@@ -298,6 +315,8 @@ class DynamicBatcher:
             self._drop_finished()
             return
         run_s = time.monotonic() - started
+        self._last_run_end = started + run_s
+        self._last_run_callers = len(run.parts)
         # Reported before any caller gets its rows: a finished request is always counted.
         if self.on_batch is not None:
             tokens = sum(len(row) for row in ids)
