@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests for one model share model runs.
 
 Each ``DynamicBatcher`` owns one worker thread. Requests from asyncio callers are queued; the
-worker tokenises each one, then assembles a run: a lone request that finds the worker idle, with
-no sign of concurrent clients, runs at once; otherwise the worker waits at most ``max_wait_ms``
+worker tokenises each one, then assembles a run: a lone waiting request, with no sign of
+concurrent clients, runs at once; otherwise the worker waits at most ``max_wait_ms``
 after the oldest waiting request for others to arrive, fills the run up to ``max_batch_size``
 texts and ``max_batch_tokens`` padded tokens, runs the model (ONNX Runtime releases the GIL, so
 the event loop keeps serving meanwhile) and hands each request its own rows.
@@ -213,20 +213,18 @@ class DynamicBatcher:
         # even while a bulk request still has inputs left.
         if not self._take_incoming(0):
             return False
-        woke_idle = False
         while not self._closed:
             live = [r for r in self._pending if r.live]
             if not live:
                 self._pending.clear()
                 if not self._take_incoming(None):
                     return False
-                woke_idle = True
                 continue
-            # A request that finds the worker idle, when the last run served a single caller
-            # (or ran a while ago), has no company in sight: it runs at once instead of waiting
-            # out the window, so a lone SQL session does not pay for batching. Once runs serve
-            # several callers, concurrent clients are about and the window gathers them.
-            if woke_idle and len(live) == 1 and not self._concurrent_recently():
+            # A lone waiting request, when the last run served a single caller (or ran a while
+            # ago), has no company in sight: it runs at once instead of waiting out the window,
+            # so a lone SQL session does not pay for batching. Once runs serve several callers,
+            # concurrent clients are about and the window gathers them.
+            if len(live) == 1 and not self._concurrent_recently():
                 return True
             wait_s = float(self._settings["max_wait_ms"]) / 1000.0
             remaining = min(r.enqueued for r in live) + wait_s - time.monotonic()

@@ -95,7 +95,9 @@ def console(
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API runs an event loop in the main thread while it is
+# open, which would break asyncio.run() in the tests collected after this package.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make sysdeps-test)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tests.fixtures.sidecar import SidecarProcess, make_store_dir
 TEXTS = ["the cat sat on the house", "a dog in the river", "postgres vector search", "hello"]
 
 
-PREFIXED_URI = "tiny-prefixed:v1"
+PREFIXED_URI = "tiny-sql-prefixed:v1"
 
 
 def sidecar_vectors(
@@ -38,8 +39,10 @@ def prefixed_model(
     tmp_path_factory: pytest.TempPathFactory,
     managed_pg,
     ext_db: str,
-) -> str:
-    """The tiny model as a store directory with e5-style prefixes, registered from SQL."""
+) -> Iterator[str]:
+    """The tiny model as a store directory with e5-style prefixes, registered from SQL.
+
+    The sidecar is shared by the whole test session: the model is unregistered afterwards."""
     store_dir = make_store_dir(
         tiny_model_dir, tmp_path_factory.mktemp("prefixed") / "model", uri=PREFIXED_URI
     )
@@ -52,7 +55,8 @@ def prefixed_model(
         ).fetchone()[0]
     assert isinstance(model_id, int)
     assert again == model_id  # registering the same files again is idempotent
-    return PREFIXED_URI
+    yield PREFIXED_URI
+    sidecar.client.unregister(PREFIXED_URI)
 
 
 def test_single_text_matches_the_sidecar_api(conn: psycopg.Connection, sidecar) -> None:
