@@ -60,7 +60,7 @@ test: venv sysdeps-test extension lint
 	$(PY) -m pytest
 
 # Benchmarks print tables and write JSON under $(VAR_DIR)/bench; they are not tests.
-bench: venv extension
+bench: venv server
 	$(PY) bench/embeddings.py
 	$(PY) bench/sql.py
 	$(PY) bench/console.py

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -164,6 +165,7 @@ class Sidecar:
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+        shutil.rmtree(self.state, ignore_errors=True)
 
 
 def _free_port() -> int:
