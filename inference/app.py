@@ -148,6 +148,10 @@ class ModelLoadError(Exception):
     pass
 
 
+class SidecarStateError(RuntimeError):
+    """A state file of the sidecar cannot be read; the message says which and what to do."""
+
+
 # -- loaded models ----------------------------------------------------------------------------
 
 
@@ -168,11 +172,14 @@ class Sidecar:
         try:
             self.settings = settings_schema.SettingsFile(settings_path)
         except ValueError as exc:  # JSONDecodeError and SettingsValidationError are ValueErrors
-            raise RuntimeError(
+            raise SidecarStateError(
                 f"the sidecar settings file {settings_path} is damaged ({exc}); fix the value or "
                 "delete the file to return to the defaults"
             ) from None
-        self.registry = Registry(state_dir / "registry.json")
+        try:
+            self.registry = Registry(state_dir / "registry.json")
+        except RegistryError as exc:
+            raise SidecarStateError(str(exc)) from None
         self.metrics = Metrics()
         self.models: dict[str, LoadedModel] = {}
         self.load_errors: dict[str, str] = {}
@@ -601,6 +608,10 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
         sidecar.metrics.observe_error(exc.code)
         return JSONResponse(error_body(exc), status_code=exc.status)
 
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        return await api_error(request, _registry_error(exc))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
@@ -713,10 +724,7 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
 
     @app.get("/v1/models/{uri}")
     async def openai_model(uri: str) -> dict[str, Any]:
-        try:
-            return _openai_model(sidecar.registry.get(uri))
-        except RegistryError as exc:
-            raise _registry_error(exc) from None
+        return _openai_model(sidecar.registry.get(uri))
 
     # -- binary route for the SQL module ------------------------------------------------------
 
@@ -769,23 +777,18 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
         tokenizer_path = _optional_str(payload, "tokenizer_path")
         precision = _optional_str(payload, "precision", PRECISIONS) or "fp32"
         load = _optional_bool(payload, "load", True)
-        try:
-            check_uri(uri)
-            existing = sidecar.registry.find(uri, model_path, tokenizer_path, precision)
-            if existing is None:
-                source = await asyncio.to_thread(
-                    resolve_model, model_path, tokenizer_path, precision
-                )
-                metadata = source.metadata()
-                metadata["files"] = await asyncio.to_thread(source.file_hashes)
-                entry = sidecar.registry.add(
-                    uri, model_path, tokenizer_path, precision, metadata, loaded=False
-                )
-                created = True
-            else:
-                entry, created = existing, False
-        except RegistryError as exc:
-            raise _registry_error(exc) from None
+        check_uri(uri)
+        existing = sidecar.registry.find(uri, model_path, tokenizer_path, precision)
+        if existing is None:
+            source = await asyncio.to_thread(resolve_model, model_path, tokenizer_path, precision)
+            metadata = source.metadata()
+            metadata["files"] = await asyncio.to_thread(source.file_hashes)
+            entry = sidecar.registry.add(
+                uri, model_path, tokenizer_path, precision, metadata, loaded=False
+            )
+            created = True
+        else:
+            entry, created = existing, False
         if load:
             try:
                 await sidecar.load(uri)
@@ -800,24 +803,15 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     async def list_models() -> dict[str, Any]:
         return {"models": [sidecar.describe(uri) for uri in sidecar.registry.uris()]}
 
-    def _describe(uri: str) -> dict[str, Any]:
-        try:
-            return sidecar.describe(uri)
-        except RegistryError as exc:
-            raise _registry_error(exc) from None
-
     @app.get("/models/{uri}")
     async def model_metadata(uri: str) -> dict[str, Any]:
-        return _describe(uri)
+        return sidecar.describe(uri)
 
     @app.delete("/models/{uri}")
     async def unregister(uri: str) -> dict[str, Any]:
         """Unload the model if loaded, then forget it."""
-        try:
-            await sidecar.unload(uri, persist=False)
-            entry = sidecar.registry.remove(uri)
-        except RegistryError as exc:
-            raise _registry_error(exc) from None
+        await sidecar.unload(uri, persist=False)
+        entry = sidecar.registry.remove(uri)
         log.info("unregistered model %s", uri)
         return {"model_uri": uri, "id": entry["id"], "deleted": True}
 
@@ -825,20 +819,15 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     async def load_model(uri: str) -> dict[str, Any]:
         try:
             await sidecar.load(uri)
-        except RegistryError as exc:
-            raise _registry_error(exc) from None
         except ModelLoadError as exc:
             sidecar.load_errors[uri] = str(exc)
             raise _invalid(str(exc), "model_uri") from None
-        return _describe(uri)
+        return sidecar.describe(uri)
 
     @app.post("/models/{uri}/unload")
     async def unload_model(uri: str) -> dict[str, Any]:
-        try:
-            await sidecar.unload(uri)
-        except RegistryError as exc:
-            raise _registry_error(exc) from None
-        return _describe(uri)
+        await sidecar.unload(uri)
+        return sidecar.describe(uri)
 
     # -- settings, health, metrics ------------------------------------------------------------
 

@@ -28,7 +28,7 @@ SOURCE_KINDS = ("hub", "package", "local")
 
 # Names and versions become directory names in the store: keep them to safe characters.
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_URI = re.compile(rf"^({_PART}):({_PART})$")
+URI_PATTERN = re.compile(rf"^({_PART}):({_PART})$")
 
 
 class CatalogError(ValueError):
@@ -46,7 +46,7 @@ class UnknownModelError(CatalogError, LookupError):
 
 def parse_uri(uri: str) -> tuple[str, str]:
     """Split ``name:version``, refusing anything that could not be a store directory name."""
-    match = _URI.match(uri)
+    match = URI_PATTERN.match(uri)
     if not match or ".." in uri:
         raise CatalogError(
             f"model URI {uri!r} must look like name:version (letters, digits, '.', '_', '-'), "

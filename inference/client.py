@@ -57,13 +57,13 @@ class InferenceClient:
         self.base_url = (base_url or config.inference_url()).rstrip("/")
         token = config.inference_token() if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if self.base_url.startswith("unix:"):
-            transport = httpx.HTTPTransport(uds=self.base_url.removeprefix("unix:"))
-            self._http = httpx.Client(
-                base_url="http://sidecar", transport=transport, headers=headers, timeout=timeout
-            )
-        else:
-            self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        base, transport = self.base_url, None
+        if base.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=base.removeprefix("unix:"))
+            base = "http://sidecar"
+        self._http = httpx.Client(
+            base_url=base, transport=transport, headers=headers, timeout=timeout
+        )
 
     def close(self) -> None:
         self._http.close()

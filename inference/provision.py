@@ -19,10 +19,9 @@ from inference import catalog as catalog_module
 from inference import export, quantize, sources
 from inference.catalog import Catalog, CatalogEntry
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
-from inference.store import MANIFEST, ModelStore, StoredModel, StoreError
+from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
 STEPS = ("fetch", "verify", "prepare", "install")
-PRECISIONS = ("fp32", "int8")
 INT8_FILE = "onnx/model_int8.onnx"
 
 
@@ -194,7 +193,7 @@ def _add_int8(
         for rel in existing.manifest["files"]:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(existing.path / rel, staging / rel)
-        manifest = {k: v for k, v in existing.manifest.items() if k not in ("files", MANIFEST)}
+        manifest = {k: v for k, v in existing.manifest.items() if k != "files"}
         manifest["onnx"] = dict(manifest.get("onnx") or {})
         gate = _prepare_int8(entry, staging, manifest, report)
         report.emit("prepare", "done")

@@ -18,10 +18,8 @@ Nothing here knows about HTTP; the app maps the exceptions to status codes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -29,10 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from inference.catalog import URI_PATTERN
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
+from inference.store import PRECISIONS, sha256_file
 
-URI_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*$")
-PRECISIONS = ("fp32", "int8")
 REGISTRY_FORMAT = 1
 
 # ONNX files looked for in a Hugging Face layout, per precision, in order.
@@ -132,16 +130,8 @@ class ModelSource:
                 key = str(path.relative_to(self.root))
             except ValueError:
                 key = str(path)
-            hashes[key] = _sha256(path)
+            hashes[key] = sha256_file(path)
         return hashes
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _readme_license(directory: Path) -> dict[str, Any] | None:

@@ -215,6 +215,8 @@ class SettingsFile:
         self._values = defaults()
         if path.exists():
             stored = json.loads(path.read_text())
+            if not isinstance(stored, dict):
+                raise ValueError(f"it must hold a JSON object, not {type(stored).__name__}")
             # A file from an older version may hold keys that no longer exist: keep the rest.
             self._values.update(validate({k: v for k, v in stored.items() if k in BY_KEY}))
 

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from inference.catalog import CatalogEntry
-from inference.store import ByteProgress, sha256_file
+from inference.store import ByteProgress, digest_file, sha256_file
 
 Log = Callable[[str], None]
 
@@ -398,11 +398,8 @@ def fetch(
 
 
 def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # git names blobs by sha1
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+    header = f"blob {path.stat().st_size}\0".encode()  # git names blobs by sha1
+    return digest_file(path, hashlib.sha1(header))
 
 
 def verify_fetched(dest: Path, fetched: Fetched) -> list[str]:

@@ -45,15 +45,21 @@ class StoreError(RuntimeError):
     """The model store cannot do what was asked; the message says why and what to do."""
 
 
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    """The file's sha256 (hex); ``progress`` receives the size of each chunk read."""
-    digest = hashlib.sha256()
+def digest_file(
+    path: Path, digest: hashlib._Hash, progress: Callable[[int], None] | None = None
+) -> str:
+    """``digest`` fed with the file's bytes, in hex; ``progress`` receives each chunk's size."""
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             if progress:
                 progress(len(chunk))
     return digest.hexdigest()
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """The file's sha256 (hex); ``progress`` receives the size of each chunk read."""
+    return digest_file(path, hashlib.sha256(), progress)
 
 
 def _files(directory: Path) -> list[Path]:
@@ -68,7 +74,12 @@ def _files(directory: Path) -> list[Path]:
 def hash_tree(directory: Path, progress: ByteProgress | None = None) -> dict[str, str]:
     """``relative posix path -> sha256`` for every file under ``directory`` but the manifest."""
     files = _files(directory)
-    total = sum(p.stat().st_size for p in files)
+    advance = _byte_counter(sum(p.stat().st_size for p in files), progress)
+    return {p.relative_to(directory).as_posix(): sha256_file(p, advance) for p in files}
+
+
+def _byte_counter(total: int, progress: ByteProgress | None) -> Callable[[int], None]:
+    """A chunk callback for ``sha256_file`` that reports the running total to ``progress``."""
     done = 0
 
     def advance(n: int) -> None:
@@ -77,10 +88,10 @@ def hash_tree(directory: Path, progress: ByteProgress | None = None) -> dict[str
         if progress:
             progress(done, total)
 
-    return {p.relative_to(directory).as_posix(): sha256_file(p, advance) for p in files}
+    return advance
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -92,12 +103,8 @@ def _fsync_tree(directory: Path) -> None:
     # The rename that publishes a model must not reach the disk before its files do.
     for path in [*_files(directory), directory / MANIFEST]:
         if path.exists():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(directory)
+            _fsync(path)
+    _fsync(directory)
 
 
 @dataclass
@@ -169,15 +176,9 @@ def verify_directory(
         return [f"{directory / MANIFEST} lists no files"]
     problems = []
     present = {p.relative_to(directory).as_posix(): p for p in _files(directory)}
-    total = sum(p.stat().st_size for rel, p in present.items() if rel in listed)
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    advance = _byte_counter(
+        sum(p.stat().st_size for rel, p in present.items() if rel in listed), progress
+    )
     for rel, expected in sorted(listed.items()):
         path = present.get(rel)
         if path is None:
@@ -331,7 +332,7 @@ class ModelStore:
             if old is not None:
                 os.rename(old, target)
             raise
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return StoredModel(uri, target, full)

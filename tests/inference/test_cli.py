@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,7 @@ import pytest
 
 from inference.config import PROJECT_ROOT
 from tests.fixtures.realmodel import write_catalog
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures.sidecar import free_port
 
 
 @pytest.fixture
@@ -94,7 +88,7 @@ def test_hub_deploy_without_network_fails_with_how_to_deploy_a_local_copy(
     env: dict[str, str],
 ) -> None:
     del env["INFERENCE_CATALOG"]  # the shipped catalog: the real multilingual-e5-small
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = run(env, "deploy", "multilingual-e5-small:v1")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -102,6 +96,26 @@ def test_hub_deploy_without_network_fails_with_how_to_deploy_a_local_copy(
     assert len(error) == 1
     assert "--source /path/to/multilingual-e5-small" in error[0]
     assert not (Path(env["VAR_DIR"]) / "models" / "multilingual-e5-small" / "v1").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("settings.json", "[]", "delete the file to return to the defaults"),
+        ("registry.json", "{not json", "move it aside and register the models again"),
+    ],
+)
+def test_serve_with_a_damaged_state_file_is_a_one_line_error(
+    env: dict[str, str], name: str, content: str, says: str
+) -> None:
+    state = Path(env["VAR_DIR"]) / "sidecar"
+    state.mkdir(parents=True)
+    (state / name).write_text(content)
+    result = run(env, "serve", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and says in result.stderr
+    assert str(state / name) in result.stderr
 
 
 def test_remove_deletes_and_then_reports_absence(env: dict[str, str], tiny_model_dir: Path) -> None:
@@ -115,7 +129,7 @@ def test_remove_deletes_and_then_reports_absence(env: dict[str, str], tiny_model
 def test_register_to_an_unreachable_sidecar_is_a_one_line_error(
     env: dict[str, str], tiny_model_dir: Path
 ) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     result = run(env, "deploy", "tiny-model:v1", "--source", str(tiny_model_dir), "--register", url)
     assert result.returncode == 1
     assert (

@@ -13,7 +13,7 @@ from inference import export
 from inference.catalog import Catalog, load_catalog
 from inference.engine import EmbeddingModel
 from inference.export import ExportError, export_onnx
-from inference.provision import ProgressEvent, ProvisionError, deploy
+from inference.provision import DeployResult, ProgressEvent, ProvisionError, deploy
 from inference.store import ModelStore
 from tests.fixtures.realmodel import TINY_URI, tiny_entry, write_catalog
 from tests.fixtures.tinymodel import make_tiny_model
@@ -22,6 +22,17 @@ from tests.fixtures.tinymodel import make_tiny_model
 @pytest.fixture
 def tiny_catalog(tmp_path: Path) -> Catalog:
     return load_catalog(write_catalog(tmp_path / "catalog.json"))
+
+
+def _deploy_watched(
+    folder: Path, store: ModelStore, catalog: Catalog
+) -> tuple[DeployResult, list[ProgressEvent]]:
+    """Deploy the tiny model from ``folder`` and return the result with every event reported."""
+    events: list[ProgressEvent] = []
+    result = deploy(
+        TINY_URI, source=str(folder), store=store, catalog=catalog, progress=events.append
+    )
+    return result, events
 
 
 def _leftovers(store: ModelStore) -> list[str]:
@@ -35,14 +46,7 @@ def test_deploy_from_a_folder_installs_a_model_the_engine_serves(
     tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Catalog
 ) -> None:
     store = ModelStore(tmp_path / "models")
-    events: list[ProgressEvent] = []
-    result = deploy(
-        TINY_URI,
-        source=str(tiny_model_dir),
-        store=store,
-        catalog=tiny_catalog,
-        progress=events.append,
-    )
+    result, events = _deploy_watched(tiny_model_dir, store, tiny_catalog)
     assert result.changed and result.skipped == []
     stored = result.stored
     assert store.get(TINY_URI) is not None and stored.verify() == []
@@ -67,14 +71,7 @@ def test_second_deploy_verifies_and_skips_everything_else(
 ) -> None:
     store = ModelStore(tmp_path / "models")
     first = deploy(TINY_URI, source=str(tiny_model_dir), store=store, catalog=tiny_catalog)
-    events: list[ProgressEvent] = []
-    again = deploy(
-        TINY_URI,
-        source=str(tiny_model_dir),
-        store=store,
-        catalog=tiny_catalog,
-        progress=events.append,
-    )
+    again, events = _deploy_watched(tiny_model_dir, store, tiny_catalog)
     assert not again.changed
     assert again.skipped == ["fetch", "prepare", "install"]
     assert again.stored.manifest["created_at"] == first.stored.manifest["created_at"]
@@ -87,14 +84,7 @@ def test_damaged_store_copy_is_deployed_again(
     store = ModelStore(tmp_path / "models")
     stored = deploy(TINY_URI, source=str(tiny_model_dir), store=store, catalog=tiny_catalog).stored
     (stored.path / "tokenizer.json").write_text("{}")
-    events: list[ProgressEvent] = []
-    again = deploy(
-        TINY_URI,
-        source=str(tiny_model_dir),
-        store=store,
-        catalog=tiny_catalog,
-        progress=events.append,
-    )
+    again, events = _deploy_watched(tiny_model_dir, store, tiny_catalog)
     assert again.changed
     assert any("tokenizer.json" in e.message for e in events if e.kind == "log")
     assert again.stored.verify() == []

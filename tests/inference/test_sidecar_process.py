@@ -138,20 +138,19 @@ def test_serves_on_a_unix_socket(tmp_path: Path, tiny_model_dir: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        client = InferenceClient(f"unix:{socket_path}", token="")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                assert client.health()["status"] == "ok"
-                break
-            except InferenceUnavailable:
-                assert process.poll() is None, (var_dir / "uds.log").read_text()
-                assert time.monotonic() < deadline, "the sidecar never answered on its socket"
-                time.sleep(0.1)
-        client.register(TINY_URI, str(tiny_model_dir))
-        vectors, usage = client.embed(TINY_URI, ["over a socket"])
-        assert vectors.shape == (1, HIDDEN) and usage["prompt_tokens"] > 2
-        client.close()
+        with InferenceClient(f"unix:{socket_path}", token="") as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    assert client.health()["status"] == "ok"
+                    break
+                except InferenceUnavailable:
+                    assert process.poll() is None, (var_dir / "uds.log").read_text()
+                    assert time.monotonic() < deadline, "the sidecar never answered on its socket"
+                    time.sleep(0.1)
+            client.register(TINY_URI, str(tiny_model_dir))
+            vectors, usage = client.embed(TINY_URI, ["over a socket"])
+            assert vectors.shape == (1, HIDDEN) and usage["prompt_tokens"] > 2
     finally:
         process.terminate()
         process.wait(timeout=30)
