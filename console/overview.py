@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from django.conf import settings
 
+from inference.client import InferenceClient
 from serverparams.machine import Resources, resources
 from serverparams.server import ServerError, ServerStatus, get_managed_server
 
@@ -97,11 +98,8 @@ def server_overview() -> ServerOverview:
 def sidecar_overview() -> SidecarOverview:
     url = settings.INFERENCE_URL
     try:
-        from inference.client import InferenceClient
-
-        health = InferenceClient(url, settings.INFERENCE_TOKEN).health()
-    except ImportError:
-        return SidecarOverview(url=url, reachable=False, problem="the sidecar client is missing")
+        with InferenceClient(url, settings.INFERENCE_TOKEN) as client:
+            health = client.health()
     except Exception as exc:  # any failure to reach it reads the same to the user
         return SidecarOverview(url=url, reachable=False, problem=str(exc).strip() or repr(exc))
     return SidecarOverview(url=url, reachable=True, health=dict(health))

@@ -1,5 +1,9 @@
 """Applying parameter changes: validate all, then ``ALTER SYSTEM`` each, reload, record.
 
+A save is all or nothing: when the server refuses one value (its own checks can go beyond the
+console's validation), the entries already written are put back before the configuration is
+reloaded, so none of the batch ever takes effect.
+
 Saves are serialised with a session-level advisory lock on the managed server (``ALTER SYSTEM``
 cannot run inside a transaction, so a transaction-scoped lock would not cover it): the rows are
 re-read, checked against the values the editor showed, validated and applied while the lock is
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -25,6 +30,10 @@ from serverparams.validation import Edit, check_edits
 # pg_advisory_lock key of parameter saves ("prms" in ASCII).
 SAVE_LOCK_KEY = 0x70726D73
 _RELOAD_WAIT_S = 5.0
+_AUTO_CONF_QUERY = """
+SELECT name, setting FROM pg_file_settings
+WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno
+"""
 
 
 class Restart(enum.Enum):
@@ -38,8 +47,8 @@ class SaveResult:
     catalog: Catalog  # as read after the save (or before it, when nothing was applied)
     errors: dict[str, str] = field(default_factory=dict)  # validation; nothing was applied
     applied: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # ALTER SYSTEM refused these
-    not_applied: list[str] = field(default_factory=list)  # skipped after a failure
+    failed: dict[str, str] = field(default_factory=dict)  # ALTER SYSTEM refused; nothing applied
+    not_applied: list[str] = field(default_factory=list)  # the rest of a refused batch
     static_changes: list[str] = field(default_factory=list)  # need a restart to take effect
     needs_decision: bool = False  # Restart.ASK and some change is static
     pending_restart: list[str] = field(default_factory=list)
@@ -55,6 +64,22 @@ def _alter_system(conn: psycopg.Connection, name: str, value: str) -> None:
     # Custom parameters such as azure.extensions are written as qualified names.
     identifier = sql.Identifier(*name.split("."))
     conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(identifier, sql.Literal(value)))
+
+
+def auto_conf(conn: psycopg.Connection) -> dict[str, str]:
+    """What ALTER SYSTEM has written so far (postgresql.auto.conf), by lower-case name."""
+    return {name.lower(): setting for name, setting in conn.execute(_AUTO_CONF_QUERY).fetchall()}
+
+
+def write_back(conn: psycopg.Connection, snapshot: dict[str, str], names: Iterable[str]) -> None:
+    """Put the ALTER SYSTEM entries of ``names`` back as ``snapshot`` has them (no reload)."""
+    for name in names:
+        previous = snapshot.get(name.lower())
+        if previous is None:
+            identifier = sql.Identifier(*name.split("."))
+            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(identifier))
+        else:
+            _alter_system(conn, name, previous)
 
 
 def _reload(conn: psycopg.Connection) -> None:
@@ -108,17 +133,20 @@ def _save_locked(
         return result
 
     names = list(checked.values)
-    for index, name in enumerate(names):
+    written = auto_conf(conn)
+    for name in names:
         try:
             _alter_system(conn, name, checked.values[name])
         except psycopg.Error as exc:
+            # Nothing is reloaded yet: putting back what this batch wrote undoes all of it.
+            write_back(conn, written, result.applied)
             message = exc.diag.message_primary or str(exc)
             result.failed[name] = f"the server refused it: {message}"
-            result.not_applied = names[index + 1 :]
-            break
+            result.not_applied = [other for other in names if other != name]
+            result.applied = []
+            return result
         result.applied.append(name)
-    if result.applied:
-        _reload(conn)
+    _reload(conn)
     result.catalog = read_catalog(conn)
     after = result.catalog.by_name()
     result.pending_restart = [

@@ -32,6 +32,9 @@ LEFT JOIN file_values f ON f.lname = lower(s.name)
 ORDER BY lower(s.name)
 """
 
+# The ways of writing a true boolean, as PostgreSQL reads them (short of unique prefixes).
+TRUE_WORDS = frozenset({"on", "true", "yes", "1"})
+
 EXTENSIONS_QUERY = """
 SELECT name, default_version, installed_version, comment
 FROM pg_available_extensions
@@ -165,7 +168,7 @@ def normalise(parameter: Parameter, value: str | None) -> object:
     text = (value or "").strip()
     kind = parameter.data_type
     if kind == "boolean":
-        return text.lower() in {"on", "true", "yes", "1"}
+        return text.lower() in TRUE_WORDS
     if kind in {"integer", "numeric"}:
         # Configuration files may hold "128MB" where pg_settings says 16384 (8kB units).
         try:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serverparams import policy
-from serverparams.catalog import Catalog, Extension, Parameter, normalise, split_list
+from serverparams.catalog import TRUE_WORDS, Catalog, Extension, Parameter, normalise, split_list
 from serverparams.units import UnitError, parse_number
 
-_TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
 _MAX_STRING = 4096
 
@@ -41,7 +40,7 @@ def clean_value(parameter: Parameter, raw: str, extensions: list[Extension]) -> 
         raise InvalidValue(f"is too long (at most {_MAX_STRING} characters)")
     kind = parameter.data_type
     if kind == "boolean":
-        if text.lower() in _TRUE:
+        if text.lower() in TRUE_WORDS:
             return "on"
         if text.lower() in _FALSE:
             return "off"

@@ -52,38 +52,34 @@ def pg(server: ManagedServer) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def _user(username: str, role: str | None = None, *, superuser: bool = False) -> User:
+def _signed_in(username: str, role: str | None = None, *, superuser: bool = False) -> Client:
+    """A test client signed in as a new user with ``role`` (or as a superuser)."""
     if superuser:
-        return User.objects.create_superuser(username, password="pw-for-tests-only")
-    user = User.objects.create_user(username, password="pw-for-tests-only")
-    if role:
-        user.groups.add(Group.objects.get(name=role))
-    return user
+        user = User.objects.create_superuser(username, password="pw-for-tests-only")
+    else:
+        user = User.objects.create_user(username, password="pw-for-tests-only")
+        if role:
+            user.groups.add(Group.objects.get(name=role))
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture
 def admin_client(db: None) -> Client:
-    client = Client()
-    client.force_login(_user("ada", ADMIN))
-    return client
+    return _signed_in("ada", ADMIN)
 
 
 @pytest.fixture
 def superuser_client(db: None) -> Client:
-    client = Client()
-    client.force_login(_user("root", superuser=True))
-    return client
+    return _signed_in("root", superuser=True)
 
 
 @pytest.fixture
 def reader_client(db: None) -> Client:
-    client = Client()
-    client.force_login(_user("rita", READER))
-    return client
+    return _signed_in("rita", READER)
 
 
 @pytest.fixture
 def manager_client(db: None) -> Client:
-    client = Client()
-    client.force_login(_user("sam", SETTINGS_MANAGER))
-    return client
+    return _signed_in("sam", SETTINGS_MANAGER)

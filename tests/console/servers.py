@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from serverparams.apply import auto_conf, write_back
 from serverparams.server import ManagedServer
 from tests.fixtures.pg import free_port, install_module
 
@@ -45,25 +45,20 @@ def console_pg() -> Iterator[ManagedServer]:
         yield server
 
 
-AUTO_CONF_QUERY = """
-SELECT name, setting FROM pg_file_settings
-WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno
-"""
-
-
-def auto_conf(conn: psycopg.Connection) -> dict[str, str]:
-    """What ALTER SYSTEM has written so far (postgresql.auto.conf), by lower-case name."""
-    return {name.lower(): setting for name, setting in conn.execute(AUTO_CONF_QUERY).fetchall()}
-
-
 def restore_auto_conf(conn: psycopg.Connection, snapshot: dict[str, str]) -> None:
-    """Put postgresql.auto.conf back as it was, so later tests see the server unchanged."""
-    for name, value in auto_conf(conn).items():
-        identifier = sql.Identifier(*name.split("."))
-        if name not in snapshot:
-            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(identifier))
-        elif snapshot[name] != value:
-            conn.execute(
-                sql.SQL("ALTER SYSTEM SET {} = {}").format(identifier, sql.Literal(snapshot[name]))
-            )
+    """Put postgresql.auto.conf back as ``auto_conf`` read it, so later tests see the server
+    unchanged."""
+    current = auto_conf(conn)
+    changed = [
+        name for name in current.keys() | snapshot.keys() if current.get(name) != snapshot.get(name)
+    ]
+    write_back(conn, snapshot, changed)
     conn.execute("SELECT pg_reload_conf()")
+
+
+def show(server: ManagedServer, name: str) -> str:
+    """The value of ``name`` a new session sees."""
+    with server.connect() as conn:
+        row = conn.execute(f"SHOW {name}").fetchone()
+    assert row is not None
+    return row[0]

@@ -10,12 +10,12 @@ import psycopg
 import pytest
 from django.contrib.auth.models import User
 
-from serverparams.apply import SAVE_LOCK_KEY, Restart, reset_all_edits, save_changes
+from serverparams.apply import SAVE_LOCK_KEY, Restart, auto_conf, reset_all_edits, save_changes
 from serverparams.catalog import read_catalog
 from serverparams.models import ParameterChange
 from serverparams.server import ManagedServer
 from serverparams.validation import Edit
-from tests.console.servers import running_server
+from tests.console.servers import running_server, show
 
 pytestmark = pytest.mark.django_db
 
@@ -23,14 +23,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def ada(db: None) -> User:
     return User.objects.create_superuser("ada", password="pw-for-tests-only")
-
-
-def show(server: ManagedServer, name: str) -> str:
-    """The value a new session sees."""
-    with server.connect() as conn:
-        row = conn.execute(f"SHOW {name}").fetchone()
-    assert row is not None
-    return row[0]
 
 
 def test_dynamic_change_is_applied_reloaded_and_recorded(server: ManagedServer, ada: User) -> None:
@@ -122,9 +114,10 @@ def test_injection_in_names_and_values_never_reaches_sql(
         pg.execute("DROP TABLE IF EXISTS injection_target")
 
 
-def test_a_refused_apply_says_what_was_and_was_not_applied(
-    server: ManagedServer, ada: User
+def test_a_refused_apply_applies_nothing_and_says_why(
+    server: ManagedServer, pg: psycopg.Connection, ada: User
 ) -> None:
+    written = auto_conf(pg)
     # Valid by type, but the server's own check refuses an unknown text search configuration.
     result = save_changes(
         [
@@ -134,12 +127,13 @@ def test_a_refused_apply_says_what_was_and_was_not_applied(
         ],
         ada,
     )
-    assert result.applied == ["work_mem"]
+    assert result.applied == [] and not result.ok
     assert "the server refused it" in result.failed["default_text_search_config"]
-    assert result.not_applied == ["statement_timeout"]
-    assert show(server, "work_mem") == "16MB"
+    assert result.not_applied == ["work_mem", "statement_timeout"]
+    assert show(server, "work_mem") == "4MB"
     assert show(server, "statement_timeout") == "0"
-    assert list(ParameterChange.objects.values_list("parameter", flat=True)) == ["work_mem"]
+    assert auto_conf(pg) == written  # work_mem's entry was put back, not just left unloaded
+    assert not ParameterChange.objects.exists()
 
 
 def test_a_concurrent_change_is_not_overwritten(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.http import HttpResponse
 from django.test import Client
+from django.urls import URLResolver, get_resolver, reverse
 
 from serverparams.models import ParameterChange
 from serverparams.server import ManagedServer
+from tests.console.servers import show
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "param-results"}
@@ -19,11 +22,9 @@ WRITES = [
 ]
 
 
-def show(server: ManagedServer, name: str) -> str:
-    with server.connect() as conn:
-        row = conn.execute(f"SHOW {name}").fetchone()
-    assert row is not None
-    return row[0]
+def save(client: Client, fields: dict[str, object]) -> HttpResponse:
+    """POST ``fields`` to the save route, as the blade's htmx request does."""
+    return client.post("/parameters/save/", fields, **HTMX)
 
 
 def test_blade_lists_parameters_with_search_box_and_tabs(
@@ -36,6 +37,7 @@ def test_blade_lists_parameters_with_search_box_and_tabs(
     assert 'data-param="allow_in_place_tablespaces"' in page  # first page, name order
     assert "Page 1 of" in page
     assert page.count('class="param-row') == 50
+    assert "{#" not in page and "{%" not in page  # no template comment or tag left unrendered
 
 
 def test_search_filters_on_name_and_description_server_side(
@@ -75,7 +77,7 @@ def test_readonly_tab_includes_policy_parameters(
 
 
 def test_modified_tab_shows_changed_parameters(server: ManagedServer, admin_client: Client) -> None:
-    admin_client.post("/parameters/save/", {"name": "work_mem", "value:work_mem": "6MB"}, **HTMX)
+    save(admin_client, {"name": "work_mem", "value:work_mem": "6MB"})
     page = admin_client.get("/parameters/", {"tab": "modified"}).content.decode()
     assert 'data-param="work_mem"' in page
     assert 'data-param="enable_seqscan"' not in page
@@ -108,10 +110,8 @@ def test_extension_the_machine_cannot_host_is_disabled_with_the_reason(
     checkbox = page[page.rindex("<input", 0, start) : page.index(">", start)]
     assert "disabled" in checkbox
     assert "this machine has 256 MB" in page
-    response = admin_client.post(
-        "/parameters/save/",
-        {"name": "azure.extensions", "value:azure.extensions": "azure_local_ai"},
-        **HTMX,
+    response = save(
+        admin_client, {"name": "azure.extensions", "value:azure.extensions": "azure_local_ai"}
     )
     assert response.status_code == 422
     assert "AZURE_LOCAL_AI cannot be enabled on this machine" in response.content.decode()
@@ -120,15 +120,14 @@ def test_extension_the_machine_cannot_host_is_disabled_with_the_reason(
 def test_save_applies_and_tells_the_page_what_was_saved(
     server: ManagedServer, admin_client: Client
 ) -> None:
-    response = admin_client.post(
-        "/parameters/save/",
+    response = save(
+        admin_client,
         {
             "name": ["azure.extensions"],
             "value:azure.extensions": "VECTOR",
             "base:azure.extensions": "",
             "q": "extensions",
         },
-        **HTMX,
     )
     assert response.status_code == 200
     assert json.loads(response["HX-Trigger"]) == {
@@ -142,10 +141,9 @@ def test_save_applies_and_tells_the_page_what_was_saved(
 def test_invalid_save_returns_422_with_the_error_in_the_row(
     server: ManagedServer, admin_client: Client
 ) -> None:
-    response = admin_client.post(
-        "/parameters/save/",
+    response = save(
+        admin_client,
         {"name": "work_mem", "value:work_mem": "1", "base:work_mem": "4096", "q": "work_mem"},
-        **HTMX,
     )
     assert response.status_code == 422
     body = response.content.decode()
@@ -157,10 +155,9 @@ def test_invalid_save_returns_422_with_the_error_in_the_row(
 def test_static_save_returns_the_restart_dialog(
     server: ManagedServer, admin_client: Client
 ) -> None:
-    response = admin_client.post(
-        "/parameters/save/",
+    response = save(
+        admin_client,
         {"name": "max_connections", "value:max_connections": "150", "base:max_connections": "100"},
-        **HTMX,
     )
     assert response["HX-Retarget"] == "#dialog-host"
     body = response.content.decode()
@@ -168,8 +165,8 @@ def test_static_save_returns_the_restart_dialog(
         assert button in body
     assert 'name="value:max_connections" value="150"' in body
     assert not ParameterChange.objects.exists()
-    saved = admin_client.post(
-        "/parameters/save/",
+    saved = save(
+        admin_client,
         {
             "name": "max_connections",
             "value:max_connections": "150",
@@ -177,7 +174,6 @@ def test_static_save_returns_the_restart_dialog(
             "restart": "no",
             "q": "max_connections",
         },
-        **HTMX,
     )
     assert saved.status_code == 200
     assert "Restart pending" in saved.content.decode()
@@ -186,9 +182,7 @@ def test_static_save_returns_the_restart_dialog(
 def test_reset_all_dialog_lists_modified_parameters(
     server: ManagedServer, admin_client: Client
 ) -> None:
-    admin_client.post(
-        "/parameters/save/", {"name": "enable_seqscan", "value:enable_seqscan": "off"}, **HTMX
-    )
+    save(admin_client, {"name": "enable_seqscan", "value:enable_seqscan": "off"})
     dialog = admin_client.get("/parameters/reset-all/").content.decode()
     assert "Reset all to default?" in dialog
     assert 'name="value:enable_seqscan" value="on"' in dialog
@@ -196,9 +190,7 @@ def test_reset_all_dialog_lists_modified_parameters(
 
 
 def test_history_panel_shows_who_changed_what(server: ManagedServer, admin_client: Client) -> None:
-    admin_client.post(
-        "/parameters/save/", {"name": "enable_seqscan", "value:enable_seqscan": "off"}, **HTMX
-    )
+    save(admin_client, {"name": "enable_seqscan", "value:enable_seqscan": "off"})
     history = admin_client.get("/parameters/history/").content.decode()
     assert "enable_seqscan" in history and "ada" in history and "Applied" in history
 
@@ -224,25 +216,72 @@ def test_settings_manager_may_not_change_parameters(
 
 
 def test_superuser_counts_as_admin(server: ManagedServer, superuser_client: Client) -> None:
-    response = superuser_client.post(
-        "/parameters/save/", {"name": "enable_seqscan", "value:enable_seqscan": "off"}, **HTMX
-    )
+    response = save(superuser_client, {"name": "enable_seqscan", "value:enable_seqscan": "off"})
     assert response.status_code == 200
     assert show(server, "enable_seqscan") == "off"
 
 
-def test_writes_need_the_csrf_token(server: ManagedServer, db: None) -> None:
+POSTS = [url for method, url in WRITES if method == "post"]
+# Arguments for the routes that take some, to request each one.
+ROUTE_ARGS = {"coming_soon": ["models"]}
+
+
+def own_routes() -> list[str]:
+    """Every route of the console's own views (Django's sign-in and admin views are not ours)."""
+    routes = []
+    for entry in get_resolver().url_patterns:
+        if isinstance(entry, URLResolver):
+            if entry.namespace in {None, "admin"}:
+                continue
+            routes += [reverse(f"{entry.namespace}:{p.name}") for p in entry.url_patterns]
+        else:
+            routes.append(reverse(entry.name, args=ROUTE_ARGS.get(entry.name, [])))
+    return routes
+
+
+def test_every_route_that_takes_a_post_is_among_the_checked_writes(
+    server: ManagedServer, reader_client: Client
+) -> None:
+    routes = own_routes()
+    assert "/parameters/save/" in routes and "/soon/models/" in routes
+    taking_posts = {url for url in routes if reader_client.post(url, **HTMX).status_code != 405}
+    assert taking_posts == set(POSTS)
+
+
+@pytest.mark.parametrize("url", POSTS)
+def test_writes_need_the_csrf_token(server: ManagedServer, db: None, url: str) -> None:
     from django.contrib.auth.models import User
 
     client = Client(enforce_csrf_checks=True)
     client.force_login(User.objects.create_superuser("eve", password="pw-for-tests-only"))
-    response = client.post("/parameters/save/", {"name": "work_mem", "value:work_mem": "8MB"})
+    response = client.post(url, {"name": "work_mem", "value:work_mem": "8MB"})
     assert response.status_code == 403
+    assert b"CSRF" in response.content
     assert show(server, "work_mem") == "4MB"
 
 
+def test_a_value_the_server_refuses_saves_nothing_and_says_why(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    response = save(
+        admin_client,
+        {
+            "name": ["work_mem", "default_text_search_config"],
+            "value:work_mem": "16MB",
+            "value:default_text_search_config": "pg_catalog.no_such_config",
+        },
+    )
+    assert response.status_code == 422
+    assert json.loads(response["HX-Trigger"]) == {"parametersSaved": {"applied": []}}
+    body = response.content.decode()
+    assert "Nothing was applied: the server refused <code>default_text_search_config</code>" in body
+    assert "Not applied either: <code>work_mem</code>" in body
+    assert show(server, "work_mem") == "4MB"
+    assert not ParameterChange.objects.exists()
+
+
 def test_blade_says_so_when_the_server_is_unreachable(
-    admin_client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MANAGED_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres")
     response = admin_client.get("/parameters/")
@@ -255,10 +294,10 @@ def test_external_server_offers_no_restart_but_says_how(
 ) -> None:
     monkeypatch.setenv("MANAGED_DATABASE_URL", server.uri())
     edit = {"name": "max_connections", "value:max_connections": "150"}
-    dialog = admin_client.post("/parameters/save/", edit, **HTMX).content.decode()
+    dialog = save(admin_client, edit).content.decode()
     assert "Save only" in dialog and "Save and restart" not in dialog
     assert "The managed server is external (MANAGED_DATABASE_URL)" in dialog
-    saved = admin_client.post("/parameters/save/", {**edit, "restart": "yes"}, **HTMX)
+    saved = save(admin_client, {**edit, "restart": "yes"})
     body = saved.content.decode()
     assert "the console cannot restart it" in body and "Restart pending" in body
 

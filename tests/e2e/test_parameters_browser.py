@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.console.servers import show
 from tests.e2e.conftest import Console
 
 pytestmark = pytest.mark.browser
-
-
-def show(console: Console, name: str) -> str:
-    with console.server.connect() as conn:
-        row = conn.execute(f"SHOW {name}").fetchone()
-    assert row is not None
-    return row[0]
 
 
 def search(page: Page, text: str) -> None:
@@ -46,7 +40,7 @@ def test_tick_vector_and_save_changes_the_allowlist(
     page.locator("#cmd-save").click()
     expect(page.locator("#blade-messages")).to_contain_text("Saved 1 parameter")
     expect(page.locator("#unsaved-count")).to_have_text("0 unsaved changes")
-    assert show(console, "azure.extensions") == "vector"
+    assert show(console.server, "azure.extensions") == "vector"
     expect(page.locator("#history-panel")).to_contain_text("azure.extensions")
     expect(row(page, "azure.extensions").get_by_label("VECTOR")).to_be_checked()
     page.screenshot(path=str(screenshots / "parameters-saved.png"), full_page=True)
@@ -64,14 +58,14 @@ def test_out_of_range_value_shows_the_error_in_the_row(
     # The edit is still pending, so it can be corrected.
     expect(row(page, "work_mem").locator(".param-editor")).to_have_value("1")
     expect(page.locator("#unsaved-count")).to_have_text("1 unsaved change")
-    assert show(console, "work_mem") == "4MB"
+    assert show(console.server, "work_mem") == "4MB"
     page.screenshot(path=str(screenshots / "parameters-error.png"))
 
 
 def test_static_parameter_opens_the_restart_dialog(
     page: Page, console: Console, screenshots: Path
 ) -> None:
-    before = show(console, "max_connections")
+    before = show(console.server, "max_connections")
     search(page, "max_connections")
     row(page, "max_connections").locator(".param-editor").fill(str(int(before) + 20))
     page.locator("#cmd-save").click()
@@ -92,7 +86,7 @@ def test_static_parameter_opens_the_restart_dialog(
             "SELECT pending_restart FROM pg_settings WHERE name = 'max_connections'"
         ).fetchone()
     assert pending == (True,)
-    assert show(console, "max_connections") == before
+    assert show(console.server, "max_connections") == before
 
 
 def test_discard_restores_the_values_read_from_the_server(page: Page) -> None:
@@ -114,7 +108,7 @@ def test_pending_edits_survive_searching(page: Page, console: Console) -> None:
     expect(row(page, "enable_seqscan").locator("select.param-editor")).to_have_value("off")
     page.locator("#cmd-save").click()
     expect(page.locator("#blade-messages")).to_contain_text("Saved 1 parameter")
-    assert show(console, "enable_seqscan") == "off"
+    assert show(console.server, "enable_seqscan") == "off"
 
 
 def test_blade_and_overview_fit_a_narrow_window(
@@ -124,6 +118,23 @@ def test_blade_and_overview_fit_a_narrow_window(
     page.goto(f"{console.url}/parameters/?tab=modified")
     expect(page.get_by_role("link", name="Modified")).to_have_attribute("aria-current", "page")
     page.screenshot(path=str(screenshots / "parameters-800.png"))
+    # The page itself does not scroll sideways; the table does, inside its own frame, and the
+    # keyboard reaches that frame and scrolls it to the last column.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    table = page.get_by_role("region", name="Server parameters table")
+    assert table.evaluate("frame => frame.scrollWidth > frame.clientWidth")
+    table.focus()
+    expect(table).to_be_focused()
+    for _ in range(40):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "frame => frame.scrollLeft + frame.clientWidth >= frame.scrollWidth - 1",
+        arg=table.element_handle(),
+    )
+    last_header = table.locator("thead th").last
+    box = last_header.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 800
+    page.screenshot(path=str(screenshots / "parameters-800-scrolled.png"))
     page.goto(f"{console.url}/")
     expect(page.get_by_role("heading", name="Managed server")).to_be_visible()
     page.screenshot(path=str(screenshots / "overview-800.png"), full_page=True)
@@ -150,13 +161,13 @@ def test_reset_to_default_per_row_and_reset_all_dialog(
     page.screenshot(path=str(screenshots / "parameters-reset-all-dialog.png"))
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
-    assert show(console, "work_mem") == "8MB"
+    assert show(console.server, "work_mem") == "8MB"
     search(page, "work_mem")
     row(page, "work_mem").get_by_role("button", name="Reset work_mem to default (4096)").click()
     expect(row(page, "work_mem").locator(".param-editor")).to_have_value("4096")
     page.locator("#cmd-save").click()
     expect(page.locator("#blade-messages")).to_contain_text("Saved 1 parameter")
-    assert show(console, "work_mem") == "4MB"
+    assert show(console.server, "work_mem") == "4MB"
 
 
 def test_expired_session_goes_to_sign_in(page: Page, console: Console) -> None:

@@ -25,11 +25,12 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(18)
         password_file.parent.mkdir(parents=True, exist_ok=True)
-        # Created with mode 0600 from the start: the password is never world-readable.
+        # Mode 0600 before the password is written, also when an older file is overwritten:
+        # the password is never readable by others.
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(password + "\n")
-        os.chmod(password_file, 0o600)
         user_model.objects.create_superuser("admin", email="", password=password)
         self.stdout.write(
             self.style.SUCCESS(

@@ -1,9 +1,10 @@
 """Start the whole system on embedded defaults and keep it running until Ctrl-C.
 
 Order: Redis (the running one at REDIS_URL, else a ``redis-server`` of our own), the managed
-PostgreSQL server, the inference sidecar (with every model of the store registered and
-loaded), the Celery worker, and the console. Each child's output goes to ``VAR_DIR/logs``.
-If any child exits, everything is stopped and the command says which one and where its log is.
+PostgreSQL server (an external one at MANAGED_DATABASE_URL must already run), the inference
+sidecar (with every model of the store registered and loaded), the Celery worker, and the
+console. Each child's output goes to ``VAR_DIR/logs``. If any child exits, everything is
+stopped and the command says which one and where its log is.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from inference.client import InferenceClient, InferenceError
 from inference.store import ModelStore
-from serverparams.server import get_managed_server
+from serverparams.server import ServerError, get_managed_server
 
 
 class Child:
@@ -33,7 +34,11 @@ class Child:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            self._log.close()
+            raise CommandError(f"cannot start {name} ({argv[0]}): {exc}") from exc
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -66,11 +71,18 @@ class Command(BaseCommand):
             self._start_redis(log_dir)
             self._step("managed PostgreSQL server")
             server = get_managed_server()
-            # Stop on the way out only what this command started: a server that was already
-            # running (or an external one) stays up.
-            started_server = server.controls_process and not server.status().running
-            server.start()
-            self._ok(server.uri())
+            if server.controls_process:
+                # Stop on the way out only what this command started: a server that was
+                # already running stays up.
+                started_server = not server.status().running
+                server.start()
+                self._ok(server.uri())
+            else:
+                # An external server is not ours to start: it only has to answer.
+                problem = server.status().message
+                if problem:
+                    raise CommandError(problem)
+                self._ok("using the external server at MANAGED_DATABASE_URL")
             self._start_sidecar(log_dir)
             self._step("Celery worker")
             self.children.append(
@@ -107,13 +119,16 @@ class Command(BaseCommand):
                     log_dir,
                 )
             )
-            self._wait_http(f"http://{options['web']}/login/", "web")
+            self._wait_http(f"http://{options['web']}/accounts/login/", "web")
             self._ok(f"http://{options['web']}/")
             call_command("ensureadmin")
             self.stdout.write(self.style.SUCCESS("\nEverything is running. Ctrl-C stops it all."))
             self._watch()
         except KeyboardInterrupt:
             self.stdout.write("\nstopping ...")
+        except (ServerError, InferenceError) as exc:
+            # Their messages say what to do; a traceback would only hide that.
+            raise CommandError(str(exc)) from exc
         finally:
             for child in reversed(self.children):
                 child.stop()
@@ -188,16 +203,16 @@ class Command(BaseCommand):
             )
         )
         self._wait_http(settings.INFERENCE_URL + "/health", "inference")
-        client = InferenceClient(settings.INFERENCE_URL, token=settings.INFERENCE_TOKEN or None)
-        registered = {m["model_uri"] for m in client.models()}
-        for stored in ModelStore(Path(settings.VAR_DIR) / "models").list():
-            try:
-                if stored.uri not in registered:
-                    client.register(stored.uri, str(stored.path))
-                client.load(stored.uri)
-            except InferenceError as exc:
-                self.stderr.write(f"model {stored.uri} was not loaded: {exc}")
-        loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
+        with InferenceClient(settings.INFERENCE_URL, token=settings.INFERENCE_TOKEN) as client:
+            registered = {m["model_uri"] for m in client.models()}
+            for stored in ModelStore(Path(settings.VAR_DIR) / "models").list():
+                try:
+                    if stored.uri not in registered:
+                        client.register(stored.uri, str(stored.path))
+                    client.load(stored.uri)
+                except InferenceError as exc:
+                    self.stderr.write(f"model {stored.uri} was not loaded: {exc}")
+            loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
         self._ok(f"{settings.INFERENCE_URL}  models loaded: {', '.join(loaded) or 'none'}")
 
     def _wait_http(self, url: str, name: str, timeout: float = 60) -> None:
