@@ -147,21 +147,23 @@ call(const CallBudget *budget, const char *method, const char *path, const char 
 					  response);
 }
 
-/* A JSON call whose success answer is an object; HTTP errors become ERRORs. */
+/*
+ * A JSON call: body (in the database's encoding) is sent as UTF-8; the answer is its JSON, or
+ * NULL when empty. HTTP errors become ERRORs.
+ */
 static Jsonb *
 call_json(const CallBudget *budget, const char *method, const char *path, const char *body)
 {
 	SidecarResponse response;
-	Jsonb	   *jb;
+	char	   *utf8 = body ? pg_server_to_any(body, strlen(body), PG_UTF8) : NULL;
 
-	call(budget, method, path, body ? "application/json" : NULL, body, body ? strlen(body) : 0,
+	call(budget, method, path, utf8 ? "application/json" : NULL, utf8, utf8 ? strlen(utf8) : 0,
 		 &response);
 	if (response.status < 200 || response.status >= 300)
 		alai_raise_http_error(&response);
 	if (response.body_len == 0)
 		return NULL;
-	jb = alai_parse_json(&response);
-	return jb;
+	return alai_parse_json(&response);
 }
 
 static char *
@@ -447,7 +449,7 @@ alai_create_embeddings_ids(PG_FUNCTION_ARGS)
 /* -- settings ------------------------------------------------------------------------------- */
 
 /* GET /settings: all settings as one JSON object {key: value}. */
-static JsonbContainer *
+static Jsonb *
 fetch_settings(const CallBudget *budget)
 {
 	Jsonb	   *jb = call_json(budget, "GET", "/settings", NULL);
@@ -457,21 +459,7 @@ fetch_settings(const CallBudget *budget)
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("the inference service at %s answered GET /settings with something "
 						"other than a JSON object", alai_service_display_url())));
-	return &jb->root;
-}
-
-static Jsonb *
-container_to_jsonb(JsonbContainer *container)
-{
-	JsonbIterator *it = JsonbIteratorInit(container);
-	JsonbParseState *state = NULL;
-	JsonbValue	v;
-	JsonbValue *result = NULL;
-	JsonbIteratorToken token;
-
-	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
-		result = pushJsonbValue(&state, token, token < WJB_BEGIN_ARRAY ? &v : NULL);
-	return JsonbValueToJsonb(result);
+	return jb;
 }
 
 static char *
@@ -481,16 +469,12 @@ known_keys(JsonbContainer *settings)
 	JsonbIterator *it = JsonbIteratorInit(settings);
 	JsonbValue	v;
 	JsonbIteratorToken token;
-	int			level = 0;
 
 	initStringInfo(&keys);
+	/* skipNested: the keys met are those of the top-level object */
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		if (token == WJB_BEGIN_OBJECT)
-			level++;
-		else if (token == WJB_END_OBJECT)
-			level--;
-		else if (token == WJB_KEY && level == 1)
+		if (token == WJB_KEY)
 			appendStringInfo(&keys, "%s%.*s", keys.len ? ", " : "", v.val.string.len,
 							 v.val.string.val);
 	}
@@ -516,7 +500,7 @@ alai_get_settings(PG_FUNCTION_ARGS)
 {
 	ArrayType  *keys = PG_GETARG_ARRAYTYPE_P(0);
 	CallBudget	budget = budget_start(check_timeout(PG_GETARG_INT32(1)));
-	JsonbContainer *settings;
+	Jsonb	   *settings;
 	Datum	   *names;
 	bool	   *nulls;
 	int			n;
@@ -531,7 +515,7 @@ alai_get_settings(PG_FUNCTION_ARGS)
 					 errmsg("keys must not contain NULL")));
 	settings = fetch_settings(&budget);
 	if (n == 0)
-		PG_RETURN_JSONB_P(container_to_jsonb(settings));
+		PG_RETURN_JSONB_P(settings);
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	for (int i = 0; i < n; i++)
 	{
@@ -542,7 +526,7 @@ alai_get_settings(PG_FUNCTION_ARGS)
 		k.val.string.val = key;
 		k.val.string.len = strlen(key);
 		pushJsonbValue(&state, WJB_KEY, &k);
-		pushJsonbValue(&state, WJB_VALUE, setting_value(settings, key));
+		pushJsonbValue(&state, WJB_VALUE, setting_value(&settings->root, key));
 	}
 	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	PG_RETURN_JSONB_P(JsonbValueToJsonb(result));
@@ -554,7 +538,7 @@ alai_get_setting(PG_FUNCTION_ARGS)
 {
 	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	CallBudget	budget = budget_start(check_timeout(PG_GETARG_INT32(1)));
-	JsonbValue *value = setting_value(fetch_settings(&budget), key);
+	JsonbValue *value = setting_value(&fetch_settings(&budget)->root, key);
 
 	if (value->type == jbvNull)
 		PG_RETURN_NULL();
@@ -683,17 +667,25 @@ alai_model_register(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(DirectFunctionCall1(numeric_int8, NumericGetDatum(id->val.numeric)));
 }
 
-/* model_unregister(model_uri, timeout_ms) -> void */
-Datum
-alai_model_unregister(PG_FUNCTION_ARGS)
+/* A privileged (model_uri, timeout_ms) -> void function: one call to the model's route. */
+static void
+change_model(FunctionCallInfo fcinfo, const char *function, const char *method,
+			 const char *suffix, const char *body)
 {
 	char	   *model_uri;
 	CallBudget	budget;
 
-	require_setting_manager("model_unregister");
+	require_setting_manager(function);
 	model_uri = required_text(fcinfo, 0, "model_uri");
 	budget = budget_start(required_timeout(fcinfo, 1));
-	call_json(&budget, "DELETE", model_path(model_uri, ""), NULL);
+	call_json(&budget, method, model_path(model_uri, suffix), body);
+}
+
+/* model_unregister(model_uri, timeout_ms) -> void */
+Datum
+alai_model_unregister(PG_FUNCTION_ARGS)
+{
+	change_model(fcinfo, "model_unregister", "DELETE", "", NULL);
 	PG_RETURN_VOID();
 }
 
@@ -701,13 +693,7 @@ alai_model_unregister(PG_FUNCTION_ARGS)
 Datum
 alai_model_unload(PG_FUNCTION_ARGS)
 {
-	char	   *model_uri;
-	CallBudget	budget;
-
-	require_setting_manager("model_unload");
-	model_uri = required_text(fcinfo, 0, "model_uri");
-	budget = budget_start(required_timeout(fcinfo, 1));
-	call_json(&budget, "POST", model_path(model_uri, "/unload"), "{}");
+	change_model(fcinfo, "model_unload", "POST", "/unload", "{}");
 	PG_RETURN_VOID();
 }
 

@@ -15,14 +15,15 @@
 
 #include <curl/curl.h>
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/miscnodes.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 
 #define POLL_SLICE_MS 25
-#define MAX_RESPONSE_BYTES ((size_t) 1 << 30)	/* palloc's limit */
 
 static CURL *easy = NULL;
 static CURLM *multi = NULL;
@@ -41,7 +42,8 @@ write_callback(char *ptr, size_t size, size_t nmemb, void *userdata)
 	ResponseBuffer	   *buf = (ResponseBuffer *) userdata;
 	size_t		n = size * nmemb;
 
-	if (buf->len + n + 1 > MAX_RESPONSE_BYTES)
+	/* the body is copied into palloc'd memory, NUL-terminated */
+	if (buf->len + n + 1 > MaxAllocSize)
 	{
 		buf->too_large = true;
 		return 0;				/* makes libcurl fail the transfer with CURLE_WRITE_ERROR */
@@ -91,7 +93,8 @@ alai_url_escape(const char *text)
 	const unsigned char *p;
 
 	initStringInfo(&out);
-	for (p = (const unsigned char *) text; *p; p++)
+	/* percent-encoded UTF-8, whatever the database's encoding */
+	for (p = (const unsigned char *) pg_server_to_any(text, strlen(text), PG_UTF8); *p; p++)
 	{
 		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
 			*p == '-' || *p == '_' || *p == '.' || *p == '~')
@@ -105,14 +108,21 @@ alai_url_escape(const char *text)
 static void
 ensure_handles(void)
 {
-	if (easy != NULL)
-		return;
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYSTEM_ERROR),
-				 errmsg("could not initialize libcurl")));
-	multi = curl_multi_init();
-	easy = curl_easy_init();
+	static bool curl_initialized = false;
+
+	if (!curl_initialized)
+	{
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("could not initialize libcurl")));
+		curl_initialized = true;
+	}
+	/* a handle that could not be created is tried again by the next call */
+	if (multi == NULL)
+		multi = curl_multi_init();
+	if (easy == NULL)
+		easy = curl_easy_init();
 	if (multi == NULL || easy == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
@@ -139,6 +149,7 @@ raise_transport_error(CURLcode code, const char *curl_message, const ResponseBuf
 		case CURLE_COULDNT_CONNECT:
 		case CURLE_COULDNT_RESOLVE_HOST:
 		case CURLE_COULDNT_RESOLVE_PROXY:
+		case CURLE_URL_MALFORMAT:	/* a service_url that only starts like a URL */
 			ereport(ERROR,
 					(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
 					 errmsg("could not connect to the inference service at %s", url),
@@ -177,6 +188,19 @@ raise_transport_error(CURLcode code, const char *curl_message, const ResponseBuf
 					 errhint("Check that the inference sidecar is running; its log may say why "
 							 "it stopped.")));
 	}
+}
+
+/* Append to a request's header list; on failure, ERROR with the list intact (to be freed). */
+static void
+append_header(struct curl_slist *volatile *headers, const char *header)
+{
+	struct curl_slist *list = curl_slist_append(*headers, header);
+
+	if (list == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory building a request to the inference service")));
+	*headers = list;
 }
 
 void
@@ -225,31 +249,15 @@ alai_http_request(const char *method, const char *path, const char *content_type
 		int			pending;
 		CURLMcode	mcode;
 
-		headers = curl_slist_append(headers, "Accept: application/json, application/octet-stream");
+		append_header(&headers, "Accept: application/json, application/octet-stream");
 		/* libcurl would otherwise send "Expect: 100-continue" and wait for large bodies */
-		headers = curl_slist_append(headers, "Expect:");
+		append_header(&headers, "Expect:");
 		if (content_type)
-		{
-			char		header[128];
-
-			snprintf(header, sizeof(header), "Content-Type: %s", content_type);
-			headers = curl_slist_append(headers, header);
-		}
+			append_header(&headers, psprintf("Content-Type: %s", content_type));
 		/* the sidecar abandons work its caller will no longer wait for */
-		{
-			char		header[64];
-
-			snprintf(header, sizeof(header), "X-Timeout-Ms: %d", remaining_ms);
-			headers = curl_slist_append(headers, header);
-		}
+		append_header(&headers, psprintf("X-Timeout-Ms: %d", remaining_ms));
 		if (alai_service_token && alai_service_token[0])
-		{
-			StringInfoData auth;
-
-			initStringInfo(&auth);
-			appendStringInfo(&auth, "Authorization: Bearer %s", alai_service_token);
-			headers = curl_slist_append(headers, auth.data);
-		}
+			append_header(&headers, psprintf("Authorization: Bearer %s", alai_service_token));
 
 		curl_easy_setopt(easy, CURLOPT_URL, url.data);
 		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
@@ -344,8 +352,13 @@ alai_try_parse_json(const SidecarResponse *response)
 
 	if (response->body_len == 0 || strlen(response->body) != response->body_len)
 		return NULL;
-	if (!DirectInputFunctionCallSafe(jsonb_in, response->body, InvalidOid, -1,
-									 (Node *) &escontext, &result))
+	/* JSON comes in UTF-8; jsonb_in reads the database's encoding */
+	if (!pg_verify_mbstr(PG_UTF8, response->body, response->body_len, true))
+		return NULL;
+	if (!DirectInputFunctionCallSafe(jsonb_in,
+									 pg_any_to_server(response->body, response->body_len,
+													  PG_UTF8),
+									 InvalidOid, -1, (Node *) &escontext, &result))
 		return NULL;
 	return DatumGetJsonbP(result);
 }

@@ -3,7 +3,6 @@ point the module at another service for the length of a test."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from serverparams.server import ManagedServer
-from tests.fixtures.pg import allow_extensions
+from tests.fixtures.pg import allow_extensions, set_parameter, wait_for_setting
 
 TINY_URI = "tiny:v1"
 TINY_DIMS = 32
@@ -38,24 +37,11 @@ def conn(managed_pg: ManagedServer, ext_db: str) -> Iterator[psycopg.Connection]
         yield connection
 
 
-def wait_for_setting(conn: psycopg.Connection, name: str, value: str) -> None:
-    """Wait until this session applied a configuration reload that sets name to value."""
-    deadline = time.monotonic() + 10
-    while conn.execute("SELECT current_setting(%s)", [name]).fetchone() != (value,):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name} did not become {value!r} after pg_reload_conf()")
-        time.sleep(0.02)
-
-
 @contextmanager
 def service_url(conn: psycopg.Connection, url: str) -> Iterator[None]:
     """Point azure_local_ai.service_url (a reloadable server parameter) at url for a while."""
     previous = conn.execute("SHOW azure_local_ai.service_url").fetchone()[0]
-    conn.execute(
-        sql.SQL("ALTER SYSTEM SET azure_local_ai.service_url = {}").format(sql.Literal(url))
-    )
-    conn.execute("SELECT pg_reload_conf()")
-    wait_for_setting(conn, "azure_local_ai.service_url", url)
+    set_parameter(conn, "azure_local_ai.service_url", url)
     try:
         yield
     finally:

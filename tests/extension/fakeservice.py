@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from inference import protocol
+from tests.fixtures.sidecar import free_port
 
 
 def _read_request(sock: socket.socket) -> tuple[str, bytes]:
@@ -77,11 +78,13 @@ class FakeService:
             os.chmod(unix_socket, 0o777)  # the server's system account connects to it
             self.url = f"unix:{unix_socket}"
         else:
-            socketserver.ThreadingTCPServer.allow_reuse_address = True
             self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
             self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll interval: shutdown() waits for the serving loop to notice
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def handle(self, sock: socket.socket) -> None:
         request_line, body = _read_request(sock)
@@ -129,7 +132,4 @@ def fake_service(behaviour: str, unix_socket: str | None = None) -> Iterator[Fak
 
 def closed_port_url() -> str:
     """A loopback URL on which nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

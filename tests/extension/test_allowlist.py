@@ -64,8 +64,12 @@ def test_listed_extension_is_created(db: psycopg.Connection) -> None:
     assert db.execute("SELECT '[1,2]'::vector <-> '[1,3]'::vector").fetchone() == (1.0,)
 
 
-@pytest.mark.parametrize("listed", ["VECTOR", " Vector , AZURE_LOCAL_AI ", '"vector"'])
-def test_matching_is_case_insensitive(db: psycopg.Connection, listed: str) -> None:
+@pytest.mark.parametrize(
+    "listed", ["VECTOR", " Vector , AZURE_LOCAL_AI ", '"vector"', ", ,\tvector,,"]
+)
+def test_matching_ignores_case_spaces_quotes_and_empty_entries(
+    db: psycopg.Connection, listed: str
+) -> None:
     allow_extensions(db, listed)
     db.execute("CREATE EXTENSION vector")
     assert db.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone() == (

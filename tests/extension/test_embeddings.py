@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 
+from serverparams.server import ManagedServer
 from tests.extension.conftest import TINY_DIMS, TINY_URI, service_url
 from tests.extension.fakeservice import fake_service
 from tests.fixtures.sidecar import SidecarProcess, make_store_dir
@@ -338,3 +339,42 @@ def test_non_positive_batch_size_and_timeout_are_refused(
 ) -> None:
     with pytest.raises(errors.InvalidParameterValue, match="must be a positive number"):
         conn.execute(statement)
+
+
+@pytest.fixture
+def latin1_conn(managed_pg: ManagedServer, ext_db: str) -> Iterator[psycopg.Connection]:
+    """A session in a LATIN1 database with the extension created."""
+    name = "ext_tests_latin1"
+    with managed_pg.connect() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1'"
+                " LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name))
+        )
+        try:
+            with managed_pg.connect(name) as connection:
+                connection.execute("CREATE EXTENSION azure_local_ai")
+                yield connection
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+
+
+def test_a_latin1_database_speaks_utf8_to_the_sidecar(
+    latin1_conn: psycopg.Connection, sidecar: SidecarProcess
+) -> None:
+    text = "un café crème"
+    (got,) = latin1_conn.execute(
+        "SELECT azure_local_ai.create_embeddings(%s, %s)", [TINY_URI, text]
+    ).fetchone()
+    np.testing.assert_allclose(
+        np.array(got, dtype=np.float32), sidecar_vectors(sidecar, [text])[0], atol=1e-6
+    )
+    # the model URI travels in the URL, the sidecar's message back in JSON
+    with pytest.raises(errors.UndefinedObject) as info:
+        latin1_conn.execute("SELECT azure_local_ai.model_metadata('café:v1')")
+    assert "café:v1" in info.value.diag.message_primary
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        latin1_conn.execute("SELECT azure_local_ai.set_setting('max_wait_ms', 'deux à trois')")
+    assert "deux à trois" in info.value.diag.message_primary

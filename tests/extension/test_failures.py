@@ -73,21 +73,27 @@ def test_service_down_is_a_connection_error_naming_the_url(conn: psycopg.Connect
     assert_session_usable(conn, pid)
 
 
-def test_answer_that_is_not_http_is_a_protocol_violation(conn: psycopg.Connection) -> None:
+def test_malformed_service_url_is_a_connection_error(conn: psycopg.Connection) -> None:
+    with service_url(conn, "http://no such host:8090"):
+        with pytest.raises(errors.SqlclientUnableToEstablishSqlconnection) as info:
+            conn.execute("SELECT azure_local_ai.get_setting()")
+        assert "http://no such host:8090" in info.value.diag.message_primary
+        assert "azure_local_ai.service_url" in info.value.diag.message_hint
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [("not_http", "not valid HTTP"), ("short_binary", "malformed embedding response")],
+)
+def test_answer_that_is_not_http_or_a_malformed_embedding_body_is_a_protocol_violation(
+    conn: psycopg.Connection, behaviour: str, message: str
+) -> None:
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    with fake_service("not_http") as fake, service_url(conn, fake.url):
+    with fake_service(behaviour) as fake, service_url(conn, fake.url):
         with pytest.raises(errors.ProtocolViolation) as info:
             conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'hello')", [TINY_URI])
         assert fake.url in info.value.diag.message_primary
-    assert_session_usable(conn, pid)
-
-
-def test_malformed_embedding_body_is_a_protocol_violation(conn: psycopg.Connection) -> None:
-    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    with fake_service("short_binary") as fake, service_url(conn, fake.url):
-        with pytest.raises(errors.ProtocolViolation) as info:
-            conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'hello')", [TINY_URI])
-        assert "malformed embedding response" in info.value.diag.message_primary
+        assert message in info.value.diag.message_primary
         with pytest.raises(errors.ProtocolViolation):
             conn.execute(
                 "SELECT * FROM azure_local_ai.create_embeddings(%s, ARRAY['a', 'b'])", [TINY_URI]

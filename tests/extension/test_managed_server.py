@@ -12,7 +12,8 @@ import pytest
 
 from serverparams.server import ManagedServer, ServerError
 from tests.extension.fakeservice import closed_port_url
-from tests.fixtures.pg import free_port, install_module, server_var_dir
+from tests.fixtures.pg import install_module, server_var_dir
+from tests.fixtures.sidecar import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,7 +104,7 @@ def test_external_server_is_not_controlled(own_server: ManagedServer) -> None:
 
 
 def test_unreachable_external_server_reports_why(tmp_path: Path) -> None:
-    port = closed_port_url().rsplit(":", 1)[1]
+    port = free_port()
     external = ManagedServer(
         var_dir=tmp_path, database_url=f"postgresql://app:secret@127.0.0.1:{port}/postgres"
     )
@@ -146,3 +147,18 @@ def test_manage_py_server_uri_and_status(own_server: ManagedServer) -> None:
     assert str(own_server.port) in status
     manage("start")  # already running: nothing to do, no error
     assert "running" in manage("status").stdout
+
+
+def test_manage_py_server_start_reports_an_unusable_var_dir() -> None:
+    var_dir = "/proc/azure_local_ai"  # cannot be created, even by root
+    result = subprocess.run(
+        [sys.executable, "manage.py", "server", "start"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "VAR_DIR": var_dir, "MANAGED_DATABASE_URL": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Cannot start the managed server" in result.stderr
+    assert var_dir in result.stderr  # what could not be created

@@ -28,12 +28,14 @@ DOCS = [
 @pytest.fixture(scope="module")
 def minilm(
     conn_module: psycopg.Connection, minilm_stored_model: StoredModel, sidecar: SidecarProcess
-) -> str:
+) -> Iterator[str]:
+    """The model registered from SQL; unregistered afterwards (the sidecar is the session's)."""
     (model_id,) = conn_module.execute(
         "SELECT azure_local_ai.model_register(%s, %s)", [MINILM, str(minilm_stored_model.path)]
     ).fetchone()
     assert model_id == sidecar.client.model(MINILM)["id"]
-    return MINILM
+    yield MINILM
+    sidecar.client.unregister(MINILM)
 
 
 @pytest.fixture(scope="module")

@@ -59,8 +59,9 @@ def test_bad_setting_values_are_refused_and_nothing_changes(
             " ARRAY['4', '1'])"
         )
     assert sidecar.client.settings() == before
-    with pytest.raises(errors.InvalidParameterValue, match="unknown inference setting"):
+    with pytest.raises(errors.InvalidParameterValue, match="unknown inference setting") as info:
         conn.execute("SELECT azure_local_ai.get_setting('no_such_key')")
+    assert "intra_op_parallelism" in info.value.diag.message_hint  # the known settings
     with pytest.raises(errors.InvalidParameterValue, match="same number of elements"):
         conn.execute("SELECT azure_local_ai.set_setting(ARRAY['a', 'b'], ARRAY['1'])")
     with pytest.raises(errors.NullValueNotAllowed):

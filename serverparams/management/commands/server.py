@@ -32,6 +32,8 @@ class Command(BaseCommand):
                 self._print_status(server)
         except ServerError as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:  # e.g. a VAR_DIR that cannot be created
+            raise CommandError(f"Cannot {action} the managed server: {exc}") from exc
 
     def _print_status(self, server: ManagedServer) -> None:
         status = server.status()
