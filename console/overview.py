@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from django.conf import settings
 
 from inference.client import InferenceClient
 from serverparams.machine import Resources, resources
-from serverparams.server import ServerError, ServerStatus, get_managed_server
+from serverparams.server import ServerError, ServerStatus, display_uri, get_managed_server
 
 MODULE = "azure_local_ai"
 
@@ -59,17 +58,9 @@ class SidecarOverview:
         ]
 
 
-def without_password(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
-
-
 def server_overview() -> ServerOverview:
     server = get_managed_server()
-    overview = ServerOverview(status=None, uri=without_password(server.uri()))
+    overview = ServerOverview(status=None, uri=display_uri(server.uri()))
     overview.status = server.status()
     if not overview.status.running or overview.status.message:
         overview.problem = overview.status.message

@@ -19,8 +19,6 @@ Nothing here knows about HTTP; the app maps the exceptions to status codes.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from typing import Any
 
 from inference.catalog import URI_PATTERN
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
+from inference.statefile import write_json_atomic
 from inference.store import PRECISIONS, sha256_file
 
 REGISTRY_FORMAT = 1
@@ -311,17 +310,7 @@ class Registry:
             "next_id": self._next_id,
             "models": sorted(self._entries.values(), key=lambda e: e["id"]),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(self.path, data)
 
     def uris(self) -> list[str]:
         with self._lock:

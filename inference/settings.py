@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from inference.statefile import write_json_atomic
 
 
 def _physical_cores() -> int:
@@ -228,10 +229,6 @@ class SettingsFile:
         parsed = validate(updates)
         with self._lock:
             merged = {**self._values, **parsed}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".settings-")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(merged, fh, indent=2, sort_keys=True)
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, merged)
             self._values = merged
             return dict(merged)

@@ -93,6 +93,15 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def display_uri(uri: str) -> str:
+    """``uri`` with its password, if any, masked: safe to show in a page or a message."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
 class ManagedServer:
     """One managed PostgreSQL server; see the module docstring for the two kinds."""
 
@@ -241,18 +250,11 @@ class ManagedServer:
                 else "Check MANAGED_DATABASE_URL and that the server is up"
             )
             raise ServerError(
-                f"Cannot connect to the managed server at {self._display_uri(dbname)}: "
+                f"Cannot connect to the managed server at {display_uri(self.uri(dbname))}: "
                 f"{str(exc).strip()}. {hint}."
             ) from exc
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _display_uri(self, dbname: str) -> str:
-        parts = urlsplit(self.uri(dbname))
-        if parts.password:
-            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-            parts = parts._replace(netloc=netloc)
-        return urlunsplit(parts)
 
     def _require_control(self, action: str) -> None:
         if not self.controls_process:
