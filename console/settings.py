@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from inference.config import env_bool, env_int, env_str, inference_token, inference_url, var_dir
+from inference.config import env_bool, env_str, inference_token, inference_url, var_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = var_dir()
@@ -114,11 +114,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-# The parts the console administers.
+# The parts the console administers. The managed server reads its own variables
+# (MANAGED_DATABASE_URL, MANAGED_PG_PORT) in serverparams.server.get_managed_server().
 INFERENCE_URL = inference_url()
 INFERENCE_TOKEN = inference_token()
-MANAGED_DATABASE_URL = env_str("MANAGED_DATABASE_URL", "")
-MANAGED_PG_PORT = env_int("MANAGED_PG_PORT", 5433)
 
 LOGGING = {
     "version": 1,

@@ -25,6 +25,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.client import InferenceClient, InferenceError
+from inference.config import models_dir
 from inference.store import ModelStore
 from serverparams.server import ServerError, get_managed_server
 
@@ -205,11 +206,12 @@ class Command(BaseCommand):
         self._wait_http(settings.INFERENCE_URL + "/health", "inference")
         with InferenceClient(settings.INFERENCE_URL, token=settings.INFERENCE_TOKEN) as client:
             registered = {m["model_uri"] for m in client.models()}
-            for stored in ModelStore(Path(settings.VAR_DIR) / "models").list():
+            for stored in ModelStore(models_dir()).list():
                 try:
-                    if stored.uri not in registered:
-                        client.register(stored.uri, str(stored.path))
-                    client.load(stored.uri)
+                    if stored.uri in registered:
+                        client.load(stored.uri)
+                    else:
+                        client.register(stored.uri, str(stored.path))  # registering loads it
                 except InferenceError as exc:
                     self.stderr.write(f"model {stored.uri} was not loaded: {exc}")
             loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
