@@ -35,6 +35,7 @@ from inference import settings as settings_schema
 from inference.config import models_dir, var_dir
 from inference.engine import EmbeddingModel
 from inference.store import ModelStore
+from tests.fixtures.sidecar import SidecarProcess, start_sidecar
 
 MODEL_URI = "all-MiniLM-L6-v2:v1"
 BATCH = 32
@@ -127,53 +128,16 @@ def plain_ort(onnx_path: Path, tokenizer_dir: Path, max_tokens: int, threads: in
     return embed
 
 
-class Sidecar:
-    """The sidecar as a real process on a free port, with its own state directory."""
-
-    def __init__(self, stored_path: Path, threads: int) -> None:
-        self.state = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "VAR_DIR": str(self.state)}
-        self.process = psutil.Popen(
-            [sys.executable, "-m", "inference", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=open(self.state / "sidecar.log", "w"),  # noqa: SIM115
-            stderr=open(self.state / "sidecar.err", "w"),  # noqa: SIM115
-        )
-        self._wait()
-        with httpx.Client(base_url=self.url, timeout=120) as client:
-            client.put("/settings", json={"intra_op_parallelism": threads}).raise_for_status()
-            client.post(
-                "/models", json={"model_uri": MODEL_URI, "model_path": str(stored_path)}
-            ).raise_for_status()
-            client.post(f"/models/{MODEL_URI}/load").raise_for_status()
-
-    def _wait(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(f"the sidecar did not start; see {self.state}/sidecar.err")
-
-    def rss_mb(self) -> float:
-        return self.process.memory_info().rss / 2**20
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        shutil.rmtree(self.state, ignore_errors=True)
+def start_bench_sidecar(stored_path: Path, state: Path, threads: int) -> SidecarProcess:
+    """The sidecar as a real process on a free port, with the benchmark model loaded."""
+    sidecar = start_sidecar(state)
+    sidecar.client.update_settings({"intra_op_parallelism": threads})
+    sidecar.client.register(MODEL_URI, str(stored_path))  # registering loads it
+    return sidecar
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def rss_mb(sidecar: SidecarProcess) -> float:
+    return psutil.Process(sidecar.process.pid).memory_info().rss / 2**20
 
 
 def http_bulk(url: str, texts: list[str], per_request: int = 64) -> np.ndarray:
@@ -270,7 +234,8 @@ def main() -> None:
     int8 = EmbeddingModel.from_stored(stored, settings, precision="int8")
     measure("this project: engine int8", lambda: int8.embed(texts).vectors)
 
-    sidecar = Sidecar(stored.path, threads)
+    state = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
+    sidecar = start_bench_sidecar(stored.path, state, threads)
     try:
         measure("this project: HTTP fp32", lambda: http_bulk(sidecar.url, texts))
         single = texts[: min(len(texts), 2000)]
@@ -280,15 +245,16 @@ def main() -> None:
 
         soak = make_texts(args.requests, seed=99, max_words=200)
         http_concurrent(sidecar.url, soak[:500])  # warm every shape class once
-        rss_before = sidecar.rss_mb()
+        rss_before = rss_mb(sidecar)
         http_concurrent(sidecar.url, soak)
-        rss_after = sidecar.rss_mb()
+        rss_after = rss_mb(sidecar)
         print(
             f"  sidecar RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
             f"{args.requests} requests"
         )
     finally:
-        sidecar.close()
+        sidecar.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
     reference = results["sentence-transformers (PyTorch)"]
     rows = []

@@ -23,15 +23,12 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 
@@ -39,47 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import make_texts
 from inference import settings as settings_schema
-from inference.client import InferenceClient
 from inference.config import models_dir, var_dir
 from inference.engine import EmbeddingModel
 from inference.modelconfig import read_model_config
 from inference.store import ModelStore
 from serverparams.server import ManagedServer
+from tests.fixtures.sidecar import free_port, start_sidecar
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SESSIONS = 8
 ARRAY_ROWS = 10_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_sidecar(state: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    state.mkdir(parents=True, exist_ok=True)
-    log = (state / "sidecar.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inference", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "VAR_DIR": str(state), "HF_HUB_OFFLINE": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the sidecar exited; see {state / 'sidecar.log'}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the sidecar did not start; see {state / 'sidecar.log'}")
 
 
 def model_source(uri: str, tiny: bool, scratch: Path) -> tuple[str, Path, EmbeddingModel]:
@@ -122,11 +87,11 @@ def main() -> None:
     texts = make_texts(ARRAY_ROWS)
     singles = [SENTENCE] * args.single
 
-    sidecar, url = start_sidecar(run_dir / "sidecar")
+    sidecar = start_sidecar(run_dir / "sidecar")
+    url = sidecar.url
     server = ManagedServer(var_dir=run_dir, port=free_port(), service_url=url)
     try:
-        with InferenceClient(url) as client:
-            client.register(uri, str(model_path))
+        sidecar.client.register(uri, str(model_path))
         server.start()
         with server.connect() as conn:
             conn.execute("ALTER SYSTEM SET azure.extensions = 'vector,azure_local_ai'")
@@ -181,8 +146,7 @@ def main() -> None:
         concurrent_s = time.perf_counter() - start
     finally:
         server.stop()
-        sidecar.terminate()
-        sidecar.wait(30)
+        sidecar.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
     results = {
