@@ -3,7 +3,8 @@
 A site may list its own models in a file of the same format named by ``INFERENCE_CATALOG``.
 
 Each entry names a model by URI (``name:version``) and says what a deployment needs to know:
-dimensions, max tokens, pooling, prefixes, license and model card links, memory need, the int8
+dimensions, max tokens, pooling, prefixes (under the keys a store manifest gives them, read
+into a ``ModelConfig``), license and model card links, memory need, the int8
 quality thresholds, and where its files come from (the Hugging Face Hub, an installed Python
 package; any model may also be deployed from a local directory laid out like its hub repo).
 """
@@ -22,6 +23,7 @@ from typing import Any
 import psutil
 
 from inference.config import env_str
+from inference.modelconfig import ModelConfig, ModelConfigError
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 SOURCE_KINDS = ("hub", "package", "local")
@@ -79,11 +81,7 @@ class CatalogEntry:
     version: str
     title: str
     description: str
-    dimensions: int
-    max_tokens: int
-    pooling: str
-    normalize: bool
-    prefixes: Mapping[str, str]
+    config: ModelConfig
     license: Mapping[str, str]
     model_card: str
     architecture: Mapping[str, Any]
@@ -94,6 +92,27 @@ class CatalogEntry:
     hub: HubSource | None = None
     package: PackageSource | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    # The config's values, read as the entry's own (the config holds them).
+    @property
+    def dimensions(self) -> int:
+        return self.config.dimensions
+
+    @property
+    def max_tokens(self) -> int:
+        return self.config.max_tokens
+
+    @property
+    def pooling(self) -> str:
+        return self.config.pooling
+
+    @property
+    def normalize(self) -> bool:
+        return self.config.normalize
+
+    @property
+    def prefixes(self) -> Mapping[str, str]:
+        return self.config.to_manifest()["prefixes"]
 
     @property
     def sources(self) -> list[str]:
@@ -108,11 +127,7 @@ class CatalogEntry:
             "name": self.name,
             "version": self.version,
             "title": self.title,
-            "dimensions": self.dimensions,
-            "max_tokens": self.max_tokens,
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "prefixes": dict(self.prefixes),
+            **self.config.to_manifest(),
             "license": dict(self.license),
             "model_card": self.model_card,
             "memory_mb": self.memory_mb,
@@ -162,11 +177,8 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
         version=version,
         title=str(raw.get("title") or name),
         description=str(raw.get("description") or ""),
-        dimensions=int(raw["dimensions"]),
-        max_tokens=int(raw["max_tokens"]),
-        pooling=str(raw["pooling"]),
-        normalize=bool(raw.get("normalize", True)),
-        prefixes={"query": "", "passage": "", **(raw.get("prefixes") or {})},
+        # An entry describes its model under the manifest's own keys.
+        config=ModelConfig.from_manifest(raw),
         license=dict(raw["license"]),
         model_card=str(raw["model_card"]),
         architecture=dict(raw.get("architecture") or {}),
@@ -214,10 +226,12 @@ def load_catalog(path: str | Path = CATALOG_PATH) -> Catalog:
         raise CatalogError(f"cannot read the model catalog {path}: {exc}") from None
     entries = []
     for index, raw in enumerate(data.get("models") or []):
+        label = raw.get("uri", f"entry {index}") if isinstance(raw, dict) else index
         try:
             entries.append(_entry(raw))
+        except ModelConfigError as exc:
+            raise CatalogError(f"model catalog {path}, {label}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
-            label = raw.get("uri", f"entry {index}") if isinstance(raw, dict) else index
             raise CatalogError(f"model catalog {path}, {label}: bad or missing {exc}") from None
     return Catalog(entries, str(data.get("default") or (entries[0].uri if entries else "")))
 

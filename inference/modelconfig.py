@@ -69,10 +69,11 @@ class ModelConfig:
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelConfig:
-        """Build the config from a store manifest, naming the key that is missing or wrong."""
+        """Build the config from a store manifest (or a catalog entry, which uses the same
+        keys), naming the key that is missing or wrong."""
         missing = [k for k in ("dimensions", "max_tokens", "pooling") if k not in manifest]
         if missing:
-            raise ModelConfigError(f"model manifest lacks {', '.join(missing)}")
+            raise ModelConfigError(f"model config lacks {', '.join(missing)}")
         prefixes = manifest.get("prefixes") or {}
         try:
             dimensions = int(manifest["dimensions"])
@@ -80,7 +81,7 @@ class ModelConfig:
             query_prefix = str(prefixes.get("query", ""))
             passage_prefix = str(prefixes.get("passage", ""))
         except (TypeError, ValueError, AttributeError) as exc:
-            raise ModelConfigError(f"model manifest has an invalid value: {exc}") from None
+            raise ModelConfigError(f"model config has an invalid value: {exc}") from None
         return cls(
             dimensions=dimensions,
             max_tokens=max_tokens,

@@ -79,17 +79,11 @@ def _check_config(entry: CatalogEntry, staging: Path) -> None:
         found = read_model_config(staging)
     except ModelConfigError as exc:
         raise ProvisionError(f"the files fetched for {entry.uri} cannot be served: {exc}") from None
-    expected = {
-        "dimensions": entry.dimensions,
-        "pooling": entry.pooling,
-        "max_tokens": entry.max_tokens,
-    }
-    actual = {
-        "dimensions": found.dimensions,
-        "pooling": found.pooling,
-        "max_tokens": found.max_tokens,
-    }
-    wrong = [f"{k} {actual[k]} (catalog: {v})" for k, v in expected.items() if actual[k] != v]
+    wrong = [
+        f"{key} {getattr(found, key)} (catalog: {getattr(entry.config, key)})"
+        for key in ("dimensions", "pooling", "max_tokens")
+        if getattr(found, key) != getattr(entry.config, key)
+    ]
     if wrong:
         raise ProvisionError(
             f"the files fetched for {entry.uri} describe another model: {', '.join(wrong)}; "

@@ -10,6 +10,7 @@ import pytest
 
 from inference import catalog
 from inference.catalog import CatalogError, UnknownModelError, load_catalog, parse_uri
+from inference.modelconfig import ModelConfig
 from tests.fixtures.realmodel import tiny_entry, write_catalog
 
 
@@ -65,6 +66,12 @@ def test_catalog_entry_with_a_missing_key_names_it(tmp_path: Path) -> None:
         load_catalog(write_catalog(tmp_path / "catalog.json", entry))
 
 
+def test_catalog_entry_with_a_pooling_the_engine_cannot_serve_is_refused(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "catalog.json", tiny_entry(pooling="max"))
+    with pytest.raises(CatalogError, match=r"tiny-model:v1: pooling 'max' is not supported"):
+        load_catalog(path)
+
+
 def test_inference_catalog_variable_replaces_the_shipped_catalog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,6 +103,8 @@ def test_manifest_fields_follow_the_documented_manifest() -> None:
     ):
         assert key in fields
     assert (fields["name"], fields["version"]) == ("all-MiniLM-L6-v2", "v1")
+    # The model's config goes in as ModelConfig writes it, so the store reads it back unchanged.
+    assert ModelConfig.from_manifest(fields) == load_catalog().get("all-MiniLM-L6-v2:v1").config
     json.dumps(fields)  # must be JSON as it is
 
 
