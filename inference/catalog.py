@@ -46,13 +46,20 @@ class UnknownModelError(CatalogError, LookupError):
         self.known = known
 
 
-def parse_uri(uri: str) -> tuple[str, str]:
-    """Split ``name:version``, refusing anything that could not be a store directory name."""
-    match = URI_PATTERN.match(uri)
-    if not match or ".." in uri:
-        raise CatalogError(
-            f"model URI {uri!r} must look like name:version (letters, digits, '.', '_', '-'), "
-            "e.g. all-MiniLM-L6-v2:v1"
+class ModelURIError(CatalogError):
+    """A model URI that is not ``name:version`` with parts safe as directory names."""
+
+
+def parse_uri(uri: object) -> tuple[str, str]:
+    """Split ``name:version``, refusing anything that could not be a store directory name.
+
+    The one rule for model URIs: the catalog, the store and the sidecar's registry all use it.
+    """
+    match = URI_PATTERN.match(uri) if isinstance(uri, str) else None
+    if not match or ".." in str(uri):
+        raise ModelURIError(
+            f"model URI {uri!r} must look like name:version (letters, digits, '.', '_' and '-' "
+            "on each side of one ':', no '..'), for example multilingual-e5-small:v1"
         )
     return match.group(1), match.group(2)
 
@@ -229,7 +236,7 @@ def load_catalog(path: str | Path = CATALOG_PATH) -> Catalog:
         label = raw.get("uri", f"entry {index}") if isinstance(raw, dict) else index
         try:
             entries.append(_entry(raw))
-        except ModelConfigError as exc:
+        except (CatalogError, ModelConfigError) as exc:
             raise CatalogError(f"model catalog {path}, {label}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise CatalogError(f"model catalog {path}, {label}: bad or missing {exc}") from None

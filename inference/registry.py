@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inference.catalog import URI_PATTERN
+from inference.catalog import ModelURIError, parse_uri
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
 from inference.statefile import write_json_atomic
 from inference.store import PRECISIONS, sha256_file
@@ -61,8 +61,8 @@ class RegistryError(ValueError):
     """Base of the registry's errors; the message says what was wrong and what to do."""
 
 
-class InvalidModelURI(RegistryError):
-    pass
+class InvalidModelURI(RegistryError, ModelURIError):
+    """catalog.parse_uri's refusal, as one of the registry's errors."""
 
 
 class ModelPathError(RegistryError):
@@ -86,11 +86,10 @@ class RegistrationConflict(RegistryError):
 
 def check_uri(uri: str) -> str:
     """Return ``uri`` if it looks like ``name:version``, else raise InvalidModelURI."""
-    if not isinstance(uri, str) or not URI_PATTERN.match(uri):
-        raise InvalidModelURI(
-            f"model URI {uri!r} is not of the form name:version (letters, digits, '.', '_' "
-            "and '-' on each side of one ':'), for example multilingual-e5-small:v1"
-        )
+    try:
+        parse_uri(uri)
+    except ModelURIError as exc:
+        raise InvalidModelURI(str(exc)) from None
     return uri
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.catalog import CatalogError, parse_uri
 from inference.registry import (
     InvalidModelURI,
     ModelPathError,
@@ -104,11 +105,17 @@ def test_uri_of_the_form_name_version_is_accepted(uri: str) -> None:
     assert check_uri(uri) == uri
 
 
-@pytest.mark.parametrize("uri", ["tiny", "tiny:", ":v1", "a:b:c", "a/b:v1", "a b:v1", ""])
+@pytest.mark.parametrize(
+    "uri", ["tiny", "tiny:", ":v1", "a:b:c", "a/b:v1", "a b:v1", "", "a..b:v1", "a:v1..2"]
+)
 def test_malformed_uri_is_refused_with_an_example(uri: str) -> None:
     with pytest.raises(InvalidModelURI) as excinfo:
         check_uri(uri)
     assert "name:version" in str(excinfo.value)
+    # The catalog and the store refuse it with the same words.
+    with pytest.raises(CatalogError) as refused:
+        parse_uri(uri)
+    assert str(refused.value) == str(excinfo.value)
 
 
 def test_hugging_face_directory_resolves_with_config_and_hashes(tiny_model_dir: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from inference import store as store_module
+from inference.catalog import CatalogError
 from inference.store import ModelStore, StoreError
 
 URI = "tiny-model:v1"
@@ -193,3 +194,9 @@ def test_manifest_that_is_not_json_is_reported_with_what_to_do(tmp_path: Path) -
     (store.model_dir(URI) / "manifest.json").write_text("{not json")
     with pytest.raises(StoreError, match="deploy the model again"):
         store.get(URI)
+
+
+@pytest.mark.parametrize("uri", ["../etc:v1", "a:../b", "a..b:v1", "a/b:v1"])
+def test_store_refuses_a_uri_that_is_not_a_safe_directory_name(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(CatalogError, match="name:version"):
+        ModelStore(tmp_path).model_dir(uri)
