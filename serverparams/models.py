@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+# Who may change server parameters (the console gives it to its admin role).
+EDIT_PARAMETERS = "serverparams.edit_parameters"
+
 
 class ParameterChange(models.Model):
     class Status(models.TextChoices):
@@ -25,6 +28,7 @@ class ParameterChange(models.Model):
 
     class Meta:
         ordering = ["-changed_at", "-id"]
+        permissions = [("edit_parameters", "Can change server parameters")]
 
     def __str__(self) -> str:
         return f"{self.parameter}: {self.old_value!r} -> {self.new_value!r} by {self.username}"

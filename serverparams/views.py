@@ -13,7 +13,6 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from console.roles import can_edit_parameters
 from serverparams import policy
 from serverparams.apply import (
     Restart,
@@ -24,7 +23,7 @@ from serverparams.apply import (
     save_changes,
 )
 from serverparams.catalog import Catalog, Parameter, checklist, read_catalog
-from serverparams.models import ParameterChange
+from serverparams.models import EDIT_PARAMETERS, ParameterChange
 from serverparams.server import ServerError, get_managed_server
 from serverparams.validation import Edit
 
@@ -100,7 +99,7 @@ def _page_context(request: HttpRequest) -> dict[str, object]:
     server = get_managed_server()
     return {
         "blade_url": reverse("serverparams:blade"),
-        "can_edit": can_edit_parameters(request.user),
+        "can_edit": request.user.has_perm(EDIT_PARAMETERS),
         "controls_process": server.controls_process,
         "restart_help": restart_instructions(controls_process=server.controls_process),
     }
@@ -136,7 +135,7 @@ def _edits_from(data: QueryDict) -> list[Edit]:
 
 
 def _require_editor(request: HttpRequest) -> None:
-    if not can_edit_parameters(request.user):
+    if not request.user.has_perm(EDIT_PARAMETERS):
         raise PermissionDenied("Only admins may change server parameters.")
 
 
