@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from inference import layout
 from inference.config import env_str
 from inference.modelconfig import ModelConfig, ModelConfigError
 
@@ -69,6 +70,7 @@ class HubSource:
     repo_id: str
     revision: str
     onnx: str | None  # path of the fp32 ONNX file in the repo, if it ships one
+    # The files to download; by default what layout.hub_files names.
     allow_patterns: tuple[str, ...]
 
 
@@ -167,7 +169,7 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
             repo_id=h["repo_id"],
             revision=h.get("revision") or "main",
             onnx=h.get("onnx"),
-            allow_patterns=tuple(h.get("allow_patterns") or ()),
+            allow_patterns=tuple(h.get("allow_patterns") or layout.hub_files(h.get("onnx"))),
         )
     if "package" in sources:
         p = sources["package"]

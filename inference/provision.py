@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from inference import catalog as catalog_module
-from inference import export, quantize, sources
+from inference import export, layout, quantize, sources
 from inference.catalog import Catalog, CatalogEntry
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
 from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
 STEPS = ("fetch", "verify", "prepare", "install")
-INT8_FILE = "onnx/model_int8.onnx"
 
 
 class ProvisionError(RuntimeError):
@@ -95,7 +94,7 @@ def _prepare_int8(
     entry: CatalogEntry, staging: Path, manifest: dict[str, Any], report: _Reporter
 ) -> dict[str, Any]:
     fp32 = staging / manifest["onnx"]["fp32"]
-    int8 = staging / INT8_FILE
+    int8 = staging / layout.INT8_ONNX
     report.emit("prepare", "log", "quantising to int8 (dynamic, uint8 weights per channel)")
     manifest["onnx"].pop("int8", None)
     try:
@@ -120,7 +119,7 @@ def _prepare_int8(
     report.emit("prepare", "log", gate.summary())
     manifest.setdefault("quality", {})["int8"] = gate.to_manifest()
     if gate.passed:
-        manifest["onnx"]["int8"] = INT8_FILE
+        manifest["onnx"]["int8"] = layout.INT8_ONNX
     else:
         int8.unlink()
     return gate.to_manifest()
@@ -250,7 +249,7 @@ def _deploy_fresh(
 
         report.emit("prepare", "start", "preparing the ONNX graph for CPU")
         preparation: dict[str, Any] = {"exported": fetched.onnx is None}
-        fp32 = staging / sources.ONNX_TARGET
+        fp32 = staging / layout.FP32_ONNX
         if fetched.onnx is None:
             try:
                 preparation["export_max_abs_diff"] = export.export_onnx(
@@ -265,7 +264,7 @@ def _deploy_fresh(
         manifest: dict[str, Any] = {
             **entry.manifest_fields(),
             "source": fetched.source_info(),
-            "onnx": {"fp32": sources.ONNX_TARGET},
+            "onnx": {"fp32": layout.FP32_ONNX},
             "tokenizer": ".",
             "preparation": preparation,
         }

@@ -25,36 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from inference import layout
 from inference.catalog import ModelURIError, parse_uri
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
 from inference.statefile import write_json_atomic
 from inference.store import PRECISIONS, sha256_file
 
 REGISTRY_FORMAT = 1
-
-# ONNX files looked for in a Hugging Face layout, per precision, in order.
-_HF_ONNX = {
-    "fp32": ("onnx/model.onnx", "model.onnx"),
-    "int8": (
-        "onnx/model_int8.onnx",
-        "onnx/model_quantized.onnx",
-        "model_int8.onnx",
-        "model_quantized.onnx",
-    ),
-}
-# The files that decide a Hugging Face layout model's output; hashed on registration.
-_HF_CONFIG_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "sentencepiece.bpe.model",
-    "modules.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-    "1_Pooling/config.json",
-)
 
 
 class RegistryError(ValueError):
@@ -237,10 +214,10 @@ def _resolve_store_dir(path: Path, tokenizer_dir: Path | None, precision: str) -
 
 
 def _resolve_hf_dir(path: Path, tokenizer_dir: Path | None, precision: str) -> ModelSource:
-    candidates = [path / name for name in _HF_ONNX[precision]]
+    candidates = [path / name for name in layout.ONNX_FILES[precision]]
     onnx_path = next((c for c in candidates if c.is_file()), None)
     if onnx_path is None:
-        looked = ", ".join(_HF_ONNX[precision])
+        looked = ", ".join(layout.ONNX_FILES[precision])
         raise ModelPathError(
             f"{path} has no {precision} ONNX file (looked for {looked}); deploy the model with "
             "`python -m inference deploy`, which exports it to ONNX, or register an .onnx file "
@@ -251,7 +228,7 @@ def _resolve_hf_dir(path: Path, tokenizer_dir: Path | None, precision: str) -> M
     config = _config(tokenizer if (tokenizer / "config.json").is_file() else path)
     files = _onnx_with_data(onnx_path)
     for root in dict.fromkeys((path, tokenizer)):
-        files += [root / name for name in _HF_CONFIG_FILES if (root / name).is_file()]
+        files += [root / name for name in layout.CONFIG_FILES if (root / name).is_file()]
     return ModelSource(onnx_path, tokenizer, config, files=files, root=path)
 
 
@@ -270,7 +247,7 @@ def _resolve_onnx_file(path: Path, tokenizer_dir: Path | None) -> ModelSource:
     _require_tokenizer(tokenizer_dir)
     config = _config(tokenizer_dir)
     files = _onnx_with_data(path) + [
-        tokenizer_dir / name for name in _HF_CONFIG_FILES if (tokenizer_dir / name).is_file()
+        tokenizer_dir / name for name in layout.CONFIG_FILES if (tokenizer_dir / name).is_file()
     ]
     return ModelSource(path, tokenizer_dir, config, files=files, root=path.parent)
 

@@ -25,30 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from inference import layout
 from inference.catalog import CatalogEntry
 from inference.store import ByteProgress, digest_file, sha256_file
 
 Log = Callable[[str], None]
-
-# What a deployment copies from a source folder besides the ONNX graph: configs, tokenizer,
-# the model card (it declares the license). Weights only when there is no ONNX file to use.
-CONFIG_FILES = (
-    "config.json",
-    "modules.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-    "1_Pooling/config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "sentencepiece.bpe.model",
-    "README.md",
-)
-ONNX_TARGET = "onnx/model.onnx"
-_ONNX_CANDIDATES = ("onnx/model.onnx", "model.onnx")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-REQUIRED_FILES = ("config.json", "tokenizer.json")
 
 # Seconds to wait for the Hub before concluding there is no network. Long enough for a slow
 # DNS answer, short enough that an air-gapped deployment fails at once.
@@ -131,18 +112,18 @@ def _select(
         return None
 
     chosen: dict[str, Path] = {}
-    for rel in CONFIG_FILES:
+    for rel in layout.DEPLOYED_FILES:
         if (path := present(rel)) is not None:
             chosen[rel] = path
     candidates = [s.onnx for s in (entry.hub, entry.package) if s is not None and s.onnx]
     onnx = None
-    for rel in [*candidates, *_ONNX_CANDIDATES]:
+    for rel in [*candidates, *layout.ONNX_FILES["fp32"]]:
         if (path := present(rel)) is not None:
-            chosen[ONNX_TARGET] = path
-            onnx = ONNX_TARGET
+            chosen[layout.FP32_ONNX] = path
+            onnx = layout.FP32_ONNX
             break
     if onnx is None:
-        for rel in WEIGHT_FILES:
+        for rel in layout.WEIGHT_FILES:
             if (path := present(rel)) is not None:
                 chosen[rel] = path
                 break
@@ -150,11 +131,11 @@ def _select(
 
 
 def _check_complete(chosen: dict[str, Path], onnx: str | None, where: str) -> None:
-    missing = [rel for rel in REQUIRED_FILES if rel not in chosen]
-    if onnx is None and not any(rel in chosen for rel in WEIGHT_FILES):
+    missing = [rel for rel in layout.REQUIRED_FILES if rel not in chosen]
+    if onnx is None and not any(rel in chosen for rel in layout.WEIGHT_FILES):
         missing.append(
-            f"an ONNX graph ({' or '.join(_ONNX_CANDIDATES)}) or weights "
-            f"({' or '.join(WEIGHT_FILES)})"
+            f"an ONNX graph ({' or '.join(layout.ONNX_FILES['fp32'])}) or weights "
+            f"({' or '.join(layout.WEIGHT_FILES)})"
         )
     if missing:
         raise SourceError(
@@ -348,7 +329,7 @@ def fetch_hub(
         say(f"{reason}: looking for {source.repo_id} in the local Hugging Face cache")
     patterns = list(source.allow_patterns)
     if not source.onnx:
-        patterns += list(WEIGHT_FILES)
+        patterns += list(layout.WEIGHT_FILES)
     reporter = type("_Reporter", (_ByteReporter,), {"callback": staticmethod(progress)})
     try:
         snapshot = snapshot_download(
@@ -418,7 +399,7 @@ def verify_fetched(dest: Path, fetched: Fetched) -> list[str]:
 
 def remove_weights(dest: Path) -> None:
     """Drop PyTorch weights once an ONNX graph replaces them: the store serves ONNX only."""
-    for rel in WEIGHT_FILES:
+    for rel in layout.WEIGHT_FILES:
         path = dest / rel
         if path.exists():
             path.unlink()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference import catalog
+from inference import catalog, layout
 from inference.catalog import CatalogError, UnknownModelError, load_catalog, parse_uri
 from inference.modelconfig import ModelConfig
 from tests.fixtures.realmodel import tiny_entry, write_catalog
@@ -27,6 +27,18 @@ def test_default_model_is_multilingual_e5_small_from_the_hub() -> None:
     assert "tokenizer.json" in e5.hub.allow_patterns
     assert e5.sources == ["hub", "local"]
     assert dict(e5.int8_thresholds) == {"mean_cos": 0.99, "top10_agreement": 0.9}
+
+
+def test_hub_files_default_to_the_repository_layout(tmp_path: Path) -> None:
+    e5 = load_catalog().get("multilingual-e5-small:v1")
+    assert e5.hub is not None and e5.hub.allow_patterns == layout.hub_files("onnx/model.onnx")
+    assert (
+        "sentencepiece.bpe.model" in e5.hub.allow_patterns and "README.md" in e5.hub.allow_patterns
+    )
+    hub = {"repo_id": "example/tiny", "onnx": None, "allow_patterns": ["config.json", "*.txt"]}
+    entry = tiny_entry(default_source="hub", sources={"hub": hub})
+    tiny = load_catalog(write_catalog(tmp_path / "catalog.json", entry)).get("tiny-model:v1")
+    assert tiny.hub is not None and tiny.hub.allow_patterns == ("config.json", "*.txt")
 
 
 def test_minilm_comes_from_the_installed_package() -> None:

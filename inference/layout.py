@@ -1,0 +1,51 @@
+"""Which files make up a model repository laid out like the Hugging Face Hub's.
+
+One declaration for every part that reads such a layout: the sources copy these files into
+the store, the registry hashes the ones that decide a model's output, the catalog downloads
+them from the Hub, and the store keeps each precision's ONNX graph at the first of its paths.
+"""
+
+from __future__ import annotations
+
+# Each precision's ONNX graph, where it may be, in the order looked for. The first path is
+# where the store keeps it.
+ONNX_FILES = {
+    "fp32": ("onnx/model.onnx", "model.onnx"),
+    "int8": (
+        "onnx/model_int8.onnx",
+        "onnx/model_quantized.onnx",
+        "model_int8.onnx",
+        "model_quantized.onnx",
+    ),
+}
+FP32_ONNX = ONNX_FILES["fp32"][0]
+INT8_ONNX = ONNX_FILES["int8"][0]
+
+# The files that decide a model's output besides its graph: the transformers and
+# sentence-transformers configs and the tokenizer (vocab.txt or sentencepiece, as the model has).
+CONFIG_FILES = (
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+)
+# The model card: its front matter declares the license.
+MODEL_CARD = "README.md"
+# What a deployment copies besides the graph (and the weights, where there is no graph).
+DEPLOYED_FILES = (*CONFIG_FILES, MODEL_CARD)
+# Without these the engine cannot serve the model at all.
+REQUIRED_FILES = ("config.json", "tokenizer.json")
+# PyTorch weights: a deployment exports an ONNX graph from them when a source ships none.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hub_files(onnx: str | None) -> tuple[str, ...]:
+    """What a deployment takes from a Hub repository that ships its fp32 graph at ``onnx``
+    (None: it ships none): that graph, the config files and the model card."""
+    return (*((onnx,) if onnx else ()), *DEPLOYED_FILES)
