@@ -4,15 +4,15 @@ A site may list its own models in a file of the same format named by ``INFERENCE
 
 Each entry names a model by URI (``name:version``) and says what a deployment needs to know:
 dimensions, max tokens, pooling, prefixes (under the keys a store manifest gives them, read
-into a ``ModelConfig``), license and model card links, memory need, the int8
-quality thresholds, and where its files come from (the Hugging Face Hub, an installed Python
-package; any model may also be deployed from a local directory laid out like its hub repo).
+into a ``ModelConfig``), license and model card links, memory, core and optionally disk needs
+(a ``resources.ModelNeeds``), the int8 quality thresholds, and where its files come from (the
+Hugging Face Hub, an installed Python package; any model may also be deployed from a local
+directory laid out like its hub repo).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,11 +20,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from inference import layout
 from inference.config import env_str
 from inference.modelconfig import ModelConfig, ModelConfigError
+from inference.resources import ModelNeeds, Resources, probe, unmet
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 SOURCE_KINDS = ("hub", "package", "local")
@@ -94,15 +93,14 @@ class CatalogEntry:
     license: Mapping[str, str]
     model_card: str
     architecture: Mapping[str, Any]
-    memory_mb: int
-    min_cores: int
+    needs: ModelNeeds
     int8_thresholds: Mapping[str, float]
     default_source: str
     hub: HubSource | None = None
     package: PackageSource | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    # The config's values, read as the entry's own (the config holds them).
+    # The config's and the needs' values, read as the entry's own.
     @property
     def dimensions(self) -> int:
         return self.config.dimensions
@@ -124,6 +122,14 @@ class CatalogEntry:
         return self.config.to_manifest()["prefixes"]
 
     @property
+    def memory_mb(self) -> int:
+        return self.needs.memory_mb
+
+    @property
+    def min_cores(self) -> int:
+        return self.needs.min_cores
+
+    @property
     def sources(self) -> list[str]:
         """Source kinds this model can be deployed from ("local" always works)."""
         kinds = [k for k, s in (("hub", self.hub), ("package", self.package)) if s is not None]
@@ -142,20 +148,10 @@ class CatalogEntry:
             "memory_mb": self.memory_mb,
         }
 
-    def resource_problems(self) -> list[str]:
-        """Why this machine cannot run the model, if it cannot (empty list: it can)."""
-        problems = []
-        total_mb = psutil.virtual_memory().total // (1024 * 1024)
-        if total_mb < self.memory_mb:
-            problems.append(
-                f"{self.uri} needs {self.memory_mb} MB of memory; this machine has {total_mb} MB"
-            )
-        cores = os.cpu_count() or 1
-        if cores < self.min_cores:
-            problems.append(
-                f"{self.uri} needs at least {self.min_cores} CPU cores; this machine has {cores}"
-            )
-        return problems
+    def resource_problems(self, machine: Resources | None = None) -> list[str]:
+        """Why ``machine`` (default: this one, with the model store's disk) cannot run the
+        model, if it cannot (empty list: it can)."""
+        return unmet(self.uri, self.needs, machine or probe())
 
 
 def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
@@ -191,8 +187,11 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
         license=dict(raw["license"]),
         model_card=str(raw["model_card"]),
         architecture=dict(raw.get("architecture") or {}),
-        memory_mb=int(raw["memory_mb"]),
-        min_cores=int(raw.get("min_cores", 1)),
+        needs=ModelNeeds(
+            memory_mb=int(raw["memory_mb"]),
+            min_cores=int(raw.get("min_cores", 1)),
+            disk_mb=int(raw["disk_mb"]) if raw.get("disk_mb") is not None else None,
+        ),
         int8_thresholds=dict(raw["int8"]["thresholds"]),
         default_source=str(raw.get("default_source") or "hub"),
         hub=hub,

@@ -1,40 +1,23 @@
-"""This machine's resources, and whether they meet an extension's needs."""
+"""This machine's resources, and whether they meet an extension's needs.
+
+The probe and the needs check are inference/resources.py's; this module names them for the
+console and adds which extension needs which model.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from inference import catalog
+from inference.resources import Resources, probe
 from serverparams import policy
 
-
-@dataclass(frozen=True)
-class Resources:
-    cores: int
-    memory_mb: int
-    disk_total_gb: float
-    disk_free_gb: float
-    disk_path: Path
+__all__ = ["Resources", "resources", "unmet_needs"]
 
 
 def resources(disk_path: Path) -> Resources:
     """Cores, memory and the disk holding ``disk_path`` (the nearest existing parent)."""
-    probe = disk_path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    disk = shutil.disk_usage(probe)
-    return Resources(
-        cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
-        memory_mb=psutil.virtual_memory().total // (1024 * 1024),
-        disk_total_gb=disk.total / 1024**3,
-        disk_free_gb=disk.free / 1024**3,
-        disk_path=disk_path,
-    )
+    return probe(disk_path)
 
 
 def unmet_needs(extension: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference import catalog, layout
+from inference import catalog, layout, resources
 from inference.catalog import CatalogError, UnknownModelError, load_catalog, parse_uri
 from inference.modelconfig import ModelConfig
 from tests.fixtures.realmodel import tiny_entry, write_catalog
@@ -122,6 +122,7 @@ def test_manifest_fields_follow_the_documented_manifest() -> None:
 
 def test_resource_problems_name_the_memory_need(monkeypatch: pytest.MonkeyPatch) -> None:
     entry = load_catalog().get("multilingual-e5-small:v1")
-    monkeypatch.setattr(catalog.psutil, "virtual_memory", lambda: type("M", (), {"total": 2**20}))
+    tiny = type("M", (), {"total": 2**20, "available": 2**20})
+    monkeypatch.setattr(resources.psutil, "virtual_memory", lambda: tiny)
     problems = entry.resource_problems()
     assert any("1024 MB" in p and "1 MB" in p for p in problems)
