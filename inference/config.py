@@ -46,6 +46,12 @@ def var_dir() -> Path:
     return path
 
 
+def log_dir(root: Path | None = None) -> Path:
+    """Where every process of the project writes its log: ``log`` under ``root`` (default:
+    VAR_DIR)."""
+    return (var_dir() if root is None else root) / "log"
+
+
 def models_dir() -> Path:
     return var_dir() / "models"
 

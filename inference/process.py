@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from inference import config
 from inference.client import InferenceClient
-from inference.config import PROJECT_ROOT
 
 SIDECAR_START_TIMEOUT_S = 120.0
 _POLL_S = 0.1
@@ -221,7 +221,7 @@ def start_sidecar(
     free one, and on another if someone else takes that one first. ``env`` is its environment
     (default: this process's) with ``VAR_DIR`` and ``INFERENCE_TOKEN`` set from ``var_dir`` and
     ``token`` (empty: no token). Its output goes to ``inference.log`` in ``log_dir`` (default:
-    ``var_dir``). If it does not start, it is stopped and StartError says why.
+    the log directory of ``var_dir``). If it does not start, it is stopped and StartError says why.
     """
     var_dir = Path(var_dir)
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def start_sidecar(
         "VAR_DIR": str(var_dir),
         "INFERENCE_TOKEN": token,
     }
-    log_path = (var_dir if log_dir is None else Path(log_dir)) / "inference.log"
+    log_path = (config.log_dir(var_dir) if log_dir is None else Path(log_dir)) / "inference.log"
     attempts_left = 3 if port is None and uds is None else 1
     while True:
         attempts_left -= 1
@@ -247,7 +247,7 @@ def start_sidecar(
             [sys.executable, "-m", "inference", "serve", *listen],
             log_path,
             env=environment,
-            cwd=PROJECT_ROOT,
+            cwd=config.PROJECT_ROOT,
         )
         try:
             child.wait_ready(probe, timeout)

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psutil
 import psycopg
 
-from inference.config import env_int, env_str, inference_token, inference_url, var_dir
+from inference.config import env_int, env_str, inference_token, inference_url, log_dir, var_dir
 
 MODULE_NAME = "azure_local_ai"
 SYSTEM_USER = "pgserver"  # pgserver's convention for running PostgreSQL when we are root
@@ -120,7 +120,7 @@ class ManagedServer:
         self.service_url = service_url
         self.service_token = service_token
         self.data_dir = self.var_dir / "pg"
-        self.log_file = self.var_dir / "log" / "postgres.log"
+        self.log_file = log_dir(self.var_dir) / "postgres.log"
 
     # -- where -------------------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def test_a_sidecar_on_a_taken_port_fails_with_its_log(tmp_path: Path) -> None:
         with pytest.raises(StartError) as excinfo:
             start_sidecar(tmp_path / "var", port=port, timeout=60)
     assert "already in use" in str(excinfo.value)
-    assert str(tmp_path / "var" / "inference.log") in str(excinfo.value)
+    assert str(tmp_path / "var" / "log" / "inference.log") in str(excinfo.value)
 
 
 def test_a_sidecar_on_a_unix_socket(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Order: Redis (the running one at REDIS_URL, else a ``redis-server`` of our own), the managed
 PostgreSQL server (an external one at MANAGED_DATABASE_URL must already run), the inference
 sidecar (with every model of the store registered and loaded), the Celery worker, and the
-console. Each child's output goes to ``VAR_DIR/logs``. If any child exits, everything is
+console. Each child's output goes to ``VAR_DIR/log``. If any child exits, everything is
 stopped and the command says which one and where its log is.
 """
 
@@ -22,7 +22,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.client import InferenceError
-from inference.config import models_dir
+from inference.config import log_dir, models_dir
 from inference.process import ChildProcess, StartError, http_ready, start_sidecar
 from inference.store import ModelStore
 from serverparams.server import ServerError, get_managed_server
@@ -39,14 +39,14 @@ class Command(BaseCommand):
         parser.add_argument("--web", default="127.0.0.1:8000", help="console address")
 
     def handle(self, *args: object, **options: object) -> None:
-        log_dir = Path(settings.VAR_DIR) / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        logs = log_dir(Path(settings.VAR_DIR))
+        logs.mkdir(parents=True, exist_ok=True)
         self.children: list[ChildProcess] = []
         server = None
         started_server = False
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
-            self._start_redis(log_dir)
+            self._start_redis(logs)
             self._step("managed PostgreSQL server")
             server = get_managed_server()
             if server.controls_process:
@@ -61,7 +61,7 @@ class Command(BaseCommand):
                 if problem:
                     raise CommandError(problem)
                 self._ok("using the external server at MANAGED_DATABASE_URL")
-            self._start_sidecar(log_dir)
+            self._start_sidecar(logs)
             self._step("Celery worker")
             self._start(
                 "worker",
@@ -77,9 +77,9 @@ class Command(BaseCommand):
                     "--concurrency",
                     "1",
                 ],
-                log_dir,
+                logs,
             )
-            self._ok(f"log: {log_dir / 'worker.log'}")
+            self._ok(f"log: {logs / 'worker.log'}")
             self._step("console")
             web = self._start(
                 "web",
@@ -91,7 +91,7 @@ class Command(BaseCommand):
                     "--noreload",
                     "--insecure",
                 ],
-                log_dir,
+                logs,
             )
             web.wait_ready(http_ready(f"http://{options['web']}/accounts/login/"), START_TIMEOUT_S)
             self._ok(f"http://{options['web']}/")
@@ -116,12 +116,12 @@ class Command(BaseCommand):
     def _ok(self, detail: str) -> None:
         self.stdout.write(self.style.SUCCESS("ok") + f"  {detail}")
 
-    def _start(self, name: str, argv: list[str], log_dir: Path) -> ChildProcess:
-        child = ChildProcess(name, argv, log_dir / f"{name}.log")
+    def _start(self, name: str, argv: list[str], logs: Path) -> ChildProcess:
+        child = ChildProcess(name, argv, logs / f"{name}.log")
         self.children.append(child)
         return child
 
-    def _start_redis(self, log_dir: Path) -> None:
+    def _start_redis(self, logs: Path) -> None:
         self._step("Redis")
         url = settings.REDIS_URL
         if _redis_ok(url):
@@ -151,12 +151,12 @@ class Command(BaseCommand):
                 "--appendonly",
                 "no",
             ],
-            log_dir,
+            logs,
         )
         child.wait_ready(lambda: _redis_ok(url), REDIS_START_TIMEOUT_S)
         self._ok(f"started redis-server at {url}")
 
-    def _start_sidecar(self, log_dir: Path) -> None:
+    def _start_sidecar(self, logs: Path) -> None:
         self._step("inference sidecar")
         url = settings.INFERENCE_URL
         parts = urlsplit(url)
@@ -166,7 +166,7 @@ class Command(BaseCommand):
             port=parts.port or 8090,
             uds=Path(url.removeprefix("unix:")) if url.startswith("unix:") else None,
             token=settings.INFERENCE_TOKEN,
-            log_dir=log_dir,
+            log_dir=logs,
             timeout=START_TIMEOUT_S,
         )
         self.children.append(sidecar.process)
