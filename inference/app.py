@@ -283,14 +283,7 @@ class Sidecar:
                 "azure_local_ai.model_register()), which loads it",
                 param="model",
             )
-        known = ", ".join(registered) if registered else "none"
-        raise APIError(
-            404,
-            ErrorCode.MODEL_NOT_FOUND,
-            f"model {uri!r} is not registered (registered models: {known}); deploy it from the "
-            "console or register it with POST /models",
-            param="model",
-        )
+        raise _registry_error(UnknownModel(uri, registered))
 
     async def embed(
         self,

@@ -47,11 +47,13 @@ class ModelPathError(RegistryError):
 
 
 class UnknownModel(RegistryError):
+    """The one "not registered" error: the sidecar answers it with 404 model_not_found."""
+
     def __init__(self, uri: str, registered: list[str]) -> None:
         known = ", ".join(registered) if registered else "none"
         super().__init__(
-            f"model {uri!r} is not registered (registered models: {known}); "
-            "register it with POST /models or SQL azure_local_ai.model_register()"
+            f"model {uri!r} is not registered (registered models: {known}); deploy it from the "
+            "console, or register it with POST /models or SQL azure_local_ai.model_register()"
         )
         self.uri = uri
         self.registered = registered

@@ -207,6 +207,10 @@ def test_unknown_model_is_404_listing_the_registered_ones(http: httpx.Client) ->
     error = error_of(response, 404, "model_not_found")
     assert "nope:v9" in error["message"]
     assert TINY_URI in error["message"]
+    assert "deploy it from the console" in error["message"]
+    # Embedding with a model and asking for it say the same thing.
+    described = error_of(http.get("/models/nope:v9"), 404, "model_not_found")
+    assert described["message"] == error["message"]
 
 
 def test_registered_but_not_loaded_model_is_409_saying_how_to_load(

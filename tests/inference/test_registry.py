@@ -75,6 +75,8 @@ def test_unknown_model_lists_the_registered_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownModel) as excinfo:
         registry.get("nope:v1")
     assert "a:v1" in str(excinfo.value)
+    assert "deploy it from the console" in str(excinfo.value)
+    assert "register it with POST /models" in str(excinfo.value)
     with pytest.raises(UnknownModel):
         registry.set_loaded("nope:v1", True)
     with pytest.raises(UnknownModel):
