@@ -13,6 +13,10 @@ from serverparams.machine import Resources, resources
 from serverparams.server import ServerError, ServerStatus, display_uri, get_managed_server
 
 MODULE = "azure_local_ai"
+# Calls made while rendering a page give up after this many seconds, so that a hung sidecar
+# or server makes the page say it is unreachable instead of hanging it. Two seconds is also
+# the shortest connect timeout libpq honours.
+RENDER_TIMEOUT_S = 2
 
 
 @dataclass
@@ -61,12 +65,12 @@ class SidecarOverview:
 def server_overview() -> ServerOverview:
     server = get_managed_server()
     overview = ServerOverview(status=None, uri=display_uri(server.uri()))
-    overview.status = server.status()
+    overview.status = server.status(connect_timeout=RENDER_TIMEOUT_S)
     if not overview.status.running or overview.status.message:
         overview.problem = overview.status.message
         return overview
     try:
-        with server.connect() as conn:
+        with server.connect(connect_timeout=RENDER_TIMEOUT_S) as conn:
             row = conn.execute(
                 "SELECT default_version, installed_version FROM pg_available_extensions"
                 " WHERE name = 'vector'"
@@ -89,7 +93,7 @@ def server_overview() -> ServerOverview:
 def sidecar_overview() -> SidecarOverview:
     url = settings.INFERENCE_URL
     try:
-        with InferenceClient(url, settings.INFERENCE_TOKEN) as client:
+        with InferenceClient(url, settings.INFERENCE_TOKEN, timeout=RENDER_TIMEOUT_S) as client:
             health = client.health()
     except Exception as exc:  # any failure to reach it reads the same to the user
         return SidecarOverview(url=url, reachable=False, problem=str(exc).strip() or repr(exc))

@@ -186,7 +186,7 @@ class ManagedServer:
         self.stop()
         self.start()
 
-    def status(self) -> ServerStatus:
+    def status(self, *, connect_timeout: int = 5) -> ServerStatus:
         pid = self._postmaster_pid() if self.controls_process else None
         data_dir = self.data_dir if self.controls_process else None
         if self.controls_process and pid is None:
@@ -202,7 +202,7 @@ class ManagedServer:
                 message="The managed server is stopped. Start it with: manage.py server start",
             )
         try:
-            with self.connect(connect_timeout=5) as conn:
+            with self.connect(connect_timeout=connect_timeout) as conn:
                 row = conn.execute(
                     "SELECT current_setting('server_version'),"
                     " current_setting('port')::int,"
