@@ -46,6 +46,7 @@ class Restart(enum.Enum):
 class SaveResult:
     catalog: Catalog  # as read after the save (or before it, when nothing was applied)
     errors: dict[str, str] = field(default_factory=dict)  # validation; nothing was applied
+    conflicts: list[str] = field(default_factory=list)  # changed by someone since read
     applied: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # ALTER SYSTEM refused; nothing applied
     not_applied: list[str] = field(default_factory=list)  # the rest of a refused batch
@@ -125,7 +126,9 @@ def _save_locked(
     before = read_catalog(conn)
     checked = check_edits(edits, before, check_base=check_base)
     static = [name for name, parameter in checked.parameters.items() if parameter.is_static]
-    result = SaveResult(catalog=before, errors=checked.errors, static_changes=static)
+    result = SaveResult(
+        catalog=before, errors=checked.errors, conflicts=checked.conflicts, static_changes=static
+    )
     if checked.errors or not checked.values:
         return result
     if static and restart is Restart.ASK:

@@ -6,8 +6,9 @@ costs the same number of queries however many parameters the server has.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psycopg
 
@@ -133,6 +134,12 @@ class Parameter:
         return not needle or needle in self.name.lower() or needle in self.description.lower()
 
 
+class ChoiceStatusLike(Protocol):
+    text: str
+    url: str
+    busy: bool
+
+
 @dataclass(frozen=True)
 class Choice:
     """One entry of a set parameter's checklist."""
@@ -140,22 +147,42 @@ class Choice:
     name: str
     checked: bool
     reason: str  # why it cannot be ticked on this machine; empty when it can
+    status: str = ""  # what is under way for it (a deployment), shown beside it
+    status_url: str = ""
+    busy: bool = False  # work in progress: shown ticked, not editable until it ends
 
     @property
     def label(self) -> str:
         return self.name.upper()
 
 
-def checklist(parameter: Parameter, extensions: Iterable[Extension]) -> list[Choice]:
-    """The checklist of a set parameter; extensions this machine cannot host carry a reason."""
+def checklist(
+    parameter: Parameter,
+    extensions: Iterable[Extension],
+    statuses: Mapping[str, ChoiceStatusLike] | None = None,
+) -> list[Choice]:
+    """The checklist of a set parameter; extensions this machine cannot host carry a reason,
+    and those with work under way (``statuses``, by name) say so."""
     reasons: dict[str, str] = {}
     if policy.SET_PARAMETERS.get(parameter.name) == policy.EXTENSIONS_SOURCE:
         reasons = {extension.name: extension.unavailable_reason for extension in extensions}
     members = parameter.set_members
-    return [
-        Choice(name=choice, checked=choice in members, reason=reasons.get(choice, ""))
-        for choice in parameter.choices
-    ]
+    statuses = statuses or {}
+    choices = []
+    for name in parameter.choices:
+        status = statuses.get(name)
+        busy = bool(status and status.busy)
+        choices.append(
+            Choice(
+                name=name,
+                checked=name in members or busy,
+                reason=reasons.get(name, ""),
+                status=status.text if status else "",
+                status_url=status.url if status else "",
+                busy=busy,
+            )
+        )
+    return choices
 
 
 def split_list(value: str) -> list[str]:

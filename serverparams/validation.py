@@ -8,7 +8,7 @@ stores, to be passed to ``ALTER SYSTEM`` as a literal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serverparams import policy
 from serverparams.catalog import TRUE_WORDS, Catalog, Extension, Parameter, normalise, split_list
@@ -105,6 +105,7 @@ class Checked:
     values: dict[str, str]  # canonical parameter name -> value to store
     errors: dict[str, str]  # the name as submitted -> message
     parameters: dict[str, Parameter]  # canonical name -> parameter, for the edited ones
+    conflicts: list[str] = field(default_factory=list)  # changed by someone since read
 
 
 def check_edits(edits: list[Edit], catalog: Catalog, *, check_base: bool = True) -> Checked:
@@ -133,6 +134,7 @@ def check_edits(edits: list[Edit], catalog: Catalog, *, check_base: bool = True)
                 f"was changed by someone else since you loaded the page: it is now "
                 f"{parameter.value!r}. Refresh to see the newer value, then edit again"
             )
+            checked.conflicts.append(parameter.name)
             continue
         try:
             checked.values[parameter.name] = clean_value(parameter, edit.value, catalog.extensions)

@@ -13,7 +13,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from serverparams import policy
+from serverparams import hooks, policy
 from serverparams.apply import (
     Restart,
     SaveResult,
@@ -25,7 +25,7 @@ from serverparams.apply import (
 from serverparams.catalog import Catalog, Parameter, checklist, read_catalog
 from serverparams.models import EDIT_PARAMETERS, ParameterChange
 from serverparams.server import ServerError, get_managed_server
-from serverparams.validation import Edit
+from serverparams.validation import Edit, check_edits
 
 TABS: dict[str, str] = {
     "all": "All",
@@ -76,11 +76,12 @@ def _results_context(
     rows = [p for p in searched if _TAB_FILTERS[state.tab](p)]
     page: Page[Parameter] = Paginator(rows, policy.PAGE_SIZE).get_page(state.page)
     errors = errors or {}
+    statuses = hooks.statuses() if any(p.data_type == policy.SET for p in page.object_list) else {}
     row_items = [
         {
             "parameter": p,
             "error": errors.get(p.name),
-            "choices": checklist(p, catalog.extensions),
+            "choices": checklist(p, catalog.extensions, statuses),
         }
         for p in page.object_list
     ]
@@ -139,6 +140,14 @@ def _require_editor(request: HttpRequest) -> None:
         raise PermissionDenied("Only admins may change server parameters.")
 
 
+# POST fields that the confirmation dialogs carry through to the next step.
+_CARRIED_PREFIXES = ("confirm_", "deploy_")
+
+
+def _carried(data: QueryDict) -> list[tuple[str, str]]:
+    return [(k, v) for k in data for v in data.getlist(k) if k.startswith(_CARRIED_PREFIXES)]
+
+
 @require_POST
 def save(request: HttpRequest) -> HttpResponse:
     _require_editor(request)
@@ -148,35 +157,101 @@ def save(request: HttpRequest) -> HttpResponse:
         restart = Restart(request.POST.get("restart", Restart.ASK.value))
     except ValueError:
         restart = Restart.ASK
+    changes = hooks.hooked_changes(edits, {})
+    if changes:
+        # Values the server would refuse are reported before anything is asked or started.
+        try:
+            catalog = _read()
+        except (ServerError, psycopg.Error) as exc:
+            return _unreachable(request, exc, partial=True)
+        invalid = check_edits(edits, catalog).errors
+        if invalid:
+            return _after_save(request, SaveResult(catalog=catalog, errors=invalid), state)
+        confirmed = request.POST.get("confirm_extensions") == "1"
+        errors: dict[str, str] = {}
+        if confirmed:
+            for change in changes:
+                if change.enable:
+                    errors.update(change.hook.check_enable(request))
+        if not confirmed or errors:
+            return _extension_dialog(request, edits, changes, errors)
+    to_save = hooks.without_enabled(edits, changes)
     try:
-        result = save_changes(edits, request.user, restart=restart)
+        if to_save:
+            result = save_changes(to_save, request.user, restart=restart)
+        else:
+            result = SaveResult(catalog=_read())
     except (ServerError, psycopg.Error) as exc:
         return _unreachable(request, exc, partial=True)
     if result.needs_decision:
-        response = render(
-            request,
-            "serverparams/_restart_dialog.html",
-            {**_page_context(request), "edits": edits, "static": result.static_changes},
-        )
-        response["HX-Retarget"] = "#dialog-host"
-        response["HX-Reswap"] = "innerHTML"
-        return response
-    return _after_save(request, result, state)
+        context = {
+            **_page_context(request),
+            "edits": edits,
+            "static": result.static_changes,
+            "carried": _carried(request.POST),
+        }
+        return _to_dialog(render(request, "serverparams/_restart_dialog.html", context))
+    outcomes = []
+    if result.ok and changes:
+        for change in changes:
+            hook = change.hook
+            outcomes.append(hook.enable(request) if change.enable else hook.disable(request))
+        # Read again so that the rows show the status of the work the hooks started.
+        result.catalog = _read()
+    handled = sorted({change.parameter for change in changes}) if result.ok else []
+    return _after_save(request, result, state, outcomes=outcomes, handled=handled)
 
 
-def _after_save(request: HttpRequest, result: SaveResult, state: BladeState) -> HttpResponse:
+def _to_dialog(response: HttpResponse) -> HttpResponse:
+    response["HX-Retarget"] = "#dialog-host"
+    response["HX-Reswap"] = "innerHTML"
+    return response
+
+
+def _extension_dialog(
+    request: HttpRequest,
+    edits: list[Edit],
+    changes: list[hooks.HookedChange],
+    errors: dict[str, str],
+) -> HttpResponse:
+    """The confirmation that enabling or disabling a hooked extension asks for; nothing has
+    been applied yet."""
+    sections = [
+        {"template": change.template, "context": change.context(request), "enable": change.enable}
+        for change in changes
+    ]
+    context = {
+        **_page_context(request),
+        "edits": edits,
+        "sections": sections,
+        "errors": errors,
+        "restart": request.POST.get("restart", ""),
+    }
+    return _to_dialog(render(request, "serverparams/_extension_dialog.html", context))
+
+
+def _after_save(
+    request: HttpRequest,
+    result: SaveResult,
+    state: BladeState,
+    *,
+    outcomes: list[hooks.Outcome] | None = None,
+    handled: list[str] | None = None,
+) -> HttpResponse:
     errors = {**result.errors, **result.failed}
     context = {
         **_page_context(request),
         **_results_context(result.catalog, state, errors=errors),
         "result": result,
+        "outcomes": outcomes or [],
         "history": ParameterChange.objects.all()[:HISTORY_ROWS],
         "oob": True,
     }
     status = 422 if errors else 200
     response = render(request, "serverparams/_results.html", context, status=status)
-    # Tells the page which pending edits are now saved (the rest stay pending).
-    response["HX-Trigger"] = json.dumps({"parametersSaved": {"applied": result.applied}})
+    # Tells the page which pending edits are now saved or handed over (the rest stay pending).
+    applied = sorted({*result.applied, *(handled or [])})
+    response["HX-Trigger"] = json.dumps({"parametersSaved": {"applied": applied}})
     return response
 
 

@@ -84,7 +84,10 @@
     const row = event.target.closest("tr.param-row");
     if (!row) return;
     if (event.target.matches(".set-choice input[type=checkbox]")) {
-      const ticked = Array.from(row.querySelectorAll(".set-choice input[type=checkbox]:checked"));
+      // A box ticked by work under way (a deployment) is not part of the value yet.
+      const ticked = Array.from(
+        row.querySelectorAll(".set-choice input[type=checkbox]:checked:not([data-busy])")
+      );
       editorOf(row).value = ticked.map((box) => box.value).join(",");
     }
     recordEdit(row);
