@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
+from console.deployments import queries
+from console.deployments.models import Deployment
 from console.roles import role_label
 from serverparams.models import ParameterChange
 
@@ -22,17 +24,19 @@ class MenuItem:
 
 # Sections whose blades are not built yet; they show a "coming soon" panel.
 COMING_SOON: dict[str, str] = {
-    "deployments": "Deployments",
-    "models": "Models",
     "settings": "Settings",
     "playground": "Playground",
 }
+RECENT = timedelta(days=1)
+BELL_ITEMS = 8
 
 
 def menu() -> list[MenuItem]:
     items = [
         MenuItem("overview", "Overview", reverse("overview")),
         MenuItem("parameters", "Server parameters", reverse("serverparams:blade")),
+        MenuItem("deployments", "Deployments", reverse("deployments:list")),
+        MenuItem("models", "Models", reverse("deployments:models")),
     ]
     items += [
         MenuItem(key, label, reverse("coming_soon", args=[key]))
@@ -45,22 +49,60 @@ def menu() -> list[MenuItem]:
 class Notification:
     title: str
     detail: str
-    when: object
+    when: datetime
+    url: str = ""
+    state: str = ""  # "running", "ok", "bad" for deployments; empty for parameter changes
+
+
+def _deployment_note(deployment: Deployment) -> Notification:
+    verb = "Deploying" if deployment.action == Deployment.Action.ENABLE else "Disabling"
+    if deployment.is_active:
+        title, state = f"{verb} {deployment.model_uri}", "running"
+        detail = f"{queries.current_step(deployment)} — requested by {deployment.requested_by_name}"
+    else:
+        done = {
+            Deployment.State.SUCCEEDED: ("ready" if deployment.action == "enable" else "unloaded"),
+            Deployment.State.FAILED: "failed",
+            Deployment.State.CANCELLED: "cancelled",
+        }[Deployment.State(deployment.state)]
+        title = f"{deployment.model_uri} {done}"
+        state = "ok" if deployment.state == Deployment.State.SUCCEEDED else "bad"
+        detail = (
+            deployment.error
+            or f"{deployment.get_action_display()} by {deployment.requested_by_name}"
+        )
+    return Notification(
+        title=title,
+        detail=detail,
+        when=deployment.finished_at or deployment.started_at or deployment.created_at,
+        url=reverse("deployments:detail", args=[deployment.pk]),
+        state=state,
+    )
 
 
 def notifications() -> list[Notification]:
-    """Recent events worth a look: parameter changes of the last day."""
-    since = timezone.now() - timedelta(days=1)
-    changes = ParameterChange.objects.filter(changed_at__gte=since)[:5]
-    return [
+    """Running deployments first, then the last day's finished deployments and parameter
+    changes, newest first."""
+    since = timezone.now() - RECENT
+    running = [_deployment_note(d) for d in queries.active()[:BELL_ITEMS]]
+    finished = [
+        _deployment_note(d)
+        for d in Deployment.objects.filter(
+            state__in=Deployment.TERMINAL_STATES, finished_at__gte=since
+        )[:BELL_ITEMS]
+    ]
+    changes = [
         Notification(
             title=f"{change.parameter} changed",
             detail=f"{change.old_value} → {change.new_value} ({change.get_status_display()}) "
             f"by {change.username}",
             when=change.changed_at,
+            url=reverse("serverparams:blade") + "?tab=modified",
         )
-        for change in changes
+        for change in ParameterChange.objects.filter(changed_at__gte=since)[:BELL_ITEMS]
     ]
+    recent = sorted(finished + changes, key=lambda note: note.when, reverse=True)
+    return (running + recent)[:BELL_ITEMS]
 
 
 def portal(request: HttpRequest) -> dict[str, object]:
@@ -73,9 +115,11 @@ def portal(request: HttpRequest) -> dict[str, object]:
         (item.key for item in items if item.url != "/" and path.startswith(item.url)),
         "overview" if path == "/" else "",
     )
+    notes = notifications()
     return {
         "menu_items": items,
         "current_section": current,
-        "notifications": notifications(),
+        "notifications": notes,
+        "notifications_running": sum(1 for note in notes if note.state == "running"),
         "user_role": role_label(request.user),
     }

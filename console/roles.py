@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
+from console.deployments.models import MANAGE_DEPLOYMENTS
 from serverparams.models import EDIT_PARAMETERS
 
 READER = "reader"
@@ -25,7 +26,7 @@ ROLES: tuple[str, ...] = (READER, SETTINGS_MANAGER, ADMIN)
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     READER: (),
     SETTINGS_MANAGER: (),
-    ADMIN: (EDIT_PARAMETERS,),
+    ADMIN: (EDIT_PARAMETERS, MANAGE_DEPLOYMENTS),
 }
 
 User = AbstractBaseUser | AnonymousUser

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "console",
     "serverparams",
+    "console.deployments",
 ]
 
 MIDDLEWARE = [
@@ -64,13 +65,25 @@ TEMPLATES = [
 
 def _database() -> dict[str, object]:
     url = env_str("DATABASE_URL", "")
-    if not url:
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "console.sqlite3"}
     from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(url)
+    if not url or parts.scheme == "sqlite":
+        # The web process and the workers write to it at once: WAL lets readers go on while
+        # one writes, and IMMEDIATE transactions wait for the lock instead of failing.
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": unquote(parts.path) if url else VAR_DIR / "console.sqlite3",
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
     if parts.scheme not in {"postgres", "postgresql"}:
-        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}")
+        raise ValueError(
+            f"DATABASE_URL must be a postgresql:// or sqlite:/// URL, got scheme {parts.scheme!r}"
+        )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": parts.path.lstrip("/"),
@@ -113,6 +126,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Workers of one installation consume one queue; tests run on a queue of their own.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "console")
+CELERY_TASK_IGNORE_RESULT = True
 
 # The parts the console administers. The managed server reads its own variables
 # (MANAGED_DATABASE_URL, MANAGED_PG_PORT) in serverparams.server.get_managed_server().

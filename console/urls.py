@@ -8,6 +8,7 @@ from console import views
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("parameters/", include("serverparams.urls")),
+    path("", include("console.deployments.urls")),
     path("soon/<slug:section>/", views.coming_soon, name="coming_soon"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),

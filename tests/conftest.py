@@ -35,3 +35,15 @@ def session_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("var")
     os.environ["VAR_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The console's test database is a file rather than memory, so that the Celery worker
+    processes some tests start share it."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        path = tmp_path_factory.mktemp("console-db") / "console-test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)

@@ -21,6 +21,7 @@ from tests.console.servers import (
     console_pg,  # noqa: F401  (the fixture)
     restore_auto_conf,
 )
+from tests.console.stack import stack  # noqa: F401  (the fixture)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -19,6 +19,10 @@ WRITES = [
     ("post", "/parameters/save/"),
     ("get", "/parameters/reset-all/"),
     ("post", "/parameters/restart/"),
+    ("post", "/deployments/1/cancel/"),
+    ("post", "/deployments/1/retry/"),
+    ("post", "/models/tiny:v1/deploy/"),
+    ("post", "/models/tiny:v1/disable/"),
 ]
 
 
@@ -99,12 +103,12 @@ def test_editors_match_the_data_type(server: ManagedServer, admin_client: Client
 def test_extension_the_machine_cannot_host_is_disabled_with_the_reason(
     server: ManagedServer, admin_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from inference import catalog
+    from inference import resources
 
     class TinyMachine:
-        total = 256 * 1024 * 1024
+        total = available = 256 * 1024 * 1024
 
-    monkeypatch.setattr(catalog.psutil, "virtual_memory", lambda: TinyMachine)
+    monkeypatch.setattr(resources.psutil, "virtual_memory", lambda: TinyMachine)
     page = admin_client.get("/parameters/", {"q": "azure.extensions"}, **HTMX).content.decode()
     start = page.index('value="azure_local_ai"')
     checkbox = page[page.rindex("<input", 0, start) : page.index(">", start)]
@@ -223,7 +227,15 @@ def test_superuser_counts_as_admin(server: ManagedServer, superuser_client: Clie
 
 POSTS = [url for method, url in WRITES if method == "post"]
 # Arguments for the routes that take some, to request each one.
-ROUTE_ARGS = {"coming_soon": ["models"]}
+ROUTE_ARGS = {
+    "coming_soon": ["settings"],
+    "deployments:detail": [1],
+    "deployments:cancel": [1],
+    "deployments:retry": [1],
+    "deployments:model": ["tiny:v1"],
+    "deployments:deploy": ["tiny:v1"],
+    "deployments:disable": ["tiny:v1"],
+}
 
 
 def own_routes() -> list[str]:
@@ -233,7 +245,8 @@ def own_routes() -> list[str]:
         if isinstance(entry, URLResolver):
             if entry.namespace in {None, "admin"}:
                 continue
-            routes += [reverse(f"{entry.namespace}:{p.name}") for p in entry.url_patterns]
+            names = [f"{entry.namespace}:{p.name}" for p in entry.url_patterns]
+            routes += [reverse(name, args=ROUTE_ARGS.get(name, [])) for name in names]
         else:
             routes.append(reverse(entry.name, args=ROUTE_ARGS.get(entry.name, [])))
     return routes
@@ -243,7 +256,7 @@ def test_every_route_that_takes_a_post_is_among_the_checked_writes(
     server: ManagedServer, reader_client: Client
 ) -> None:
     routes = own_routes()
-    assert "/parameters/save/" in routes and "/soon/models/" in routes
+    assert "/parameters/save/" in routes and "/soon/settings/" in routes
     taking_posts = {url for url in routes if reader_client.post(url, **HTMX).status_code != 405}
     assert taking_posts == set(POSTS)
 

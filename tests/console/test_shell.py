@@ -31,8 +31,9 @@ PAGES = [
     "/",
     "/parameters/",
     "/parameters/history/",
-    "/soon/deployments/",
-    "/soon/models/",
+    "/deployments/",
+    "/models/",
+    "/models/all-MiniLM-L6-v2:v1/",
     "/soon/settings/",
     "/soon/playground/",
 ]
@@ -89,12 +90,12 @@ def test_sign_in_and_out(client: Client) -> None:
     assert b"didn't match" in wrong.content
     response = client.post(
         "/accounts/login/",
-        {"username": "rita", "password": "pw-for-tests-only", "next": "/soon/models/"},
+        {"username": "rita", "password": "pw-for-tests-only", "next": "/models/"},
     )
-    assert response.status_code == 302 and response["Location"] == "/soon/models/"
-    assert client.get("/soon/models/").status_code == 200
+    assert response.status_code == 302 and response["Location"] == "/models/"
+    assert client.get("/models/").status_code == 200
     assert client.post("/accounts/logout/").status_code == 302
-    assert client.get("/soon/models/").status_code == 302
+    assert client.get("/models/").status_code == 302
 
 
 def test_shell_has_menu_breadcrumb_bell_and_csrf_header(admin_client: Client) -> None:
@@ -124,7 +125,7 @@ def test_bell_counts_recent_parameter_changes(admin_client: Client) -> None:
     ParameterChange.objects.create(
         username="ada", parameter="work_mem", old_value="4096", new_value="8192", status="applied"
     )
-    page = admin_client.get("/soon/models/").content.decode()
+    page = admin_client.get("/models/").content.decode()
     assert 'aria-label="Notifications: 1"' in page
     assert "work_mem changed" in page
 

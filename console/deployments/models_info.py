@@ -1,0 +1,146 @@
+"""What the models pages show about each catalog model: the catalog's facts, the store's
+files and quality figures, the sidecar's live state and the latest deployment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from console.deployments import queries
+from console.deployments.models import Deployment
+from console.overview import RENDER_TIMEOUT_S
+from inference import catalog as model_catalog
+from inference.catalog import CatalogEntry
+from inference.client import InferenceClient
+from inference.store import ModelStore, StoredModel, StoreError
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class ModelInfo:
+    entry: CatalogEntry
+    stored: StoredModel | None
+    store_problem: str = ""
+    sidecar: dict[str, Any] | None = None  # GET /models/{uri}, when registered
+    sidecar_problem: str = ""
+    latest: Deployment | None = None
+    memory_rss_mb: float | None = None  # the sidecar process's resident memory
+    files: list[FileInfo] = field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        return self.entry.uri
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.sidecar and self.sidecar.get("loaded"))
+
+    @property
+    def serving_precision(self) -> str:
+        return str(self.sidecar.get("precision") or "fp32") if self.loaded and self.sidecar else ""
+
+    @property
+    def deploying(self) -> bool:
+        return bool(self.latest and self.latest.is_active)
+
+    @property
+    def state_label(self) -> str:
+        if self.deploying and self.latest is not None:
+            verb = "Deploying" if self.latest.action == Deployment.Action.ENABLE else "Disabling"
+            return f"{verb}: {queries.current_step(self.latest)}"
+        if self.loaded:
+            return "Deployed"
+        if self.stored is not None:
+            return "In the store, not loaded"
+        return "Not deployed"
+
+    @property
+    def quality(self) -> dict[str, Any] | None:
+        if self.stored is None:
+            return None
+        return (self.stored.manifest.get("quality") or {}).get("int8")
+
+    @property
+    def precisions(self) -> list[str]:
+        return self.stored.precisions if self.stored else []
+
+    @property
+    def precision_wanted(self) -> str:
+        return "int8" if "int8" in self.precisions else "fp32"
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def languages(self) -> str:
+        return str(self.entry.raw.get("languages") or "")
+
+
+def _sidecar_models() -> tuple[dict[str, dict[str, Any]], float | None, str]:
+    try:
+        with InferenceClient(
+            settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=RENDER_TIMEOUT_S
+        ) as client:
+            models = {m["model_uri"]: m for m in client.models()}
+            health = client.health()
+    except Exception as exc:  # any failure reads the same: the page says it cannot tell
+        return {}, None, str(exc).strip() or type(exc).__name__
+    rss = health.get("memory_rss_mb")
+    return models, float(rss) if isinstance(rss, int | float) else None, ""
+
+
+def _info(
+    entry: CatalogEntry,
+    store: ModelStore,
+    sidecar: dict[str, dict[str, Any]],
+    rss: float | None,
+    problem: str,
+    latest: dict[str, Deployment],
+) -> ModelInfo:
+    try:
+        stored = store.get(entry.uri)
+        store_problem = ""
+    except StoreError as exc:
+        stored, store_problem = None, str(exc)
+    info = ModelInfo(
+        entry=entry,
+        stored=stored,
+        store_problem=store_problem,
+        sidecar=sidecar.get(entry.uri),
+        sidecar_problem=problem,
+        latest=latest.get(entry.uri),
+        memory_rss_mb=rss,
+    )
+    if stored is not None:
+        for rel, sha in sorted((stored.manifest.get("files") or {}).items()):
+            path = stored.path / rel
+            size = path.stat().st_size if path.is_file() else 0
+            info.files.append(FileInfo(path=rel, size=size, sha256=sha))
+    return info
+
+
+def all_models() -> list[ModelInfo]:
+    store = ModelStore()
+    sidecar, rss, problem = _sidecar_models()
+    latest = queries.latest_by_model()
+    return [
+        _info(entry, store, sidecar, rss, problem, latest)
+        for entry in model_catalog.catalog().entries
+    ]
+
+
+def model(uri: str) -> ModelInfo | None:
+    entry = model_catalog.catalog().find(uri)
+    if entry is None:
+        return None
+    sidecar, rss, problem = _sidecar_models()
+    return _info(entry, ModelStore(), sidecar, rss, problem, queries.latest_by_model())

@@ -1,0 +1,567 @@
+"""Running a deployment on a worker: claim it, run its steps, record everything, finish.
+
+Every step is idempotent (a step that already holds is skipped), so a retried or resumed
+deployment finishes the job. A worker claims a deployment with a conditional UPDATE and beats
+a heartbeat while it runs; a deployment whose worker died (its process is gone, or its
+heartbeat is stale) is resumed by the next worker that starts or notices it, up to
+``MAX_ATTEMPTS`` claims, and then failed with the reason. Cancel is checked at every step
+boundary and while bytes move; the store's staging directory is removed on the way out, and
+a model this run loaded is unloaded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+import psutil
+import psycopg
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.db import close_old_connections, connection
+from django.db.models import DateTimeField, F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from console.deployments.models import Deployment, DeploymentStep
+from console.deployments.steps import PROVISION_STEPS, STEPS_BY_ACTION
+from inference import catalog as model_catalog
+from inference import provision
+from inference.client import InferenceClient, InferenceError, InferenceUnavailable
+from inference.export import ExportError
+from inference.modelconfig import ModelConfigError
+from inference.provision import ProgressEvent, ProvisionError
+from inference.sources import SourceError
+from inference.store import ModelStore, StoreError
+from serverparams.apply import save_changes
+from serverparams.catalog import split_list
+from serverparams.server import ServerError, get_managed_server
+from serverparams.validation import Edit
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+STALE_AFTER = timedelta(seconds=60)
+MAX_ATTEMPTS = 3
+_PROGRESS_EVERY_S = 0.5
+_CANCEL_CHECK_EVERY_S = 1.0
+_LOG_LINES_KEPT = 400
+_SIDECAR_TIMEOUT_S = 300.0  # loading a large model can take a while
+EXTENSION = "azure_local_ai"
+ALLOWLIST = "azure.extensions"
+WARMUP_TEXT = "PostgreSQL stores each embedding beside the row it describes."
+
+PROVISION_ERRORS = (ProvisionError, SourceError, StoreError, ExportError, ModelConfigError)
+
+
+class StepFailed(Exception):
+    """A step cannot go on; ``str()`` names the cause and says what to do."""
+
+
+class Cancelled(Exception):
+    pass
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def sidecar_client(timeout: float = _SIDECAR_TIMEOUT_S) -> InferenceClient:
+    return InferenceClient(settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=timeout)
+
+
+# -- claiming, heartbeat, recovery ----------------------------------------------------------
+
+
+def claim(deployment_id: int, worker: str) -> bool:
+    """Take the deployment if it is queued or its worker stopped beating; True if taken."""
+    now = timezone.now()
+    return bool(
+        Deployment.objects.filter(pk=deployment_id)
+        .filter(
+            Q(state=Deployment.State.QUEUED)
+            | Q(state=Deployment.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
+        )
+        .filter(cancel_requested=False)
+        .update(
+            state=Deployment.State.RUNNING,
+            worker=worker,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
+        )
+    )
+
+
+class Heartbeat:
+    """Stamps the deployment every few seconds while its worker runs it (its own thread, so
+    that a long silent step such as an ONNX export still beats)."""
+
+    def __init__(self, deployment_id: int, worker: str) -> None:
+        self._id = deployment_id
+        self._worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deployment-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(HEARTBEAT_S):
+                Deployment.objects.filter(
+                    pk=self._id, worker=self._worker, state=Deployment.State.RUNNING
+                ).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=HEARTBEAT_S * 2)
+
+
+def _worker_gone(deployment: Deployment, now: timezone.datetime) -> bool:
+    if deployment.heartbeat_at is None or deployment.heartbeat_at < now - STALE_AFTER:
+        return True
+    host, _, pid = deployment.worker.rpartition(":")
+    # On this machine the process table answers at once, without waiting for the heartbeat.
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def recover_stopped(*, requeue_queued: bool = False) -> list[int]:
+    """Resume (or, after MAX_ATTEMPTS claims, fail) deployments whose worker stopped; with
+    ``requeue_queued``, also send queued ones again (the broker may have lost them). Returns
+    the ids sent to a worker."""
+    from console.deployments.service import enqueue
+
+    now = timezone.now()
+    sent: list[int] = []
+    for deployment in Deployment.objects.filter(state=Deployment.State.RUNNING):
+        if not _worker_gone(deployment, now):
+            continue
+        running = Q(pk=deployment.pk, state=Deployment.State.RUNNING, worker=deployment.worker)
+        step = deployment.steps.filter(state=DeploymentStep.State.RUNNING).first()
+        where = f" during {step.name}" if step else ""
+        if deployment.attempts >= MAX_ATTEMPTS or deployment.cancel_requested:
+            reason = (
+                f"cancelled: its worker ({deployment.worker}) stopped{where}"
+                if deployment.cancel_requested
+                else f"the worker running it ({deployment.worker}) stopped{where}, "
+                f"{deployment.attempts} times; see the worker's log, then Retry"
+            )
+            state = (
+                Deployment.State.CANCELLED
+                if deployment.cancel_requested
+                else Deployment.State.FAILED
+            )
+            if Deployment.objects.filter(running).update(
+                state=state, error=reason, finished_at=now
+            ):
+                _close_open_steps(deployment, reason, DeploymentStep.State.FAILED)
+            continue
+        if Deployment.objects.filter(running).update(state=Deployment.State.QUEUED, worker=""):
+            if step is not None:
+                _append_log(step, f"the worker {deployment.worker} stopped{where}: resuming")
+                step.save(update_fields=["log"])
+            sent.append(deployment.pk)
+    if requeue_queued:
+        sent += list(
+            Deployment.objects.filter(state=Deployment.State.QUEUED).values_list("pk", flat=True)
+        )
+    for deployment_id in dict.fromkeys(sent):
+        enqueue(deployment_id)
+    return sent
+
+
+def _close_open_steps(deployment: Deployment, reason: str, state: str) -> None:
+    deployment.steps.filter(state=DeploymentStep.State.RUNNING).update(
+        state=state, error=reason, finished_at=timezone.now()
+    )
+    deployment.steps.filter(state=DeploymentStep.State.PENDING).update(
+        state=DeploymentStep.State.CANCELLED
+    )
+
+
+def _append_log(step: DeploymentStep, line: str) -> None:
+    stamp = timezone.localtime().strftime("%H:%M:%S")
+    lines = [*step.log_lines, f"{stamp} {line}"]
+    step.log = "\n".join(lines[-_LOG_LINES_KEPT:])
+
+
+# -- recording ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Writes what the steps report into their rows (progress at most every half second) and
+    raises Cancelled when someone asked the deployment to stop."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.steps = {step.name: step for step in deployment.steps.all()}
+        self.current: str | None = None
+        self._last_progress = 0.0
+        self._last_cancel_check = 0.0
+
+    def check_cancel(self, *, now: bool = False) -> None:
+        moment = time.monotonic()
+        if not now and moment - self._last_cancel_check < _CANCEL_CHECK_EVERY_S:
+            return
+        self._last_cancel_check = moment
+        if Deployment.objects.filter(pk=self.deployment.pk, cancel_requested=True).exists():
+            raise Cancelled()
+
+    def start(self, name: str, message: str = "") -> None:
+        self.check_cancel(now=True)
+        step = self.steps[name]
+        self.current = name
+        step.state = DeploymentStep.State.RUNNING
+        step.started_at = timezone.now()
+        step.finished_at = None
+        step.done = step.total = 0
+        step.error = ""
+        step.message = message
+        if message:
+            _append_log(step, message)
+        step.save()
+
+    def log(self, name: str, line: str) -> None:
+        step = self.steps[name]
+        step.message = line
+        _append_log(step, line)
+        step.save(update_fields=["message", "log"])
+
+    def progress(self, name: str, done: int, total: int, unit: str = "bytes") -> None:
+        step = self.steps[name]
+        step.done, step.total, step.unit = done, total, unit
+        moment = time.monotonic()
+        if moment - self._last_progress >= _PROGRESS_EVERY_S or (total and done >= total):
+            self._last_progress = moment
+            step.save(update_fields=["done", "total", "unit"])
+        self.check_cancel()
+
+    def finish(self, name: str, state: str, message: str = "") -> None:
+        step = self.steps[name]
+        if step.started_at is None:
+            step.started_at = timezone.now()
+        step.state = state
+        step.finished_at = timezone.now()
+        if message:
+            step.message = message
+            _append_log(step, message)
+        step.save()
+        if self.current == name:
+            self.current = None
+
+    def succeed(self, name: str, message: str = "") -> None:
+        self.finish(name, DeploymentStep.State.SUCCEEDED, message)
+
+    def skip(self, name: str, message: str) -> None:
+        if self.steps[name].state != DeploymentStep.State.RUNNING:
+            self.steps[name].started_at = timezone.now()
+        self.finish(name, DeploymentStep.State.SKIPPED, f"skipped: {message}")
+
+    def fail(self, name: str, error: str) -> None:
+        step = self.steps[name]
+        step.error = error
+        self.finish(name, DeploymentStep.State.FAILED, error)
+
+    def provision_event(self, event: ProgressEvent) -> None:
+        """inference.provision's progress, into the step rows of the same names."""
+        if event.kind == "start":
+            self.start(event.step, event.message)
+        elif event.kind == "progress":
+            self.progress(event.step, event.done, event.total)
+        elif event.kind == "log":
+            self.log(event.step, event.message)
+        elif event.kind == "skip":
+            self.skip(event.step, event.message)
+        elif event.kind == "done":
+            self.succeed(event.step, event.message)
+
+
+# -- the steps ------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    deployment: Deployment
+    recorder: Recorder
+    store: ModelStore = field(default_factory=ModelStore)
+    loaded_here: bool = False  # this run loaded the model (cancel unloads it again)
+    precision: str = "fp32"  # what the sidecar serves, once known
+
+    @property
+    def uri(self) -> str:
+        return self.deployment.model_uri
+
+
+def _preflight(ctx: Context) -> str:
+    entry = _entry(ctx.uri)
+    problems = entry.resource_problems()
+    if problems:
+        raise StepFailed(
+            "this machine cannot host the model: "
+            + "; ".join(problems)
+            + ". Deploy a smaller model, or run on a machine with more memory and cores"
+        )
+    ctx.recorder.log(
+        "preflight",
+        f"{entry.uri} needs {entry.memory_mb} MB of memory and "
+        f"{entry.min_cores} core(s): this machine has enough",
+    )
+    try:
+        with sidecar_client(timeout=5) as client:
+            client.health()
+    except InferenceError as exc:
+        raise StepFailed(f"the inference sidecar is down: {exc}") from None
+    ctx.recorder.log("preflight", f"the inference sidecar answers at {settings.INFERENCE_URL}")
+    try:
+        with get_managed_server().connect() as conn:
+            conn.execute("SELECT 1")
+    except (ServerError, psycopg.Error) as exc:
+        raise StepFailed(
+            f"the managed PostgreSQL server cannot be reached ({str(exc).strip()}); start it "
+            "with `manage.py server start` (make run starts it)"
+        ) from None
+    return "the machine, the sidecar and the managed server are ready"
+
+
+def _provision(ctx: Context) -> str:
+    recorder = ctx.recorder
+    try:
+        result = provision.deploy(
+            ctx.uri,
+            source=ctx.deployment.source or None,
+            precision=ctx.deployment.precision,
+            store=ctx.store,
+            progress=recorder.provision_event,
+        )
+    except PROVISION_ERRORS as exc:
+        raise StepFailed(str(exc)) from None
+    for name in PROVISION_STEPS:  # a path that never mentioned a step had nothing to do there
+        if recorder.steps[name].state in (DeploymentStep.State.PENDING,):
+            recorder.skip(name, "nothing to do")
+    if ctx.deployment.precision == "int8" and not result.int8_admitted:
+        figures = result.int8 or {}
+        recorder.log(
+            "install",
+            "the int8 variant did not pass its quality gate "
+            f"({figures.get('error') or 'see the figures on the model page'}): fp32 serves it",
+        )
+    ctx.precision = (
+        "int8" if result.int8_admitted and ctx.deployment.precision == "int8" else "fp32"
+    )
+    return ""
+
+
+def _register(ctx: Context) -> str:
+    stored = ctx.store.get(ctx.uri)
+    if stored is None:
+        raise StepFailed(f"{ctx.uri} is not in the model store {ctx.store.root}; deploy again")
+    path = str(stored.path.resolve())
+    with sidecar_client() as client:
+        try:
+            current = client.model(ctx.uri)
+        except InferenceError as exc:
+            if exc.status != 404:
+                raise StepFailed(f"the inference sidecar: {exc}") from None
+            current = None
+        if current is not None:
+            same = current.get("model_path") == path and current.get("precision") == ctx.precision
+            if same and current.get("loaded"):
+                ctx.recorder.skip("register", f"{ctx.uri} is registered and loaded already")
+                return ""
+            if not same:
+                ctx.recorder.log(
+                    "register",
+                    f"replacing the registration of {ctx.uri} "
+                    f"({current.get('precision')} from {current.get('model_path')})",
+                )
+                client.unregister(ctx.uri)
+        try:
+            info = client.register(ctx.uri, path, precision=ctx.precision, load=True)
+        except InferenceError as exc:
+            raise StepFailed(f"the inference sidecar refused {ctx.uri}: {exc}") from None
+    ctx.loaded_here = True
+    return f"registered as id {info.get('id')} ({ctx.precision}) and loaded"
+
+
+def _warmup(ctx: Context) -> str:
+    entry = _entry(ctx.uri)
+    started = time.perf_counter()
+    with sidecar_client() as client:
+        try:
+            vectors, usage = client.embed(ctx.uri, [WARMUP_TEXT])
+        except InferenceError as exc:
+            raise StepFailed(f"the probe embedding failed: {exc}") from None
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    dimensions = int(vectors.shape[1])
+    norm = float(np.linalg.norm(vectors[0]))
+    if dimensions != entry.dimensions:
+        raise StepFailed(
+            f"the probe embedding has {dimensions} dimensions where the catalog says "
+            f"{entry.dimensions}: the files are not this model; deploy it again with --force"
+        )
+    if not np.isfinite(norm) or (entry.normalize and abs(norm - 1.0) > 1e-3):
+        raise StepFailed(f"the probe embedding's norm is {norm:.4f}, not 1: the model is broken")
+    return (
+        f"probe embedding: {dimensions} dimensions, norm {norm:.4f}, "
+        f"{usage.get('prompt_tokens', '?')} tokens, {elapsed_ms:.0f} ms"
+    )
+
+
+def _allowlist(ctx: Context) -> str:
+    wanted = [EXTENSION, "vector"]
+    deployment = ctx.deployment
+    user = deployment.requested_by or AnonymousUser()
+    for _attempt in range(3):
+        try:
+            with get_managed_server().connect() as conn:
+                row = conn.execute(f"SHOW {ALLOWLIST}").fetchone()
+        except (ServerError, psycopg.Error) as exc:
+            raise StepFailed(
+                f"cannot read {ALLOWLIST} on the managed server: {str(exc).strip()}"
+            ) from None
+        current = row[0] if row else ""
+        members = split_list(current)
+        missing = [name for name in wanted if name not in members]
+        if not missing:
+            ctx.recorder.skip("allowlist", f"{ALLOWLIST} already allows {', '.join(wanted)}")
+            return ""
+        value = ",".join([*members, *missing])
+        try:
+            result = save_changes([Edit(name=ALLOWLIST, value=value, base=current)], user)
+        except (ServerError, psycopg.Error) as exc:
+            raise StepFailed(f"cannot change {ALLOWLIST}: {str(exc).strip()}") from None
+        if result.ok:
+            return f"{ALLOWLIST} = {value} (reloaded)"
+        problems = {**result.errors, **result.failed}
+        if not result.conflicts:
+            raise StepFailed(f"cannot change {ALLOWLIST}: {'; '.join(problems.values())}")
+        # Someone saved the parameter meanwhile: read it again and add to theirs.
+    raise StepFailed(f"{ALLOWLIST} kept changing while this deployment tried to add to it")
+
+
+def _ready(ctx: Context) -> str:
+    return (
+        f"{ctx.uri} is deployed: CREATE EXTENSION {EXTENSION}; SELECT "
+        f"{EXTENSION}.create_embeddings('{ctx.uri}', 'some text');"
+    )
+
+
+def _unload(ctx: Context) -> str:
+    with sidecar_client() as client:
+        try:
+            current = client.model(ctx.uri)
+        except InferenceError as exc:
+            if exc.status == 404:
+                ctx.recorder.skip("unload", f"{ctx.uri} is not registered with the sidecar")
+                return ""
+            raise StepFailed(f"the inference sidecar: {exc}") from None
+        if not current.get("loaded"):
+            ctx.recorder.skip("unload", f"{ctx.uri} is not loaded")
+            return ""
+        client.unload(ctx.uri)
+    return f"{ctx.uri} unloaded; SQL calls for it now fail with a 'not deployed' error"
+
+
+def _entry(uri: str) -> model_catalog.CatalogEntry:
+    try:
+        return model_catalog.catalog().get(uri)
+    except model_catalog.CatalogError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+StepFunction = Callable[[Context], str]
+STEP_FUNCTIONS: dict[str, StepFunction] = {
+    "preflight": _preflight,
+    "register": _register,
+    "warmup": _warmup,
+    "allowlist": _allowlist,
+    "ready": _ready,
+    "unload": _unload,
+}
+
+
+# -- the runner -----------------------------------------------------------------------------
+
+
+def run(deployment_id: int, worker: str | None = None) -> str:
+    """Run (or resume) a deployment; returns its final state, or "not claimed"."""
+    worker = worker or worker_name()
+    close_old_connections()
+    if not claim(deployment_id, worker):
+        return "not claimed"
+    deployment = Deployment.objects.get(pk=deployment_id)
+    with Heartbeat(deployment_id, worker):
+        state, error = _run_steps(deployment)
+    Deployment.objects.filter(
+        pk=deployment_id, worker=worker, state=Deployment.State.RUNNING
+    ).update(state=state, error=error, finished_at=timezone.now())
+    log.info("deployment %s of %s: %s %s", deployment_id, deployment.model_uri, state, error)
+    return state
+
+
+def _run_steps(deployment: Deployment) -> tuple[str, str]:
+    recorder = Recorder(deployment)
+    ctx = Context(deployment=deployment, recorder=recorder)
+    names = [step.name for step in STEPS_BY_ACTION[deployment.action]]
+    try:
+        for name in names:
+            if name in PROVISION_STEPS:
+                if name == PROVISION_STEPS[0]:
+                    _provision(ctx)
+                continue
+            recorder.start(name)
+            message = STEP_FUNCTIONS[name](ctx)
+            if recorder.steps[name].state == DeploymentStep.State.RUNNING:
+                recorder.succeed(name, message)
+        return Deployment.State.SUCCEEDED, ""
+    except Cancelled:
+        _clean_up(ctx)
+        _close_open_steps(deployment, "cancelled", DeploymentStep.State.CANCELLED)
+        return Deployment.State.CANCELLED, _where(recorder, "cancelled")
+    except StepFailed as exc:
+        step = recorder.current or names[0]
+        recorder.fail(step, str(exc))
+        _close_open_steps(deployment, str(exc), DeploymentStep.State.FAILED)
+        return Deployment.State.FAILED, f"{_title(step)} failed: {exc}"
+    except Exception as exc:
+        log.exception("deployment %s failed unexpectedly", deployment.pk)
+        step = recorder.current or names[0]
+        message = f"unexpected error: {exc!r}; see the worker's log, then Retry"
+        recorder.fail(step, message)
+        _close_open_steps(deployment, message, DeploymentStep.State.FAILED)
+        return Deployment.State.FAILED, f"{_title(step)} failed: {message}"
+
+
+def _title(step: str) -> str:
+    from console.deployments.steps import TITLES
+
+    return TITLES.get(step, step)
+
+
+def _where(recorder: Recorder, what: str) -> str:
+    return f"{what} during {_title(recorder.current)}" if recorder.current else what
+
+
+def _clean_up(ctx: Context) -> None:
+    """Undo what a cancelled run set going: the store's staging directory is already gone
+    (its context manager); a model this run loaded is unloaded again."""
+    if not ctx.loaded_here:
+        return
+    try:
+        with sidecar_client(timeout=30) as client:
+            client.unload(ctx.uri)
+        if ctx.recorder.current:
+            ctx.recorder.log(ctx.recorder.current, f"unloaded {ctx.uri} again")
+    except (InferenceError, InferenceUnavailable) as exc:
+        log.warning("could not unload %s after cancel: %s", ctx.uri, exc)
