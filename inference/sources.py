@@ -49,6 +49,8 @@ class Fetched:
     onnx: str | None  # the fp32 ONNX file among the copies, if the source had one
     # relative path -> (algorithm, hex digest) the source published for the file
     published: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # relative path -> the Hugging Face cache file it was copied from (hub only)
+    cached: dict[str, Path] = field(default_factory=dict)
 
     def source_info(self) -> dict[str, Any]:
         """The manifest's ``source`` field."""
@@ -310,6 +312,7 @@ def fetch_hub(
     cache_dir: Path | None = None,
 ) -> Fetched:
     """Download (or find in the Hugging Face cache) the entry's allowed files and copy them."""
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -347,7 +350,9 @@ def fetch_hub(
             f"cannot fetch {entry.uri} from the Hugging Face Hub ({reason if local_only else exc})"
             f" and it is not in the local Hugging Face cache. {local_copy_hint(entry)}"
         ) from None
-    except (HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
+        # httpx2.HTTPError: a download cut short or timed out once huggingface_hub's own
+        # retries are spent, which is no OSError.
         raise SourceError(
             f"cannot fetch {entry.uri} from the Hugging Face Hub: {exc}. {local_copy_hint(entry)}"
         ) from None
@@ -356,7 +361,8 @@ def fetch_hub(
     _check_complete(chosen, onnx, f"the Hub snapshot of {source.repo_id} ({folder})")
     published = _copy_selected(chosen, dest, None)
     say(f"copied {len(chosen)} files from the Hugging Face cache ({folder})")
-    return Fetched("hub", source.repo_id, folder.name, onnx, published)
+    cached = {rel: chosen[rel] for rel in published}
+    return Fetched("hub", source.repo_id, folder.name, onnx, published, cached)
 
 
 def fetch(
@@ -383,17 +389,34 @@ def _git_blob_sha1(path: Path) -> str:
     return digest_file(path, hashlib.sha1(header))
 
 
+def _drop_from_hub_cache(link: Path) -> None:
+    """Remove a snapshot file and the blob it links to from the Hugging Face cache."""
+    blob = link.resolve()
+    link.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
 def verify_fetched(dest: Path, fetched: Fetched) -> list[str]:
-    """Copies that differ from what their source published (empty list: all match)."""
+    """Copies that differ from what their source published (empty list: all match).
+
+    A Hub file that differs is also dropped from the Hugging Face cache: huggingface_hub
+    would otherwise hand the same bad blob to every later deployment.
+    """
     problems = []
     for rel, (algorithm, expected) in sorted(fetched.published.items()):
         path = dest / rel
         actual = sha256_file(path) if algorithm == "sha256" else _git_blob_sha1(path)
         if actual != expected:
-            problems.append(
+            problem = (
                 f"{rel} from {fetched.kind} {fetched.ref} does not match its published "
                 f"{algorithm} ({expected[:12]}...): the source copy is corrupt or was modified"
             )
+            if (link := fetched.cached.get(rel)) is not None:
+                _drop_from_hub_cache(link)
+                problem += (
+                    " (removed from the Hugging Face cache: the next deployment downloads it again)"
+                )
+            problems.append(problem)
     return problems
 
 
