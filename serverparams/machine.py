@@ -25,6 +25,8 @@ def unmet_needs(extension: str) -> str:
     model_uri = policy.EXTENSION_MODEL_NEEDS.get(extension.lower())
     if model_uri is None:
         return ""
+    if model_uri == policy.DEFAULT_MODEL:
+        model_uri = catalog.default_uri()
     entry = catalog.catalog().find(model_uri)
     if entry is None:
         return f"the model catalog does not list {model_uri}, which this extension serves"

@@ -72,9 +72,11 @@ SET_PARAMETERS: dict[str, str | tuple[str, ...]] = {
 }
 
 # Extensions whose use needs the machine to host a model: the extension name -> the catalog
-# model whose memory and core needs apply. The needs themselves live in inference/catalog.py.
+# model whose memory and core needs apply (DEFAULT_MODEL: the one enabling it deploys, see
+# inference.catalog.default_uri). The needs themselves live in the model catalog.
+DEFAULT_MODEL = "default"
 EXTENSION_MODEL_NEEDS: dict[str, str] = {
-    "azure_local_ai": "multilingual-e5-small:v1",
+    "azure_local_ai": DEFAULT_MODEL,
 }
 
 # pg_settings.source values of settings nobody configured: the server computed them (the

@@ -14,7 +14,6 @@ from console.deployments.models import Deployment, DeploymentStep
 from console.deployments.steps import STEPS_BY_ACTION
 from inference import catalog as model_catalog
 from inference.catalog import CatalogError
-from inference.config import env_str
 from inference.store import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ class DeploymentConflict(DeploymentError):
 
 def default_model() -> str:
     """The model enabling the extension deploys: DEFAULT_MODEL, else the catalog's default."""
-    return env_str("DEFAULT_MODEL", model_catalog.catalog().default)
+    return model_catalog.default_uri()
 
 
 def check_request(model_uri: str, source: str, precision: str) -> dict[str, str]:

@@ -22,9 +22,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.client import InferenceError
-from inference.config import log_dir, models_dir
+from inference.config import log_dir
 from inference.process import ChildProcess, StartError, http_ready, start_sidecar
-from inference.store import ModelStore
 from serverparams.server import ServerError, get_managed_server
 
 # How long each child may take to answer after it starts.
@@ -170,16 +169,9 @@ class Command(BaseCommand):
             timeout=START_TIMEOUT_S,
         )
         self.children.append(sidecar.process)
+        # Models are provisioned by deployments (Save in Server parameters, or manage.py
+        # deploy); the sidecar itself loads again what was loaded when it last stopped.
         with sidecar.client as client:
-            registered = {m["model_uri"] for m in client.models()}
-            for stored in ModelStore(models_dir()).list():
-                try:
-                    if stored.uri in registered:
-                        client.load(stored.uri)
-                    else:
-                        client.register(stored.uri, str(stored.path))  # registering loads it
-                except InferenceError as exc:
-                    self.stderr.write(f"model {stored.uri} was not loaded: {exc}")
             loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
         self._ok(f"{url}  models loaded: {', '.join(loaded) or 'none'}")
 
