@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.sidecar",
     "tests.fixtures.pg",
     "tests.fixtures.realmodel",
+    "tests.fixtures.fakehub",
 ]
 
 

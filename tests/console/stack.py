@@ -32,13 +32,24 @@ from tests.fixtures.realmodel import TINY_URI, tiny_entry
 from tests.fixtures.sidecar import SidecarProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+E5_URI = "multilingual-e5-small:v1"
+# The e5 entry with the tiny model's shape, so that the Hub path runs against a FakeHub
+# serving the generated model laid out like intfloat/multilingual-e5-small.
+E5_FROM_FAKE_HUB = tiny_entry(
+    uri=E5_URI,
+    default_source="hub",
+    sources={"hub": {"repo_id": "intfloat/multilingual-e5-small", "onnx": "onnx/model.onnx"}},
+)
 WORKER_START_S = 60.0
 
 
 def deploy_catalog(path: Path, *extra: dict[str, object]) -> Path:
     """A catalog whose default is the tiny model (deployed from a local folder), followed by
     ``extra`` entries and the shipped catalog's models."""
-    shipped = json.loads(CATALOG_PATH.read_text())["models"]
+    replaced = {entry["uri"] for entry in extra}
+    shipped = [
+        m for m in json.loads(CATALOG_PATH.read_text())["models"] if m["uri"] not in replaced
+    ]
     models = [tiny_entry(), *extra, *shipped]
     path.write_text(json.dumps({"format": 1, "default": TINY_URI, "models": models}))
     return path
@@ -67,8 +78,10 @@ class Worker:
         assert self.child is not None
         self.child.kill()
 
-    def restart(self) -> None:
+    def restart(self, **env: str) -> None:
+        """Start again (after kill or stop), with ``env`` added to its environment."""
         self.restarts += 1
+        self.env.update(env)
         self.start()
 
     def stop(self) -> None:
@@ -153,7 +166,7 @@ def stack(
     the sidecar's registrations and the model store are as they were."""
     marker = request.node.get_closest_marker("worker_env")
     extra: dict[str, str] = dict(marker.args[0]) if marker else {}
-    catalog_path = deploy_catalog(tmp_path / "catalog.json")
+    catalog_path = deploy_catalog(tmp_path / "catalog.json", E5_FROM_FAKE_HUB)
     queue = f"tests-{uuid.uuid4().hex[:8]}"
     for name, value in {
         "VAR_DIR": str(managed_pg.var_dir),

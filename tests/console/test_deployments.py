@@ -16,7 +16,9 @@ from console.deployments import pipeline, service
 from console.deployments.models import Deployment, DeploymentStep
 from console.roles import ADMIN, READER
 from inference.store import ModelStore
-from tests.console.stack import Stack, drop_database, scratch_database
+from tests.console.stack import E5_URI, Stack, drop_database, scratch_database
+from tests.fixtures.fakehub import E5_REPO as E5_REPO_ID
+from tests.fixtures.fakehub import FakeHub, publish_e5_repo
 from tests.fixtures.realmodel import TINY_URI
 from tests.fixtures.tinymodel import make_tiny_model
 
@@ -173,7 +175,7 @@ def test_a_failed_deployment_names_the_step_and_a_retry_finishes_it(
 @pytest.mark.worker_env({"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"})
 def test_hub_without_network_fails_fast_saying_how_to_deploy_a_local_copy(stack: Stack) -> None:
     admin = _user("ops", ADMIN)
-    failed = stack.wait(service.start("multilingual-e5-small:v1", admin, source="hub"), 60)
+    failed = stack.wait(service.start(E5_URI, admin, source="hub"), 60)
     assert failed.state == "failed"
     assert "Fetch failed" in failed.error
     assert "--source /path/to/multilingual-e5-small" in failed.error
@@ -294,3 +296,62 @@ def test_a_deployment_whose_worker_stopped_too_often_fails_with_the_reason(
     failed = Deployment.objects.get(pk=deployment.pk)
     assert failed.state == "failed"
     assert "stopped during fetch" in failed.error and "Retry" in failed.error
+
+
+def _from_fake_hub(stack: Stack, hub: FakeHub, tmp_path: Path) -> None:
+    """Restart the worker so that it reaches the Hub at ``hub``, with a cache of its own."""
+    stack.worker.stop()
+    stack.worker.restart(
+        HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="", HF_HOME=str(tmp_path / "hf-home")
+    )
+
+
+def test_hub_deployment_downloads_verifies_and_serves(
+    stack: Stack, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    publish_e5_repo(fake_hub, tmp_path / "e5-repo")
+    _from_fake_hub(stack, fake_hub, tmp_path)
+    deployment = stack.wait(service.start(E5_URI, _user("ops", ADMIN)))
+    assert deployment.state == "succeeded", deployment.error
+    assert fake_hub.downloads()
+    fetch = deployment.steps.get(name="fetch")
+    assert fetch.total > 0 and fetch.done == fetch.total and fetch.unit == "bytes"
+    verify = deployment.steps.get(name="verify")
+    assert "match the hashes their source published" in verify.message
+    assert stack.sidecar.client.model(E5_URI)["loaded"] is True
+
+
+def test_a_corrupted_hub_file_fails_verify_and_is_never_served(
+    stack: Stack, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    publish_e5_repo(fake_hub, tmp_path / "e5-repo")
+    fake_hub.corrupt.add("onnx/model.onnx")
+    _from_fake_hub(stack, fake_hub, tmp_path)
+    failed = stack.wait(service.start(E5_URI, _user("ops", ADMIN)))
+    assert failed.state == "failed"
+    assert failed.error.startswith("Verify failed:") and "onnx/model.onnx" in failed.error
+    assert ModelStore(stack.models_dir).get(E5_URI) is None
+    assert E5_URI not in {m["model_uri"] for m in stack.sidecar.client.models()}
+
+
+def test_a_worker_killed_mid_fetch_is_resumed_to_ready(
+    stack: Stack, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    repo = publish_e5_repo(fake_hub, tmp_path / "e5-repo")
+    onnx_size = len(repo.files["onnx/model.onnx"].data)
+    fake_hub.throttle_bytes_per_s = max(1, onnx_size // 20)  # about 20 s for the graph
+    _from_fake_hub(stack, fake_hub, tmp_path)
+    deployment = service.start(E5_URI, _user("ops", ADMIN))
+    # The small files arrive at once; the graph takes about 20 s: kill in the middle of it.
+    stack.wait_for("the first files", lambda: "config.json" in fake_hub.downloaded(E5_REPO_ID))
+    assert "onnx/model.onnx" not in fake_hub.downloaded(E5_REPO_ID)
+    assert deployment.steps.get(name="fetch").state == "running"
+    stack.worker.kill()
+    fake_hub.throttle_bytes_per_s = None
+    stack.worker.restart()
+    final = stack.wait(deployment)
+    assert final.state == "succeeded", final.error
+    assert final.attempts == 2
+    fetch = final.steps.get(name="fetch")
+    assert any("stopped during fetch: resuming" in line for line in fetch.log_lines)
+    assert not list((stack.models_dir / "multilingual-e5-small").glob(".staging-*"))
