@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -865,7 +866,9 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
                 item["error"] = sidecar.load_errors[uri]
             models.append(item)
         status = "degraded" if sidecar.load_errors else "ok"
-        return {"status": status, "models": models, "version": VERSION}
+        # The process's resident memory: what its loaded models (and the rest) occupy.
+        rss_mb = round(psutil.Process().memory_info().rss / 2**20, 1)
+        return {"status": status, "models": models, "version": VERSION, "memory_rss_mb": rss_mb}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -355,3 +355,36 @@ def test_a_worker_killed_mid_fetch_is_resumed_to_ready(
     fetch = final.steps.get(name="fetch")
     assert any("stopped during fetch: resuming" in line for line in fetch.log_lines)
     assert not list((stack.models_dir / "multilingual-e5-small").glob(".staging-*"))
+
+
+@pytest.mark.realmodel
+def test_all_minilm_deploys_from_its_package_and_embeds_in_sql(stack: Stack) -> None:
+    pytest.importorskip("torch", reason="needs the 'export' extra (torch) to export the model")
+    uri = "all-MiniLM-L6-v2:v1"
+    deployment = stack.wait(service.start(uri, _user("ops", ADMIN)), 300)
+    assert deployment.state == "succeeded", deployment.error
+    prepare = deployment.steps.get(name="prepare")
+    assert any("exported graph matches PyTorch" in line for line in prepare.log_lines)
+    assert "384 dimensions, norm 1.0000" in deployment.steps.get(name="warmup").message
+
+    scratch_database(stack.server, "minilm")
+    try:
+        with stack.server.connect("minilm") as conn:
+            conn.execute("CREATE EXTENSION vector")
+            conn.execute("CREATE EXTENSION azure_local_ai")
+            embed = "azure_local_ai.create_embeddings(%(uri)s, {})::vector"
+            near, far, dims = conn.execute(
+                f"SELECT {embed.format('%(a)s')} <=> {embed.format('%(b)s')},"
+                f" {embed.format('%(a)s')} <=> {embed.format('%(c)s')},"
+                f" vector_dims({embed.format('%(a)s')})",
+                {
+                    "uri": uri,
+                    "a": "A cat sits on the mat.",
+                    "b": "A kitten is resting on a rug.",
+                    "c": "Quarterly revenue grew by four percent.",
+                },
+            ).fetchone()
+        assert dims == 384
+        assert near < far
+    finally:
+        drop_database(stack.server, "minilm")

@@ -571,6 +571,7 @@ def test_health_reports_loaded_models_and_version(http: httpx.Client) -> None:
     assert body["status"] == "ok"
     assert {"model_uri": TINY_URI, "loaded": True} in body["models"]
     assert re.match(r"^\d+\.\d+", body["version"])
+    assert 10 < body["memory_rss_mb"] < 100_000  # the process's resident memory, in MB
 
 
 def test_metrics_count_requests_tokens_batches_and_errors(http: httpx.Client) -> None:
