@@ -101,13 +101,19 @@ def save_changes(
     *,
     restart: Restart = Restart.ASK,
     check_base: bool = True,
+    on_behalf_of: str = "",
 ) -> SaveResult:
-    """Validate ``edits`` against the server, apply them all or report why not, record them."""
+    """Validate ``edits`` against the server, apply them all or report why not, record them.
+
+    ``on_behalf_of`` names what made the change for ``user`` (e.g. a deployment), for the
+    audit trail."""
     server = get_managed_server()
     with server.connect() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (SAVE_LOCK_KEY,))
         try:
-            result = _save_locked(conn, edits, user, restart=restart, check_base=check_base)
+            result = _save_locked(
+                conn, edits, user, restart=restart, check_base=check_base, on_behalf_of=on_behalf_of
+            )
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SAVE_LOCK_KEY,))
     if restart is Restart.YES and result.pending_restart:
@@ -122,6 +128,7 @@ def _save_locked(
     *,
     restart: Restart,
     check_base: bool,
+    on_behalf_of: str,
 ) -> SaveResult:
     before = read_catalog(conn)
     checked = check_edits(edits, before, check_base=check_base)
@@ -155,7 +162,7 @@ def _save_locked(
     result.pending_restart = [
         name for name in result.applied if after[name.lower()].pending_restart
     ]
-    _record(result, checked.parameters, after, user)
+    _record(result, checked.parameters, after, user, on_behalf_of)
     return result
 
 
@@ -164,8 +171,11 @@ def _record(
     before: dict[str, Parameter],
     after: dict[str, Parameter],
     user: AbstractBaseUser | AnonymousUser,
+    on_behalf_of: str = "",
 ) -> None:
     username = user.get_username() or "anonymous"
+    if on_behalf_of:
+        username = f"{username} ({on_behalf_of})"[:150]
     with transaction.atomic():
         for name in result.applied:
             ParameterChange.objects.create(

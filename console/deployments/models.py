@@ -7,11 +7,21 @@ progress and log lines. At most one deployment per model is active, by a databas
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 MANAGE_DEPLOYMENTS = "deployments.manage_deployments"
+
+
+def _duration(started: datetime | None, finished: datetime | None) -> float | None:
+    """Seconds from start to finish, or to now while it runs; None before it starts."""
+    if started is None:
+        return None
+    return ((finished or timezone.now()) - started).total_seconds()
 
 
 class Deployment(models.Model):
@@ -75,12 +85,7 @@ class Deployment(models.Model):
 
     @property
     def duration_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        from django.utils import timezone
-
-        end = self.finished_at or timezone.now()
-        return (end - self.started_at).total_seconds()
+        return _duration(self.started_at, self.finished_at)
 
 
 class DeploymentStep(models.Model):
@@ -126,9 +131,4 @@ class DeploymentStep(models.Model):
 
     @property
     def duration_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        from django.utils import timezone
-
-        end = self.finished_at or timezone.now()
-        return (end - self.started_at).total_seconds()
+        return _duration(self.started_at, self.finished_at)

@@ -438,7 +438,11 @@ def _allowlist(ctx: Context) -> str:
             return ""
         value = ",".join([*members, *missing])
         try:
-            result = save_changes([Edit(name=ALLOWLIST, value=value, base=current)], user)
+            result = save_changes(
+                [Edit(name=ALLOWLIST, value=value, base=current)],
+                user,
+                on_behalf_of=f"deployment #{deployment.pk}",
+            )
         except (ServerError, psycopg.Error) as exc:
             raise StepFailed(f"cannot change {ALLOWLIST}: {str(exc).strip()}") from None
         if result.ok:

@@ -16,6 +16,7 @@ from console.deployments import pipeline, service
 from console.deployments.models import Deployment, DeploymentStep
 from console.roles import ADMIN, READER
 from inference.store import ModelStore
+from serverparams.models import ParameterChange
 from tests.console.stack import E5_URI, Stack, drop_database, scratch_database
 from tests.fixtures.fakehub import E5_REPO as E5_REPO_ID
 from tests.fixtures.fakehub import FakeHub, publish_e5_repo
@@ -58,6 +59,8 @@ def test_deploy_runs_every_step_then_sql_embeds_with_the_model(
     warmup = deployment.steps.get(name="warmup")
     assert "32 dimensions, norm 1.0000" in warmup.message
     assert {"azure_local_ai", "vector"} <= set(stack.allowlist().split(","))
+    change = ParameterChange.objects.get(parameter="azure.extensions")
+    assert change.username == f"ops (deployment #{deployment.pk})"
     assert ModelStore(stack.models_dir).get(TINY_URI) is not None
     assert stack.sidecar.client.model(TINY_URI)["loaded"] is True
 
