@@ -279,9 +279,9 @@ class Sidecar:
             raise APIError(
                 409,
                 ErrorCode.MODEL_NOT_LOADED,
-                f"model {uri!r} is registered but not loaded{problem}; load it with "
-                f"POST /models/{uri}/load, or register it again (SQL "
-                "azure_local_ai.model_register()), which loads it",
+                f"model {uri!r} is not deployed: it is registered but not loaded{problem}; "
+                "deploy it in the console (Models, or tick AZURE_LOCAL_AI in Server "
+                f"parameters), or load it with POST /models/{uri}/load",
                 param="model",
             )
         raise _registry_error(UnknownModel(uri, registered))

@@ -33,6 +33,9 @@ from tests.fixtures.sidecar import SidecarProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 E5_URI = "multilingual-e5-small:v1"
+HUGE_URI = "huge-model:v1"
+# The tiny model claiming more memory than any machine has.
+HUGE = tiny_entry(uri=HUGE_URI, memory_mb=100_000_000)
 # The e5 entry with the tiny model's shape, so that the Hub path runs against a FakeHub
 # serving the generated model laid out like intfloat/multilingual-e5-small.
 E5_FROM_FAKE_HUB = tiny_entry(
@@ -166,7 +169,7 @@ def stack(
     the sidecar's registrations and the model store are as they were."""
     marker = request.node.get_closest_marker("worker_env")
     extra: dict[str, str] = dict(marker.args[0]) if marker else {}
-    catalog_path = deploy_catalog(tmp_path / "catalog.json", E5_FROM_FAKE_HUB)
+    catalog_path = deploy_catalog(tmp_path / "catalog.json", E5_FROM_FAKE_HUB, HUGE)
     queue = f"tests-{uuid.uuid4().hex[:8]}"
     for name, value in {
         "VAR_DIR": str(managed_pg.var_dir),

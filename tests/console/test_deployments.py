@@ -4,6 +4,8 @@ the real managed server with the azure_local_ai module, and the console's views.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -17,7 +19,14 @@ from console.deployments.models import Deployment, DeploymentStep
 from console.roles import ADMIN, READER
 from inference.store import ModelStore
 from serverparams.models import ParameterChange
-from tests.console.stack import E5_URI, Stack, drop_database, scratch_database
+from tests.console.stack import (
+    E5_URI,
+    HUGE_URI,
+    PROJECT_ROOT,
+    Stack,
+    drop_database,
+    scratch_database,
+)
 from tests.fixtures.fakehub import E5_REPO as E5_REPO_ID
 from tests.fixtures.fakehub import FakeHub, publish_e5_repo
 from tests.fixtures.realmodel import TINY_URI
@@ -228,7 +237,7 @@ def test_disable_unloads_the_model_and_sql_calls_say_it_is_not_deployed(
         assert stack.sidecar.client.model(TINY_URI)["loaded"] is False
         with (
             stack.server.connect("still_using") as conn,
-            pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="not loaded"),
+            pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="is not deployed"),
         ):
             conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'x')", [TINY_URI])
     finally:
@@ -391,3 +400,40 @@ def test_all_minilm_deploys_from_its_package_and_embeds_in_sql(stack: Stack) -> 
         assert near < far
     finally:
         drop_database(stack.server, "minilm")
+
+
+@pytest.mark.worker_env({"INFERENCE_URL": "http://127.0.0.1:9"})
+def test_preflight_refuses_when_the_sidecar_is_down(stack: Stack, tiny_model_dir: Path) -> None:
+    failed = stack.wait(_deploy(stack, tiny_model_dir))
+    assert failed.state == "failed"
+    assert failed.error.startswith("Preflight failed: the inference sidecar is down")
+    assert "http://127.0.0.1:9" in failed.error
+    assert _steps(failed)["fetch"] == "cancelled"
+
+
+def test_preflight_refuses_a_model_this_machine_cannot_hold(
+    stack: Stack, tiny_model_dir: Path
+) -> None:
+    failed = stack.wait(service.start(HUGE_URI, _user("ops", ADMIN), source=str(tiny_model_dir)))
+    assert failed.state == "failed"
+    assert failed.error.startswith("Preflight failed: this machine cannot host the model")
+    assert "needs 100000000 MB of memory" in failed.error
+
+
+def test_deploy_command_prints_the_steps_as_they_go(stack: Stack, tiny_model_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "deploy", TINY_URI, "--source", str(tiny_model_dir),
+         "--wait"],
+        cwd=PROJECT_ROOT, env=stack.worker.env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "(queued)" in out and "succeeded" in out
+    for step in ("[preflight]", "[fetch]", "[register]", "[warm up]", "[allowlist]"):
+        assert step in out
+    refused = subprocess.run(
+        [sys.executable, "manage.py", "deploy", "nope:v1"],
+        cwd=PROJECT_ROOT, env=stack.worker.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "is not in the catalog" in refused.stderr
