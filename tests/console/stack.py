@@ -26,8 +26,10 @@ from inference import catalog as model_catalog
 from inference.catalog import CATALOG_PATH
 from inference.client import InferenceError
 from inference.process import ChildProcess
+from serverparams.apply import auto_conf
 from serverparams.server import ManagedServer
 from tests.console.servers import restore_auto_conf
+from tests.fixtures.pg import allow_extensions
 from tests.fixtures.realmodel import TINY_URI, tiny_entry
 from tests.fixtures.sidecar import SidecarProcess
 
@@ -155,6 +157,28 @@ def worker_env(
     return env
 
 
+@contextlib.contextmanager
+def fresh_deployment_state(server: ManagedServer, sidecar: SidecarProcess) -> Iterator[Path]:
+    """An empty allowlist and model store (yielded) on the shared server; afterwards the
+    allowlist, the sidecar's registrations and the store are put back as they were."""
+    registered_before = {m["model_uri"] for m in sidecar.client.models()}
+    with server.connect() as conn:
+        snapshot = auto_conf(conn)
+        # Whatever earlier tests allowed, each starts from a new server's empty allowlist.
+        allow_extensions(conn)
+    models_dir = server.var_dir / "models"
+    try:
+        yield models_dir
+    finally:
+        for model in sidecar.client.models():
+            if model["model_uri"] not in registered_before:
+                with contextlib.suppress(InferenceError):
+                    sidecar.client.unregister(model["model_uri"])
+        with server.connect() as conn:
+            restore_auto_conf(conn, snapshot)
+        shutil.rmtree(models_dir, ignore_errors=True)
+
+
 @pytest.fixture
 def stack(
     request: pytest.FixtureRequest,
@@ -183,27 +207,15 @@ def stack(
     settings.INFERENCE_TOKEN = ""  # type: ignore[attr-defined]
     settings.CELERY_TASK_DEFAULT_QUEUE = queue  # type: ignore[attr-defined]
     model_catalog.catalog.cache_clear()
-    registered_before = {m["model_uri"] for m in sidecar.client.models()}
-    with managed_pg.connect() as conn:
-        from serverparams.apply import auto_conf
-
-        snapshot = auto_conf(conn)
     env = worker_env(managed_pg, sidecar, catalog_path, queue, extra)
     worker = Worker(env=env, log_path=tmp_path / "worker.log", queue=queue)
-    worker.start()
-    models_dir = managed_pg.var_dir / "models"
-    try:
-        yield Stack(managed_pg, sidecar, worker, catalog_path, models_dir)
-    finally:
-        worker.stop()
-        for model in sidecar.client.models():
-            if model["model_uri"] not in registered_before:
-                with contextlib.suppress(InferenceError):
-                    sidecar.client.unregister(model["model_uri"])
-        with managed_pg.connect() as conn:
-            restore_auto_conf(conn, snapshot)
-        shutil.rmtree(models_dir, ignore_errors=True)
-        model_catalog.catalog.cache_clear()
+    with fresh_deployment_state(managed_pg, sidecar) as models_dir:
+        worker.start()
+        try:
+            yield Stack(managed_pg, sidecar, worker, catalog_path, models_dir)
+        finally:
+            worker.stop()
+            model_catalog.catalog.cache_clear()
 
 
 def scratch_database(server: ManagedServer, name: str) -> None:

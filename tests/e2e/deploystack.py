@@ -5,9 +5,7 @@ download's progress shows for a few seconds."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -19,12 +17,15 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
-from inference.client import InferenceError
 from inference.process import ChildProcess
-from serverparams.apply import auto_conf
 from serverparams.server import ManagedServer
-from tests.console.servers import restore_auto_conf
-from tests.console.stack import E5_FROM_FAKE_HUB, E5_URI, Worker, deploy_catalog
+from tests.console.stack import (
+    E5_FROM_FAKE_HUB,
+    E5_URI,
+    Worker,
+    deploy_catalog,
+    fresh_deployment_state,
+)
 from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT
 from tests.fixtures.fakehub import FakeHub, publish_e5_repo
 from tests.fixtures.pg import free_port
@@ -95,33 +96,23 @@ def deploy_console(
         subprocess.run(
             [*manage, *command], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True
         )
-    with managed_pg.connect() as conn:
-        snapshot = auto_conf(conn)
-    registered_before = {m["model_uri"] for m in sidecar.client.models()}
-    models_dir = managed_pg.var_dir / "models"
     url = f"http://127.0.0.1:{free_port()}"
-    web = ChildProcess(
-        "console",
-        [*manage, "runserver", "--noreload", url.removeprefix("http://")],
-        tmp_path / "runserver.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-    )
     worker = Worker(env=env, log_path=tmp_path / "worker.log", queue=queue)
-    try:
-        worker.start()
-        web.wait_ready(lambda: _answers(f"{url}/accounts/login/"), CONSOLE_START_S)
-        yield DeployConsole(url, managed_pg, sidecar, fake_hub, worker, web, models_dir)
-    finally:
-        web.stop()
-        worker.stop()
-        for model in sidecar.client.models():
-            if model["model_uri"] not in registered_before:
-                with contextlib.suppress(InferenceError):
-                    sidecar.client.unregister(model["model_uri"])
-        with managed_pg.connect() as conn:
-            restore_auto_conf(conn, snapshot)
-        shutil.rmtree(models_dir, ignore_errors=True)
+    with fresh_deployment_state(managed_pg, sidecar) as models_dir:
+        web = ChildProcess(
+            "console",
+            [*manage, "runserver", "--noreload", url.removeprefix("http://")],
+            tmp_path / "runserver.log",
+            env=env,
+            cwd=PROJECT_ROOT,
+        )
+        try:
+            worker.start()
+            web.wait_ready(lambda: _answers(f"{url}/accounts/login/"), CONSOLE_START_S)
+            yield DeployConsole(url, managed_pg, sidecar, fake_hub, worker, web, models_dir)
+        finally:
+            web.stop()
+            worker.stop()
 
 
 @pytest.fixture
