@@ -29,3 +29,9 @@ def coming_soon(request: HttpRequest, section: str) -> HttpResponse:
     if title is None:
         raise Http404(f"No section {section!r}")
     return render(request, "console/coming_soon.html", {"title": title, "section": section})
+
+
+@require_GET
+def notifications(request: HttpRequest) -> HttpResponse:
+    """The bell's content (the context processor fills it), for htmx to refresh in place."""
+    return render(request, "console/_bell.html")

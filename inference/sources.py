@@ -289,7 +289,9 @@ class _ByteReporter:
     def update(self, n: float | None = 1) -> None:
         self.n += int(n or 0)
         if self._report and self.callback is not None:
-            self.callback(int(self.n), int(self.total or 0))
+            # huggingface_hub's total grows as each file starts; the Hub's file list, when it
+            # was read, gives the whole download at once.
+            self.callback(int(self.n), max(int(self.total or 0), self.known_total))
 
     def __enter__(self) -> _ByteReporter:
         return self
@@ -302,6 +304,25 @@ class _ByteReporter:
         return lambda *args, **kwargs: None
 
     callback: ByteProgress | None = None
+    known_total: int = 0
+
+
+def _download_size(repo_id: str, revision: str, endpoint: str, patterns: list[str]) -> int:
+    """Bytes of the repository's files that ``patterns`` select, from the Hub's file list;
+    0 when the list cannot be read (progress then has no total until files start)."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        tree = HfApi(endpoint=endpoint).list_repo_tree(repo_id, revision=revision, recursive=True)
+        return sum(
+            int(item.size)
+            for item in tree
+            if getattr(item, "size", None) and _matches(item.path, patterns)
+        )
+    except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError):
+        return 0
 
 
 def fetch_hub(
@@ -333,7 +354,14 @@ def fetch_hub(
     patterns = list(source.allow_patterns)
     if not source.onnx:
         patterns += list(layout.WEIGHT_FILES)
-    reporter = type("_Reporter", (_ByteReporter,), {"callback": staticmethod(progress)})
+    known_total = 0
+    if progress and not local_only:
+        known_total = _download_size(source.repo_id, source.revision, endpoint, patterns)
+    reporter = type(
+        "_Reporter",
+        (_ByteReporter,),
+        {"callback": staticmethod(progress), "known_total": known_total},
+    )
     try:
         snapshot = snapshot_download(
             source.repo_id,

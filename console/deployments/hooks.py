@@ -64,6 +64,7 @@ class LocalAIHook:
         entries = model_catalog.catalog().entries
         return {
             "model": model,
+            "default": service.default_model(),
             "entry": model_catalog.catalog().find(model),
             "entries": entries,
             "source": source,
@@ -130,7 +131,7 @@ class LocalAIHook:
         active = queries.active().filter(action=Deployment.Action.ENABLE).first()
         if active is not None:
             return hooks.ChoiceStatus(
-                text=f"deploying {active.model_uri}: {queries.current_step(active)}",
+                text=f"deploying {active.model_uri} ({queries.current_step(active)})",
                 url=reverse("deployments:detail", args=[active.pk]),
                 busy=True,
             )

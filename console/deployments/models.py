@@ -84,6 +84,13 @@ class Deployment(models.Model):
         return self.state in self.TERMINAL_STATES
 
     @property
+    def status_label(self) -> str:
+        """The state as pages show it: a finished enable is "Ready", a disable "Unloaded"."""
+        if self.state == self.State.SUCCEEDED:
+            return "Ready" if self.action == self.Action.ENABLE else "Unloaded"
+        return self.get_state_display()
+
+    @property
     def duration_s(self) -> float | None:
         return _duration(self.started_at, self.finished_at)
 

@@ -81,6 +81,11 @@ class ModelInfo:
         return sum(f.size for f in self.files)
 
     @property
+    def remote_sources(self) -> list[str]:
+        """The source kinds to name in the deploy form ("local" is a folder path there)."""
+        return [kind for kind in self.entry.sources if kind != "local"]
+
+    @property
     def languages(self) -> str:
         return str(self.entry.raw.get("languages") or "")
 

@@ -455,10 +455,7 @@ def _allowlist(ctx: Context) -> str:
 
 
 def _ready(ctx: Context) -> str:
-    return (
-        f"{ctx.uri} is deployed: CREATE EXTENSION {EXTENSION}; SELECT "
-        f"{EXTENSION}.create_embeddings('{ctx.uri}', 'some text');"
-    )
+    return f"{ctx.uri} is deployed and {EXTENSION} is allowed"
 
 
 def _unload(ctx: Context) -> str:

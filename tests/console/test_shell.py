@@ -35,6 +35,7 @@ PAGES = [
     "/models/",
     "/models/all-MiniLM-L6-v2:v1/",
     "/soon/settings/",
+    "/notifications/",
     "/soon/playground/",
 ]
 

@@ -52,11 +52,11 @@ def test_enabling_azure_local_ai_deploys_the_model_and_the_pages_follow_it(
     # license, its memory need and the third-party notice.
     dialog = page.locator("#dialog-host").get_by_role("dialog")
     expect(dialog).to_be_visible()
-    expect(dialog.get_by_role("heading", name="Enable extension")).to_be_visible()
+    expect(dialog.get_by_role("heading", name="Enable AZURE_LOCAL_AI")).to_be_visible()
     expect(dialog.get_by_label("Model", exact=True)).to_have_value(E5_URI)
     chosen = dialog.locator("tr.is-default")
     expect(chosen).to_contain_text(E5_URI)
-    expect(chosen).to_contain_text("to deploy")
+    expect(chosen).to_contain_text("default")
     expect(chosen.get_by_role("link", name="MIT")).to_have_attribute("href", LICENSE_URL)
     expect(chosen).to_contain_text(f"{E5_FROM_FAKE_HUB['memory_mb']} MB")
     expect(dialog).to_contain_text("These are third-party open-source models")
@@ -72,9 +72,8 @@ def test_enabling_azure_local_ai_deploys_the_model_and_the_pages_follow_it(
     detail_path = follow.get_attribute("href")
     page.screenshot(path=str(screenshots / "deploy-2-saved.png"))
 
-    # The bell lists the running deployment and leads to it. It is rendered with the page
-    # (the Save's htmx answer leaves it as it was), hence the reload.
-    page.reload()
+    # The bell, refreshed by the Save's answer without a reload, lists the running
+    # deployment and leads to it.
     bell = page.locator("details.notifications")
     expect(bell.locator("summary")).to_have_attribute("aria-label", re.compile(r", 1 running$"))
     bell.locator("summary").click()
@@ -116,8 +115,11 @@ def test_enabling_azure_local_ai_deploys_the_model_and_the_pages_follow_it(
         f"SELECT azure_local_ai.create_embeddings('{E5_URI}', 'some text')"
     )
     page.screenshot(path=str(screenshots / "deploy-5-ready.png"), full_page=True)
-    # The terminal answer carries no polling trigger, and nothing polls any more.
-    expect(page.locator('[hx-trigger*="every"]')).to_have_count(0)
+    # The terminal answer carries no polling trigger, and nothing polls any more; the bell
+    # stops polling too once it has seen the deployment finish.
+    expect(page.locator('#deployment-body [hx-trigger*="every"]')).to_have_count(0)
+    expect(page.locator('[hx-trigger*="every"]')).to_have_count(0, timeout=10_000)
+    expect(bell.locator("summary")).not_to_have_attribute("aria-label", re.compile("running"))
     polled = len(polls)
     page.wait_for_timeout(1_500)
     assert len(polls) == polled, f"still polling after Ready: {polls[polled:]}"

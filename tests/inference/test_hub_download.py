@@ -26,6 +26,7 @@ from tests.fixtures.realmodel import TINY_URI, tiny_entry, write_catalog
 
 ONNX = "onnx/model.onnx"
 METADATA = f"/api/models/{E5_REPO}/revision/main"
+FILE_LIST = f"/api/models/{E5_REPO}/tree/main"
 
 
 @pytest.fixture
@@ -78,8 +79,10 @@ def test_hub_deployment_downloads_over_http_checks_the_published_hashes_and_embe
 
     repo = hub.repos[E5_REPO]
     wanted = wanted_files(hub, catalog)
-    # Metadata first, then each allowed file exactly once; nothing else leaves the hub.
-    assert [r.path for r in hub.requests[:2]] == [
+    # The file list first (its sizes make the progress's total), then the metadata, then
+    # each allowed file exactly once; nothing else leaves the hub.
+    assert [r.path for r in hub.requests[:3]] == [
+        FILE_LIST,
         METADATA,
         f"/api/models/{E5_REPO}/tree/{repo.commit}",
     ]
@@ -95,6 +98,8 @@ def test_hub_deployment_downloads_over_http_checks_the_published_hashes_and_embe
     total = sum(len(repo.files[p].data) for p in wanted)
     assert len(fetch) >= 2
     assert [d for d, _ in fetch] == sorted(d for d, _ in fetch)
+    # The total is the whole download from the first report on, not a sum that grows.
+    assert {t for _, t in fetch} == {total}
     assert fetch[-1] == (total, total)
 
     # The cache names each file by the hash the hub published, and every copy was checked.
@@ -174,7 +179,8 @@ def test_a_second_deployment_with_the_same_cache_downloads_no_file(
 
     result = deploy_into(tmp_path / "second", catalog, cache)
 
-    assert [(r.method, r.path) for r in hub.requests] == [("GET", METADATA)]
+    # Only metadata: the file list (for the progress's total) and the revision's commit.
+    assert [(r.method, r.path) for r in hub.requests] == [("GET", FILE_LIST), ("GET", METADATA)]
     assert result.changed and result.stored.verify() == []
 
 
