@@ -96,7 +96,7 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
     sample = tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = {n: {0: "batch", 1: "sequence"} for n in [*names, OUTPUT_NAME]}
-    say(f"exporting {model_dir.name or 'the model'} to ONNX with PyTorch {torch.__version__}")
+    say(f"exporting the model to ONNX with PyTorch {torch.__version__}")
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about shape-dependent Python branches in transformers' mask code;
         # the comparison with PyTorch below, on shapes the trace never saw, is the real check.
