@@ -3,6 +3,7 @@ real managed server, driven in Debian's Chromium with Playwright."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -107,23 +108,32 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+@contextlib.contextmanager
+def signed_in_page(browser: Browser, url: str) -> Iterator[Page]:
+    """A page of the console at ``url``, signed in as the admin, on Server parameters."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{url}/parameters/")
+    page.get_by_label("User name").fill(ADMIN_USER)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/parameters/")
+    try:
+        yield page
+    finally:
+        context.close()
+
+
 @pytest.fixture
 def page(browser: Browser, console: Console) -> Iterator[Page]:
     """A signed-in page; every parameter the test changes is restored afterwards."""
     with console.server.connect() as conn:
         snapshot = auto_conf(conn)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{console.url}/parameters/")
-    page.get_by_label("User name").fill(ADMIN_USER)
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{console.url}/parameters/")
     try:
-        yield page
+        with signed_in_page(browser, console.url) as page:
+            yield page
     finally:
-        context.close()
         with console.server.connect() as conn:
             restore_auto_conf(conn, snapshot)
 

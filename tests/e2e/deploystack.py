@@ -26,7 +26,7 @@ from tests.console.stack import (
     deploy_catalog,
     fresh_deployment_state,
 )
-from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT
+from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT, signed_in_page
 from tests.fixtures.fakehub import FakeHub, publish_e5_repo
 from tests.fixtures.pg import free_port
 from tests.fixtures.sidecar import SidecarProcess
@@ -118,15 +118,5 @@ def deploy_console(
 @pytest.fixture
 def deploy_page(browser: Browser, deploy_console: DeployConsole) -> Iterator[Page]:
     """A page signed in to ``deploy_console`` as the admin, on Server parameters."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{deploy_console.url}/parameters/")
-    page.get_by_label("User name").fill(ADMIN_USER)
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{deploy_console.url}/parameters/")
-    try:
+    with signed_in_page(browser, deploy_console.url) as page:
         yield page
-    finally:
-        context.close()
