@@ -22,11 +22,6 @@ class MenuItem:
     url: str
 
 
-# Sections whose blades are not built yet; they show a "coming soon" panel.
-COMING_SOON: dict[str, str] = {
-    "settings": "Settings",
-    "playground": "Playground",
-}
 RECENT = timedelta(days=1)
 BELL_ITEMS = 8
 
@@ -37,10 +32,8 @@ def menu() -> list[MenuItem]:
         MenuItem("parameters", "Server parameters", reverse("serverparams:blade")),
         MenuItem("deployments", "Deployments", reverse("deployments:list")),
         MenuItem("models", "Models", reverse("deployments:models")),
-    ]
-    items += [
-        MenuItem(key, label, reverse("coming_soon", args=[key]))
-        for key, label in COMING_SOON.items()
+        MenuItem("settings", "Settings", reverse("inference_settings:form")),
+        MenuItem("playground", "Playground", reverse("playground:page")),
     ]
     return items
 

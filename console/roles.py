@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from console.deployments.models import MANAGE_DEPLOYMENTS
+from console.inference_settings.models import CHANGE_SETTINGS
 from serverparams.models import EDIT_PARAMETERS
 
 READER = "reader"
@@ -25,8 +26,8 @@ ROLES: tuple[str, ...] = (READER, SETTINGS_MANAGER, ADMIN)
 # What each role may change, as "app_label.codename" permissions.
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     READER: (),
-    SETTINGS_MANAGER: (),
-    ADMIN: (EDIT_PARAMETERS, MANAGE_DEPLOYMENTS),
+    SETTINGS_MANAGER: (CHANGE_SETTINGS,),
+    ADMIN: (EDIT_PARAMETERS, MANAGE_DEPLOYMENTS, CHANGE_SETTINGS),
 }
 
 User = AbstractBaseUser | AnonymousUser
@@ -54,7 +55,7 @@ def can_edit_parameters(user: User) -> bool:
 
 def can_change_settings(user: User) -> bool:
     """Inference settings: settings managers and admins."""
-    return is_admin(user) or SETTINGS_MANAGER in _groups(user)
+    return user.has_perm(CHANGE_SETTINGS)
 
 
 def role_label(user: User) -> str:

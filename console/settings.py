@@ -26,6 +26,8 @@ INSTALLED_APPS = [
     "console",
     "serverparams",
     "console.deployments",
+    "console.inference_settings",
+    "console.playground",
 ]
 
 MIDDLEWARE = [

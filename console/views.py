@@ -1,12 +1,11 @@
-"""The portal shell's own pages: overview and the blades still to come."""
+"""The portal shell's own pages: the overview and the bell."""
 
 from __future__ import annotations
 
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from console.navigation import COMING_SOON
 from console.overview import machine_overview, server_overview, sidecar_overview
 
 
@@ -21,14 +20,6 @@ def overview(request: HttpRequest) -> HttpResponse:
             "machine": machine_overview(),
         },
     )
-
-
-@require_GET
-def coming_soon(request: HttpRequest, section: str) -> HttpResponse:
-    title = COMING_SOON.get(section)
-    if title is None:
-        raise Http404(f"No section {section!r}")
-    return render(request, "console/coming_soon.html", {"title": title, "section": section})
 
 
 @require_GET

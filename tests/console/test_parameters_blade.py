@@ -228,7 +228,6 @@ def test_superuser_counts_as_admin(server: ManagedServer, superuser_client: Clie
 POSTS = [url for method, url in WRITES if method == "post"]
 # Arguments for the routes that take some, to request each one.
 ROUTE_ARGS = {
-    "coming_soon": ["settings"],
     "deployments:detail": [1],
     "deployments:cancel": [1],
     "deployments:retry": [1],
@@ -256,7 +255,7 @@ def test_every_route_that_takes_a_post_is_among_the_checked_writes(
     server: ManagedServer, reader_client: Client
 ) -> None:
     routes = own_routes()
-    assert "/parameters/save/" in routes and "/soon/settings/" in routes
+    assert "/parameters/save/" in routes and "/settings/" in routes
     taking_posts = {url for url in routes if reader_client.post(url, **HTMX).status_code != 405}
     assert taking_posts == set(POSTS)
 

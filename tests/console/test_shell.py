@@ -34,9 +34,9 @@ PAGES = [
     "/deployments/",
     "/models/",
     "/models/all-MiniLM-L6-v2:v1/",
-    "/soon/settings/",
+    "/settings/",
     "/notifications/",
-    "/soon/playground/",
+    "/playground/",
 ]
 
 
@@ -100,7 +100,7 @@ def test_sign_in_and_out(client: Client) -> None:
 
 
 def test_shell_has_menu_breadcrumb_bell_and_csrf_header(admin_client: Client) -> None:
-    page = admin_client.get("/soon/playground/").content.decode()
+    page = admin_client.get("/models/").content.decode()
     for label in (
         "Overview",
         "Server parameters",
@@ -110,14 +110,13 @@ def test_shell_has_menu_breadcrumb_bell_and_csrf_header(admin_client: Client) ->
         "Playground",
     ):
         assert f">{label}</a>" in page
-    assert 'aria-current="page" class="active">Playground' in page
-    assert "Coming soon" in page
+    assert 'aria-current="page" class="active">Models' in page
     assert 'class="skip-link" href="#main"' in page
     assert 'aria-label="Breadcrumb"' in page
     assert 'aria-label="Notifications: 0"' in page
     assert 'hx-headers=\'{"X-CSRFToken": "' in page
     assert "Sign out" in page
-    assert admin_client.get("/soon/nothing/").status_code == 404
+    assert admin_client.get("/nothing/").status_code == 404
 
 
 def test_bell_counts_recent_parameter_changes(admin_client: Client) -> None:

@@ -1,0 +1,12 @@
+"""The inference settings form."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+
+@require_GET
+def settings_form(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/coming_soon.html", {"title": "Settings", "section": "settings"})

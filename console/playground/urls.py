@@ -1,0 +1,12 @@
+"""URLs of the embedding playground and its semantic search demo."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from console.playground import views
+
+app_name = "playground"
+urlpatterns = [
+    path("", views.playground, name="page"),
+]
