@@ -12,6 +12,7 @@ urlpatterns = [
     path("settings/", include("console.inference_settings.urls")),
     path("playground/", include("console.playground.urls")),
     path("notifications/", views.notifications, name="notifications"),
+    path("search/", views.search, name="search"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

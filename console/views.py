@@ -7,6 +7,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from console.overview import machine_overview, server_overview, sidecar_overview
+from console.search import search as find
 
 
 @require_GET
@@ -26,3 +27,11 @@ def overview(request: HttpRequest) -> HttpResponse:
 def notifications(request: HttpRequest) -> HttpResponse:
     """The bell's content (the context processor fills it), for htmx to refresh in place."""
     return render(request, "console/_bell.html")
+
+
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    """The top bar's search results, as a listbox fragment (an empty one for no query)."""
+    query = request.GET.get("q", "")
+    context = {"groups": find(query), "q": query.strip()}
+    return render(request, "console/_search_results.html", context)

@@ -202,4 +202,89 @@
   });
 
   document.addEventListener("DOMContentLoaded", reapplyPending);
+
+  // The top bar's search: "/" focuses it, the arrows move through the results (the box keeps
+  // the focus and names the active one with aria-activedescendant), Enter opens the active
+  // result or the first, Escape closes the list.
+  function searchBox() {
+    return document.getElementById("global-search");
+  }
+
+  function searchOptions() {
+    return Array.from(document.querySelectorAll("#search-results [role=option]"));
+  }
+
+  function showResults(show) {
+    const results = document.getElementById("search-results");
+    const box = searchBox();
+    if (!results || !box) return;
+    results.hidden = !show;
+    box.setAttribute("aria-expanded", show ? "true" : "false");
+  }
+
+  function setActive(index) {
+    const box = searchBox();
+    searchOptions().forEach((option, i) => {
+      option.classList.toggle("active", i === index);
+      option.setAttribute("aria-selected", i === index ? "true" : "false");
+      if (i === index) {
+        box.setAttribute("aria-activedescendant", option.id);
+        option.scrollIntoView({ block: "nearest" });
+      }
+    });
+    if (index < 0 && box) box.removeAttribute("aria-activedescendant");
+  }
+
+  function activeIndex() {
+    return searchOptions().findIndex((option) => option.classList.contains("active"));
+  }
+
+  document.addEventListener("keydown", (event) => {
+    const box = searchBox();
+    if (!box) return;
+    const typing = event.target.closest && event.target.closest("input, textarea, select, [contenteditable]");
+    if (event.key === "/" && !typing) {
+      event.preventDefault();
+      box.focus();
+      box.select();
+      return;
+    }
+    if (event.target !== box) return;
+    const options = searchOptions();
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      if (!options.length) return;
+      showResults(true);
+      const current = activeIndex();
+      const next = event.key === "ArrowDown"
+        ? (current + 1) % options.length
+        : (current <= 0 ? options.length - 1 : current - 1);
+      setActive(next);
+    } else if (event.key === "Enter") {
+      const current = activeIndex();
+      const target = options[current >= 0 ? current : 0];
+      if (target) {
+        event.preventDefault();
+        window.location.assign(target.href);
+      }
+    } else if (event.key === "Escape") {
+      showResults(false);
+      setActive(-1);
+    }
+  });
+
+  document.addEventListener("htmx:afterSwap", (event) => {
+    if (event.detail.target.id !== "search-results") return;
+    const found = event.detail.target.textContent.trim() !== "";
+    showResults(found && document.activeElement === searchBox());
+    setActive(-1);
+  });
+
+  document.addEventListener("focusin", (event) => {
+    if (event.target === searchBox() && searchOptions().length) showResults(true);
+  });
+
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest(".topbar-search")) showResults(false);
+  });
 })();
