@@ -31,7 +31,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import make_texts
-from inference import settings as settings_schema
+from inference import sidecar_settings as settings_schema
 from inference.config import models_dir, var_dir
 from inference.engine import EmbeddingModel
 from inference.process import SidecarProcess, start_sidecar

@@ -46,8 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import config as env
-from inference import protocol
-from inference import settings as settings_schema
+from inference import protocol, sidecar_settings
 from inference.batcher import BatcherClosedError, DynamicBatcher
 from inference.engine import EmbeddingModel, EmbedResult, InputTooLongError
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -171,7 +170,7 @@ class Sidecar:
         state_dir = var_dir / "sidecar"
         settings_path = state_dir / "settings.json"
         try:
-            self.settings = settings_schema.SettingsFile(settings_path)
+            self.settings = sidecar_settings.SettingsFile(settings_path)
         except ValueError as exc:  # JSONDecodeError and SettingsValidationError are ValueErrors
             raise SidecarStateError(
                 f"the sidecar settings file {settings_path} is damaged ({exc}); fix the value or "
@@ -330,7 +329,7 @@ class Sidecar:
         async with self._settings_lock:
             try:
                 values = self.settings.update(updates)
-            except settings_schema.SettingsValidationError as exc:
+            except sidecar_settings.SettingsValidationError as exc:
                 raise APIError(
                     422,
                     ErrorCode.INVALID_INPUT,
@@ -832,20 +831,7 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
         values = sidecar.settings.values()
         if not describe:
             return values
-        schema = [
-            {
-                "key": s.key,
-                "type": s.kind,
-                "default": s.default,
-                "min": s.minimum,
-                "max": s.maximum,
-                "choices": list(s.choices),
-                "help": s.help,
-                "unit": s.unit,
-            }
-            for s in settings_schema.SETTINGS
-        ]
-        return {"values": values, "schema": schema}
+        return {"values": values, "schema": sidecar_settings.schema()}
 
     @app.put("/settings")
     async def put_settings(request: Request) -> dict[str, Any]:

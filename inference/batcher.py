@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from inference import settings as settings_schema
+from inference import sidecar_settings
 from inference.engine import EmbeddingModel, EmbedResult, Tokenized, batch_fits
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class DynamicBatcher:
     ) -> None:
         self.model = model
         self.on_batch = on_batch
-        self._settings = {**settings_schema.defaults(), **settings}
+        self._settings = {**sidecar_settings.defaults(), **settings}
         self._cond = threading.Condition()
         self._incoming: deque[_Request] = deque()  # guarded by _cond
         self._pending: deque[_Request] = deque()  # tokenised; touched by the worker only

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from inference import settings as settings_schema
+from inference import sidecar_settings
 from inference.modelconfig import ModelConfig
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: in
 
 
 def session_options(settings: Mapping[str, Any]) -> ort.SessionOptions:
-    """ONNX Runtime session options from the sidecar settings (see ``inference/settings.py``)."""
+    """ONNX Runtime session options from the settings of ``inference/sidecar_settings.py``."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(settings["intra_op_parallelism"])
@@ -131,7 +131,7 @@ def session_options(settings: Mapping[str, Any]) -> ort.SessionOptions:
 
 
 def _full_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {**settings_schema.defaults(), **settings}
+    return {**sidecar_settings.defaults(), **settings}
 
 
 def _load_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:

@@ -1,7 +1,8 @@
-"""The sidecar's settings, declared as data.
+"""The inference sidecar's runtime settings (threads, batching, limits), declared as data.
 
-One declaration feeds validation, persistence, the HTTP API (`GET/PUT /settings`), SQL
-(`azure_local_ai.get_setting/set_setting`, which pass values as text) and the console form.
+One declaration (``SETTINGS``) feeds validation, persistence, the HTTP API (``GET/PUT
+/settings``; ``schema()`` is what ``?describe=1`` gives), SQL (``azure_local_ai.get_setting`` /
+``set_setting``, which pass values as text) and the console form.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _physical_cores() -> int:
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting: its key, type, default, bounds or choices, unit and a line of help."""
+
     key: str
     kind: str  # "int" | "bool" | "float" | "choice"
     default: Any
@@ -187,6 +190,24 @@ BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
 def defaults() -> dict[str, Any]:
     return {s.key: s.default for s in SETTINGS}
+
+
+def schema() -> list[dict[str, Any]]:
+    """Every setting as data, in declaration order: ``key, type, default, min, max, choices,
+    help, unit`` (``GET /settings?describe=1``, and through it the console form)."""
+    return [
+        {
+            "key": s.key,
+            "type": s.kind,
+            "default": s.default,
+            "min": s.minimum,
+            "max": s.maximum,
+            "choices": list(s.choices),
+            "help": s.help,
+            "unit": s.unit,
+        }
+        for s in SETTINGS
+    ]
 
 
 def validate(updates: Mapping[str, Any]) -> dict[str, Any]:
