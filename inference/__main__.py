@@ -179,7 +179,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: the other commands need no web stack.
-    from inference.app import SidecarStateError, serve
+    from inference.app import serve
+    from inference.service import SidecarStateError
 
     try:
         serve(host=args.host, port=args.port, uds=args.uds)

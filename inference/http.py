@@ -1,0 +1,442 @@
+"""The sidecar's HTTP concerns: error responses, reading and parsing requests, the gate.
+
+Every error is ``{"error": {"message", "type", "param", "code"}}`` (plus ``details`` for a
+settings update naming each bad key) with a code of ``protocol.ErrorCode``. ``api_error`` maps
+the service's and the registry's refusals to their status and code, in one table.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inference import protocol
+from inference.metrics import Metrics
+from inference.protocol import ErrorCode
+from inference.registry import (
+    InvalidModelURI,
+    ModelPathError,
+    RegistrationConflict,
+    RegistryError,
+    UnknownModel,
+)
+from inference.service import (
+    DimensionsNotSupported,
+    EmbedTimeout,
+    InputTooLong,
+    ModelLoadError,
+    ModelNotLoaded,
+    ServiceError,
+    SettingsRejected,
+)
+
+log = logging.getLogger("inference.sidecar")
+
+INPUT_TYPES = ("query", "passage")
+ENCODING_FORMATS = ("float", "base64")
+
+_ERROR_TYPES = {
+    401: "authentication_error",
+    500: "server_error",
+    504: "timeout_error",
+}
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error response: HTTP status, ``error.code`` and a message for people."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.details = details
+
+
+def error_body(error: APIError) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "message": error.message,
+        "type": _ERROR_TYPES.get(error.status, "invalid_request_error"),
+        "param": error.param,
+        "code": error.code,
+    }
+    if error.details is not None:
+        body["details"] = dict(error.details)
+    return {"error": body}
+
+
+def error_response(
+    error: APIError, metrics: Metrics, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The JSON answer of ``error``, counted in the error metrics."""
+    metrics.observe_error(error.code)
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def invalid(message: str, param: str | None = None, status: int = 422) -> APIError:
+    return APIError(status, ErrorCode.INVALID_INPUT, message, param=param)
+
+
+# Status and code of each refusal of the service, the first matching class wins.
+_SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, str], ...] = (
+    (ModelNotLoaded, 409, ErrorCode.MODEL_NOT_LOADED),
+    (InputTooLong, 413, ErrorCode.INPUT_TOO_LONG),
+    (EmbedTimeout, 504, ErrorCode.TIMEOUT),
+    (DimensionsNotSupported, 400, ErrorCode.INVALID_INPUT),
+    (ModelLoadError, 422, ErrorCode.INVALID_INPUT),
+    (SettingsRejected, 422, ErrorCode.INVALID_INPUT),
+)
+
+
+def api_error(exc: ServiceError | RegistryError) -> APIError:
+    """The error response for a refusal of the service or the registry."""
+    if isinstance(exc, ServiceError):
+        status, code = next(
+            ((s, c) for kind, s, c in _SERVICE_ERRORS if isinstance(exc, kind)),
+            (400, ErrorCode.INVALID_INPUT),
+        )
+        return APIError(status, code, exc.message, param=exc.param, details=exc.details)
+    if isinstance(exc, UnknownModel):
+        return APIError(404, ErrorCode.MODEL_NOT_FOUND, str(exc), param="model")
+    if isinstance(exc, RegistrationConflict):
+        return APIError(409, ErrorCode.INVALID_INPUT, str(exc), param="model_path")
+    if isinstance(exc, InvalidModelURI):
+        return APIError(400, ErrorCode.INVALID_INPUT, str(exc), param="model_uri")
+    if isinstance(exc, ModelPathError):
+        return APIError(400, ErrorCode.INVALID_INPUT, str(exc), param="model_path")
+    return APIError(400, ErrorCode.INVALID_INPUT, str(exc))
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Answer every error raised in a route with the JSON error body."""
+
+    @app.exception_handler(APIError)
+    async def api(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc, metrics)
+
+    @app.exception_handler(ServiceError)
+    @app.exception_handler(RegistryError)
+    async def refused(request: Request, exc: ServiceError | RegistryError) -> JSONResponse:
+        return error_response(api_error(exc), metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = (
+                f"no route {request.method} {request.url.path}; the routes are listed at /docs"
+            )
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(APIError(exc.status_code, ErrorCode.INVALID_INPUT, message), metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc'] if part not in ('query', 'path'))}: "
+            f"{e['msg']}"
+            for e in exc.errors()
+        ]
+        first = exc.errors()[0]["loc"][-1] if exc.errors() else None
+        error = invalid("; ".join(problems), str(first) if first is not None else None)
+        return error_response(error, metrics)
+
+
+# -- reading requests -------------------------------------------------------------------------
+
+
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(
+        413,
+        ErrorCode.REQUEST_TOO_LARGE,
+        f"request body is {size} bytes, more than max_request_bytes ({limit}); send fewer or "
+        "shorter inputs per request, or raise the max_request_bytes setting",
+        param="input",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise invalid(f"Content-Length {declared!r} is not a number", status=400) from None
+        if size > limit:
+            raise _too_large(size, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+    return bytes(body)
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"request body is not valid JSON: {exc}", status=400) from None
+    if not isinstance(payload, dict):
+        raise invalid(f"request body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value's type reads in an error message: "a string", "an array", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def optional_str(payload: Mapping[str, Any], key: str, choices: tuple[str, ...] = ()) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or (choices and value not in choices):
+        allowed = " or ".join(repr(c) for c in choices) if choices else "a string"
+        raise invalid(f"{key} must be {allowed}, got {json_type(value)} {value!r}", key)
+    return value
+
+
+def required_str(payload: Mapping[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not value:
+        got = "nothing" if key not in payload else f"{json_type(value)} {value!r}"
+        raise invalid(f"{key} is required and must be a non-empty string, got {got}", key)
+    return value
+
+
+def optional_bool(payload: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = payload.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(f"{key} must be true or false, got {json_type(value)} {value!r}", key)
+    return value
+
+
+def check_texts(texts: list[str], limit: int, *, single: bool = False) -> None:
+    """Refuse an empty list, too many inputs and empty strings, naming the index."""
+    if not texts:
+        raise invalid("input is an empty list; send at least one string", "input", status=400)
+    if len(texts) > limit:
+        raise APIError(
+            413,
+            ErrorCode.TOO_MANY_INPUTS,
+            f"{len(texts)} inputs in one request, more than max_inputs_per_request ({limit}); "
+            "split the request, or raise the max_inputs_per_request setting",
+            param="input",
+        )
+    for index, text in enumerate(texts):
+        if not text:
+            where = "input" if single else f"input[{index}]"
+            raise invalid(
+                f"{where} is an empty string; every input needs some text to embed",
+                "input",
+                status=400,
+            )
+
+
+def parse_timeout(request: Request) -> float | None:
+    """Seconds from ``X-Timeout-Ms``; None when absent or 0 (no limit)."""
+    raw = request.headers.get("x-timeout-ms")
+    if raw is None:
+        return None
+    try:
+        millis = int(raw)
+    except ValueError:
+        millis = -1
+    if millis < 0:
+        raise invalid(
+            f"X-Timeout-Ms must be a whole number of milliseconds (0 for no limit), got {raw!r}",
+            "X-Timeout-Ms",
+            status=400,
+        )
+    return millis / 1000 if millis else None
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """An embedding request of either route, checked against the request limits."""
+
+    model: str
+    texts: list[str]
+    input_type: str | None
+    truncate: bool
+    timeout_s: float | None
+    encoding_format: str = "float"  # JSON route: "float" or "base64"
+    dimensions: int | None = None  # JSON route only
+
+
+async def read_embeddings_request(request: Request, limits: Mapping[str, Any]) -> EmbeddingsRequest:
+    """The body of ``POST /v1/embeddings``; see the route for its fields."""
+    payload = await read_json_object(request, limits["max_request_bytes"])
+    uri = required_str(payload, "model")
+    raw = payload.get("input")
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list):
+        texts = raw
+        bad = next((i for i, t in enumerate(raw) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise invalid(
+                f"input[{bad}] is {json_type(raw[bad])}, not a string; send text (token "
+                "arrays are not accepted)",
+                "input",
+            )
+    else:
+        got = "nothing" if "input" not in payload else json_type(raw)
+        raise invalid(f"input must be a string or a list of strings, got {got}", "input")
+    check_texts(texts, limits["max_inputs_per_request"], single=isinstance(raw, str))
+    encoding = optional_str(payload, "encoding_format", ENCODING_FORMATS) or "float"
+    input_type = optional_str(payload, "input_type", INPUT_TYPES)
+    truncate = optional_bool(payload, "truncate", True)
+    optional_str(payload, "user")
+    dimensions = payload.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)):
+        raise invalid(
+            f"dimensions must be an integer, got {json_type(dimensions)} {dimensions!r}",
+            "dimensions",
+        )
+    return EmbeddingsRequest(
+        model=uri,
+        texts=texts,
+        input_type=input_type,
+        truncate=truncate,
+        timeout_s=parse_timeout(request),
+        encoding_format=encoding,
+        dimensions=dimensions,
+    )
+
+
+async def read_binary_request(request: Request, limits: Mapping[str, Any]) -> EmbeddingsRequest:
+    """A request of the binary route of ``inference/protocol.py``: the query, then the body."""
+    query = request.query_params
+    uri = query.get("model") or ""
+    if not uri:
+        raise invalid("query parameter model is required, e.g. ?model=name:version", "model")
+    input_type = query.get("input_type") or None
+    if input_type is not None and input_type not in INPUT_TYPES:
+        raise invalid(f"input_type must be query or passage, got {input_type!r}", "input_type")
+    truncate_raw = (query.get("truncate") or "true").lower()
+    if truncate_raw not in ("true", "false"):
+        raise invalid(f"truncate must be true or false, got {truncate_raw!r}", "truncate")
+    body = await read_body(request, limits["max_request_bytes"])
+    try:
+        texts = protocol.decode_request(body)
+    except protocol.ProtocolError as exc:
+        raise invalid(str(exc), "input", status=400) from None
+    check_texts(texts, limits["max_inputs_per_request"])
+    return EmbeddingsRequest(
+        model=uri,
+        texts=texts,
+        input_type=input_type,
+        truncate=truncate_raw == "true",
+        timeout_s=parse_timeout(request),
+    )
+
+
+# -- the gate ---------------------------------------------------------------------------------
+
+
+class Gate:
+    """Around every HTTP request: the bearer token, request metrics, and the last-resort 500.
+
+    Written as plain ASGI so that it adds next to nothing to the embedding routes.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, token: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.token = token.encode()
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credential = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credential.strip(), self.token
+                )
+        return False
+
+    async def _send_error(
+        self, scope: Scope, receive: Receive, send: Send, error: APIError
+    ) -> None:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        await error_response(error, self.metrics, headers)(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.token and scope["path"] != "/health" and not self._authorized(scope):
+                error = APIError(
+                    401,
+                    ErrorCode.UNAUTHORIZED,
+                    "missing or wrong bearer token: send the header 'Authorization: Bearer "
+                    "<token>' with the sidecar's INFERENCE_TOKEN",
+                )
+                await self._send_error(scope, receive, send_and_watch, error)
+            else:
+                await self.app(scope, receive, send_and_watch)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if status:
+                raise  # the response has started; only closing the connection is left
+            error = APIError(
+                500,
+                ErrorCode.INTERNAL,
+                f"the inference sidecar failed unexpectedly ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); its log has the details",
+            )
+            await self._send_error(scope, receive, send_and_watch, error)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - start
+            self.metrics.observe_request(label, scope["method"], status or 500, elapsed)

@@ -1,0 +1,391 @@
+"""The service behind the sidecar's routes: registry, settings, loaded models and metrics.
+
+Nothing here knows about HTTP. A request the service refuses raises a ``ServiceError`` (or one
+of the registry's ``RegistryError``) whose message says what was wrong and what to do;
+``inference/http.py`` maps each class to its status and error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from inference import config as env
+from inference import sidecar_settings
+from inference.batcher import BatcherClosedError, DynamicBatcher
+from inference.engine import EmbeddingModel, EmbedResult, InputTooLongError
+from inference.metrics import Metrics
+from inference.modelconfig import ModelConfig
+from inference.registry import (
+    ModelPathError,
+    Registry,
+    RegistryError,
+    UnknownModel,
+    check_uri,
+    resolve_model,
+)
+
+log = logging.getLogger("inference.sidecar")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pg-local-ai")
+    except importlib.metadata.PackageNotFoundError:
+        try:
+            pyproject = tomllib.loads((env.PROJECT_ROOT / "pyproject.toml").read_text())
+            return str(pyproject["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+VERSION = _version()
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class SidecarStateError(RuntimeError):
+    """A state file of the sidecar cannot be read; the message says which and what to do."""
+
+
+class ServiceError(Exception):
+    """A request the service refuses; ``param`` names the request field at fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        details: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.details = details
+
+
+class ModelNotLoaded(ServiceError):
+    """The model is registered but not loaded (or was unloaded while the request waited)."""
+
+
+class ModelLoadError(ServiceError):
+    """The model's files cannot be loaded into an engine."""
+
+
+class InputTooLong(ServiceError):
+    """``truncate`` is false and an input has more tokens than the model accepts."""
+
+
+class EmbedTimeout(ServiceError):
+    """The model did not answer within the caller's timeout."""
+
+
+class DimensionsNotSupported(ServiceError):
+    """``dimensions`` asks for a length the model does not give."""
+
+
+class SettingsRejected(ServiceError):
+    """A settings update with bad values; ``details`` names each bad key. Nothing changed."""
+
+
+# -- loaded models ----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    uri: str
+    model: EmbeddingModel
+    batcher: DynamicBatcher
+    config: ModelConfig
+
+
+def truncate_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka truncation: keep the first ``dimensions`` and renormalise each row."""
+    if dimensions >= vectors.shape[1]:
+        return vectors
+    cut = np.array(vectors[:, :dimensions], dtype=np.float32)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    cut /= np.maximum(norms, 1e-12)
+    return cut
+
+
+class Sidecar:
+    """The service behind the routes: registry, settings, loaded models and metrics."""
+
+    def __init__(self, var_dir: Path) -> None:
+        state_dir = var_dir / "sidecar"
+        settings_path = state_dir / "settings.json"
+        try:
+            self.settings = sidecar_settings.SettingsFile(settings_path)
+        except ValueError as exc:  # JSONDecodeError and SettingsValidationError are ValueErrors
+            raise SidecarStateError(
+                f"the sidecar settings file {settings_path} is damaged ({exc}); fix the value or "
+                "delete the file to return to the defaults"
+            ) from None
+        try:
+            self.registry = Registry(state_dir / "registry.json")
+        except RegistryError as exc:
+            raise SidecarStateError(str(exc)) from None
+        self.metrics = Metrics()
+        self.models: dict[str, LoadedModel] = {}
+        self.load_errors: dict[str, str] = {}
+        # The request path reads limits from this snapshot, replaced whole on every change.
+        self.values: dict[str, Any] = self.settings.values()
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        self._settings_lock = asyncio.Lock()
+
+    def _lock(self, uri: str) -> asyncio.Lock:
+        return self._model_locks.setdefault(uri, asyncio.Lock())
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load again the models that were loaded when the sidecar last stopped."""
+        for entry in self.registry.entries():
+            if not entry["loaded"]:
+                continue
+            uri = entry["model_uri"]
+            try:
+                await self._load(uri, persist=False)
+                log.info("reloaded model %s", uri)
+            except ModelLoadError as exc:
+                self.load_errors[uri] = exc.message
+                log.error("could not reload model %s: %s", uri, exc)
+
+    async def stop(self) -> None:
+        for loaded in list(self.models.values()):
+            # close() waits for a run under way: not on the event loop.
+            await asyncio.to_thread(loaded.batcher.close)
+        self.models.clear()
+        self.metrics.models_loaded.set(0)
+
+    # -- loading ------------------------------------------------------------------------------
+
+    async def _load(self, uri: str, *, persist: bool = True) -> LoadedModel:
+        """Load ``uri`` (a no-op if loaded); ModelLoadError says why it cannot be."""
+        entry = self.registry.get(uri)
+        async with self._lock(uri):
+            loaded = self.models.get(uri)
+            if loaded is None:
+                loaded = await self._build(entry)
+                self.models[uri] = loaded
+                self.load_errors.pop(uri, None)
+                self.metrics.models_loaded.set(len(self.models))
+        if persist:
+            self.registry.set_loaded(uri, True)
+        return loaded
+
+    async def _build(self, entry: Mapping[str, Any]) -> LoadedModel:
+        uri = entry["model_uri"]
+        values = self.settings.values()
+        try:
+            source = await asyncio.to_thread(
+                resolve_model, entry["model_path"], entry["tokenizer_path"], entry["precision"]
+            )
+            # Building the session takes a while for real models: keep the event loop serving.
+            model = await asyncio.to_thread(
+                EmbeddingModel, source.onnx_path, source.tokenizer_dir, source.config, values
+            )
+        except ModelPathError as exc:
+            raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
+        except Exception as exc:  # ONNX Runtime and tokenizer errors come in many classes
+            log.warning("loading %s failed", uri, exc_info=True)
+            raise ModelLoadError(
+                f"cannot load model {uri} from {entry['model_path']}: {exc}"
+            ) from None
+        batcher = DynamicBatcher(model, values, on_batch=self.metrics.batch_callback(uri))
+        return LoadedModel(uri, model, batcher, source.config)
+
+    async def _unload(self, uri: str, *, persist: bool = True) -> None:
+        self.registry.get(uri)
+        async with self._lock(uri):
+            loaded = self.models.pop(uri, None)
+            if loaded is not None:
+                await asyncio.to_thread(loaded.batcher.close)
+            self.load_errors.pop(uri, None)
+            self.metrics.models_loaded.set(len(self.models))
+        if persist:
+            self.registry.set_loaded(uri, False)
+
+    async def load(self, uri: str) -> dict[str, Any]:
+        """Load a registered model and keep it loaded across restarts; its description.
+
+        A failure is remembered (``load_error`` in its description, ``/health`` degraded).
+        """
+        try:
+            await self._load(uri)
+        except ModelLoadError as exc:
+            self.load_errors[uri] = exc.message
+            raise ModelLoadError(exc.message, param="model_uri") from None
+        return self.describe(uri)
+
+    async def unload(self, uri: str) -> dict[str, Any]:
+        """Unload a model and keep it unloaded across restarts; its description."""
+        await self._unload(uri)
+        return self.describe(uri)
+
+    # -- registry -----------------------------------------------------------------------------
+
+    async def register(
+        self,
+        uri: str,
+        model_path: str,
+        tokenizer_path: str | None = None,
+        precision: str = "fp32",
+        *,
+        load: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """Register a model (and load it when ``load``); its description and whether it is new.
+
+        The same URI with the same files gives the existing registration; with other files,
+        RegistrationConflict. A new model that cannot load is not left registered.
+        """
+        check_uri(uri)
+        existing = self.registry.find(uri, model_path, tokenizer_path, precision)
+        if existing is None:
+            source = await asyncio.to_thread(resolve_model, model_path, tokenizer_path, precision)
+            metadata = source.metadata()
+            metadata["files"] = await asyncio.to_thread(source.file_hashes)
+            entry = self.registry.add(
+                uri, model_path, tokenizer_path, precision, metadata, loaded=False
+            )
+            created = True
+        else:
+            entry, created = existing, False
+        if load:
+            try:
+                await self._load(uri)
+            except ModelLoadError as exc:
+                if created:
+                    self.registry.remove(uri)
+                raise ModelLoadError(exc.message, param="model_path") from None
+        log.info("registered model %s (id %s) from %s", uri, entry["id"], model_path)
+        return self.describe(uri), created
+
+    async def unregister(self, uri: str) -> dict[str, Any]:
+        """Unload the model if loaded, then forget it; the registration it had."""
+        await self._unload(uri, persist=False)
+        entry = self.registry.remove(uri)
+        log.info("unregistered model %s", uri)
+        return entry
+
+    def describe(self, uri: str) -> dict[str, Any]:
+        """The registration, its metadata and the live state."""
+        entry = self.registry.get(uri)
+        name, _, version = uri.partition(":")
+        described = {**entry, "name": name, "version": version, "loaded": uri in self.models}
+        if uri in self.load_errors:
+            described["load_error"] = self.load_errors[uri]
+        return described
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [self.describe(uri) for uri in self.registry.uris()]
+
+    # -- embedding ----------------------------------------------------------------------------
+
+    def require_loaded(self, uri: str) -> LoadedModel:
+        loaded = self.models.get(uri)
+        if loaded is not None:
+            return loaded
+        registered = self.registry.uris()
+        if uri in registered:
+            problem = (
+                f" (last load failed: {self.load_errors[uri]})" if uri in self.load_errors else ""
+            )
+            raise ModelNotLoaded(
+                f"model {uri!r} is not deployed: it is registered but not loaded{problem}; "
+                "deploy it in the console (Models, or tick AZURE_LOCAL_AI in Server "
+                f"parameters), or load it with POST /models/{uri}/load",
+                param="model",
+            )
+        raise UnknownModel(uri, registered)
+
+    async def embed(
+        self,
+        uri: str,
+        texts: list[str],
+        *,
+        input_type: str | None,
+        truncate: bool,
+        timeout_s: float | None,
+        dimensions: int | None = None,
+    ) -> EmbedResult:
+        """Embed ``texts`` with a loaded model, cut to ``dimensions`` when given."""
+        loaded = self.require_loaded(uri)
+        if dimensions is not None and not 1 <= dimensions <= loaded.config.dimensions:
+            raise DimensionsNotSupported(
+                f"dimensions must be between 1 and {loaded.config.dimensions} for model {uri}, "
+                f"got {dimensions}",
+                param="dimensions",
+            )
+        work = loaded.batcher.embed(texts, input_type=input_type, truncate=truncate)
+        try:
+            result = await (work if timeout_s is None else asyncio.wait_for(work, timeout_s))
+        except InputTooLongError as exc:
+            raise InputTooLong(
+                f"input[{exc.index}] has {exc.tokens} tokens, more than model {uri}'s limit of "
+                f"{exc.max_tokens} (special tokens included); shorten it, split it, or send "
+                "truncate=true to cut it to the limit",
+                param="input",
+            ) from None
+        except BatcherClosedError as exc:
+            raise ModelNotLoaded(f"model {uri}: {exc}", param="model") from None
+        except TimeoutError:
+            if timeout_s is None:
+                raise
+            raise EmbedTimeout(
+                f"model {uri} did not answer within the caller's timeout of "
+                f"{timeout_s * 1000:g} ms (X-Timeout-Ms); send fewer inputs per request or "
+                "allow more time"
+            ) from None
+        if dimensions is not None:
+            result = replace(result, vectors=truncate_dimensions(result.vectors, dimensions))
+        return result
+
+    # -- settings and health ------------------------------------------------------------------
+
+    def settings_described(self) -> dict[str, Any]:
+        """``{"values": {key: value}, "schema": [...]}``: the values and what each setting is."""
+        return {"values": self.settings.values(), "schema": sidecar_settings.schema()}
+
+    async def update_settings(self, updates: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate, persist and apply ``updates`` to every loaded model; all or nothing."""
+        async with self._settings_lock:
+            try:
+                values = self.settings.update(updates)
+            except sidecar_settings.SettingsValidationError as exc:
+                raise SettingsRejected(
+                    f"settings not changed: {exc}",
+                    param=next(iter(exc.errors)),
+                    details=exc.errors,
+                ) from None
+            self.values = values
+            for loaded in list(self.models.values()):
+                # May rebuild the ONNX Runtime session: not on the event loop.
+                await asyncio.to_thread(loaded.model.apply_settings, values)
+                loaded.batcher.apply_settings(values)
+            return values
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and readiness: ``degraded`` while a model that should be loaded failed to
+        load."""
+        models = []
+        for uri in self.registry.uris():
+            item: dict[str, Any] = {"model_uri": uri, "loaded": uri in self.models}
+            if uri in self.load_errors:
+                item["error"] = self.load_errors[uri]
+            models.append(item)
+        status = "degraded" if self.load_errors else "ok"
+        # The process's resident memory: what its loaded models (and the rest) occupy.
+        rss_mb = round(psutil.Process().memory_info().rss / 2**20, 1)
+        return {"status": status, "models": models, "version": VERSION, "memory_rss_mb": rss_mb}
