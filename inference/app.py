@@ -136,9 +136,10 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
 
         Body: ``model``, ``input`` (a string or a list of strings; no empty list, no empty
         string: 400 naming the index), ``encoding_format`` (``float``, or ``base64`` of
-        float32 little-endian), ``dimensions`` (keep the first N and renormalise), ``user``
-        (ignored); extras ``input_type`` (``query``/``passage``: the model's prefix) and
-        ``truncate`` (default true; false refuses an over-long input with 413).
+        float32 little-endian), ``dimensions`` (keep the first N and renormalise; only a length
+        the model declares in ``matryoshka_dimensions``, or its full one), ``user`` (ignored);
+        extras ``input_type`` (``query``/``passage``: the model's prefix) and ``truncate``
+        (default true; false refuses an over-long input with 413).
         """
         asked = await read_embeddings_request(request, sidecar.values)
         result = await sidecar.embed(

@@ -3,11 +3,12 @@
 A site may list its own models in a file of the same format named by ``INFERENCE_CATALOG``.
 
 Each entry names a model by URI (``name:version``) and says what a deployment needs to know:
-dimensions, max tokens, pooling, prefixes (under the keys a store manifest gives them, read
-into a ``ModelConfig``), license and model card links, memory, core and optionally disk needs
-(a ``resources.ModelNeeds``), the int8 quality thresholds, and where its files come from (the
-Hugging Face Hub, an installed Python package; any model may also be deployed from a local
-directory laid out like its hub repo).
+dimensions, max tokens, pooling, prefixes and, for a model trained for Matryoshka truncation
+only, the shorter ``matryoshka_dimensions`` it may be cut to (under the keys a store manifest
+gives them, read into a ``ModelConfig``), license and model card links, memory, core and
+optionally disk needs (a ``resources.ModelNeeds``), the int8 quality thresholds, and where its
+files come from (the Hugging Face Hub, an installed Python package; any model may also be
+deployed from a local directory laid out like its hub repo).
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ class CatalogEntry:
     @property
     def max_tokens(self) -> int:
         return self.config.max_tokens
+
+    @property
+    def matryoshka_dimensions(self) -> tuple[int, ...]:
+        return self.config.matryoshka_dimensions
 
     @property
     def pooling(self) -> str:

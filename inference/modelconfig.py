@@ -2,7 +2,8 @@
 
 ``read_model_config`` reads it from a Hugging Face / sentence-transformers repository layout;
 ``ModelConfig.from_manifest`` / ``to_manifest`` move it in and out of the model store's
-``manifest.json`` (keys ``dimensions``, ``max_tokens``, ``pooling``, ``normalize``, ``prefixes``).
+``manifest.json`` (keys ``dimensions``, ``max_tokens``, ``pooling``, ``normalize``, ``prefixes``,
+``matryoshka_dimensions``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class ModelConfig:
     normalize: bool
     query_prefix: str = ""
     passage_prefix: str = ""
+    # The shorter lengths the model was trained to be cut to (Matryoshka representation
+    # learning), ascending; empty for a model whose vectors lose their meaning when cut.
+    matryoshka_dimensions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -56,6 +60,16 @@ class ModelConfig:
         if self.max_tokens < 2:
             # Room for at least the two special tokens that frame every input.
             raise ModelConfigError(f"max_tokens must be at least 2, got {self.max_tokens}")
+        cuts = self.matryoshka_dimensions
+        if any(not 1 <= d <= self.dimensions for d in cuts) or list(cuts) != sorted(set(cuts)):
+            raise ModelConfigError(
+                f"matryoshka_dimensions must be distinct ascending integers from 1 to "
+                f"{self.dimensions}, got {list(cuts)}"
+            )
+
+    def output_dimensions(self) -> tuple[int, ...]:
+        """The lengths a caller may ask for: the Matryoshka ones and the full dimension."""
+        return tuple(sorted({*self.matryoshka_dimensions, self.dimensions}))
 
     def prefix(self, input_type: str | None) -> str:
         """The text prepended for ``input_type`` ("query", "passage" or None for none)."""
@@ -75,11 +89,16 @@ class ModelConfig:
         if missing:
             raise ModelConfigError(f"model config lacks {', '.join(missing)}")
         prefixes = manifest.get("prefixes") or {}
+        cuts = manifest.get("matryoshka_dimensions") or []
         try:
             dimensions = int(manifest["dimensions"])
             max_tokens = int(manifest["max_tokens"])
             query_prefix = str(prefixes.get("query", ""))
             passage_prefix = str(prefixes.get("passage", ""))
+            if not isinstance(cuts, list) or any(
+                not isinstance(d, int) or isinstance(d, bool) for d in cuts
+            ):
+                raise ValueError(f"matryoshka_dimensions must be a list of integers, got {cuts!r}")
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelConfigError(f"model config has an invalid value: {exc}") from None
         return cls(
@@ -89,6 +108,7 @@ class ModelConfig:
             normalize=bool(manifest.get("normalize", True)),
             query_prefix=query_prefix,
             passage_prefix=passage_prefix,
+            matryoshka_dimensions=tuple(cuts),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -99,6 +119,7 @@ class ModelConfig:
             "pooling": self.pooling,
             "normalize": self.normalize,
             "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
+            "matryoshka_dimensions": list(self.matryoshka_dimensions),
         }
 
 

@@ -91,7 +91,7 @@ class EmbedTimeout(ServiceError):
 
 
 class DimensionsNotSupported(ServiceError):
-    """``dimensions`` asks for a length the model does not give."""
+    """``dimensions`` asks for a length the model was not trained to give."""
 
 
 class SettingsRejected(ServiceError):
@@ -117,6 +117,32 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
     norms = np.linalg.norm(cut, axis=1, keepdims=True)
     cut /= np.maximum(norms, 1e-12)
     return cut
+
+
+def check_dimensions(uri: str, config: ModelConfig, dimensions: int) -> None:
+    """Refuse a length the model was not trained to be cut to (its full one is always fine).
+
+    Cutting the vector of a model trained without Matryoshka representation learning gives
+    vectors that still look normal but rank poorly, so it is refused rather than served.
+    """
+    allowed = config.output_dimensions()
+    if dimensions in allowed:
+        return
+    full = config.dimensions
+    if not config.matryoshka_dimensions:
+        message = (
+            f"model {uri} gives {full} dimensions and was not trained to be cut shorter "
+            f"(Matryoshka representation learning), so dimensions can only be {full} for it, "
+            f"got {dimensions}; omit dimensions, or deploy a model whose catalog entry declares "
+            "matryoshka_dimensions"
+        )
+    else:
+        message = (
+            f"model {uri} gives {full} dimensions and was trained to be cut to "
+            f"{', '.join(map(str, config.matryoshka_dimensions))}; dimensions must be one of "
+            f"{', '.join(map(str, allowed))}, got {dimensions}"
+        )
+    raise DimensionsNotSupported(message, param="dimensions")
 
 
 class Sidecar:
@@ -322,12 +348,8 @@ class Sidecar:
     ) -> EmbedResult:
         """Embed ``texts`` with a loaded model, cut to ``dimensions`` when given."""
         loaded = self.require_loaded(uri)
-        if dimensions is not None and not 1 <= dimensions <= loaded.config.dimensions:
-            raise DimensionsNotSupported(
-                f"dimensions must be between 1 and {loaded.config.dimensions} for model {uri}, "
-                f"got {dimensions}",
-                param="dimensions",
-            )
+        if dimensions is not None:
+            check_dimensions(uri, loaded.config, dimensions)
         work = loaded.batcher.embed(texts, input_type=input_type, truncate=truncate)
         try:
             result = await (work if timeout_s is None else asyncio.wait_for(work, timeout_s))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,9 @@ import pytest
 
 from inference.engine import EmbeddingModel
 from inference.modelconfig import read_model_config
+from tests.fixtures.sidecar import SidecarProcess, make_store_dir
+
+MATRYOSHKA_DIMENSIONS = [8, 16]
 
 # -- engine and batcher tests -----------------------------------------------------------------
 
@@ -43,3 +46,24 @@ def make_tiny_engine(tiny_model_dir: Path) -> Callable[..., EmbeddingModel]:
         return _load_tiny_engine(tiny_model_dir, config, **settings)
 
     return make
+
+
+# -- sidecar tests ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matryoshka_uri(
+    sidecar: SidecarProcess, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The tiny model in store layout, registered with a manifest that declares
+    ``matryoshka_dimensions`` (MATRYOSHKA_DIMENSIONS): ``dimensions`` may cut its vectors."""
+    uri = "tiny-matryoshka:v1"
+    store_dir = make_store_dir(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("matryoshka") / "v1",
+        uri=uri,
+        matryoshka_dimensions=MATRYOSHKA_DIMENSIONS,
+    )
+    sidecar.client.register(uri, str(store_dir))
+    yield uri
+    sidecar.client.unregister(uri)

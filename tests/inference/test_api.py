@@ -18,6 +18,7 @@ from inference import protocol
 from inference.client import InferenceError
 from tests.fixtures.sidecar import TINY_URI, SidecarProcess, make_store_dir
 from tests.fixtures.tinymodel import HIDDEN, MAX_SEQ_LENGTH
+from tests.inference.conftest import MATRYOSHKA_DIMENSIONS
 
 TEXTS = ["the cat is on the house", "a red car", "vector search in postgres", "hello world"]
 
@@ -112,21 +113,41 @@ def test_base64_encoding_is_float32_little_endian_of_the_same_vector(http: httpx
     np.testing.assert_array_equal(decoded, floats)
 
 
-def test_dimensions_keeps_the_first_n_and_renormalises(http: httpx.Client) -> None:
-    full = vectors_of(embed(http, input=TEXTS))
-    short = vectors_of(embed(http, input=TEXTS, dimensions=8))
+def test_dimensions_keeps_the_first_n_and_renormalises(
+    http: httpx.Client, matryoshka_uri: str
+) -> None:
+    full = vectors_of(embed(http, model=matryoshka_uri, input=TEXTS))
+    short = vectors_of(embed(http, model=matryoshka_uri, input=TEXTS, dimensions=8))
     assert short.shape == (len(TEXTS), 8)
     expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
     np.testing.assert_allclose(short, expected, atol=1e-6)
-    same = vectors_of(embed(http, input=TEXTS, dimensions=HIDDEN))
+    same = vectors_of(embed(http, model=matryoshka_uri, input=TEXTS, dimensions=HIDDEN))
     np.testing.assert_allclose(same, full, atol=1e-7)
 
 
-@pytest.mark.parametrize("dimensions", [0, -1, HIDDEN + 1])
-def test_dimensions_out_of_range_names_the_valid_range(http: httpx.Client, dimensions: int) -> None:
-    error = error_of(embed(http, input="cat", dimensions=dimensions), 400, "invalid_input")
-    assert error["param"] == "dimensions"
-    assert f"between 1 and {HIDDEN}" in error["message"]
+@pytest.mark.parametrize("dimensions", [0, -1, 12, HIDDEN + 1])
+def test_dimensions_the_model_was_not_trained_for_are_refused_naming_those_it_was(
+    http: httpx.Client, matryoshka_uri: str, dimensions: int
+) -> None:
+    response = embed(http, model=matryoshka_uri, input="cat", dimensions=dimensions)
+    error = error_of(response, 400, "invalid_input")
+    assert (error["param"], error["type"]) == ("dimensions", "invalid_request_error")
+    assert f"model {matryoshka_uri} gives {HIDDEN} dimensions" in error["message"]
+    assert f"one of 8, 16, {HIDDEN}, got {dimensions}" in error["message"]
+
+
+def test_dimensions_are_refused_for_a_model_that_declares_none(
+    http: httpx.Client, prefixed_uri: str
+) -> None:
+    # A Hugging Face directory, and a store manifest without matryoshka_dimensions.
+    for uri in (TINY_URI, prefixed_uri):
+        error = error_of(embed(http, model=uri, input="cat", dimensions=8), 400, "invalid_input")
+        assert (error["param"], error["type"]) == ("dimensions", "invalid_request_error")
+        assert f"model {uri} gives {HIDDEN} dimensions" in error["message"]
+        assert "not trained to be cut shorter" in error["message"]
+        # Its full dimension is always fine.
+        full = embed(http, model=uri, input="cat", dimensions=HIDDEN)
+        assert vectors_of(full).shape == (1, HIDDEN)
 
 
 def test_input_type_applies_the_model_prefix(http: httpx.Client, prefixed_uri: str) -> None:
@@ -413,6 +434,7 @@ def test_model_metadata_describes_the_registration(
     assert meta["model_path"] == str(tiny_model_dir.resolve())
     assert len(meta["files"]["onnx/model.onnx"]) == 64
     assert meta["prefixes"] == {"query": "", "passage": ""}
+    assert meta["matryoshka_dimensions"] == []
     listed = http.get("/models").json()["models"]
     assert any(m["model_uri"] == TINY_URI and m["id"] == meta["id"] for m in listed)
 
@@ -425,6 +447,13 @@ def test_store_model_metadata_comes_from_its_manifest(
     assert meta["prefixes"] == {"query": "query: ", "passage": "passage: "}
     assert meta["source"]["kind"] == "local"
     assert "manifest.json" not in meta["files"] and "tokenizer.json" in meta["files"]
+
+
+def test_declared_matryoshka_dimensions_are_part_of_the_model_metadata(
+    http: httpx.Client, matryoshka_uri: str
+) -> None:
+    meta = http.get(f"/models/{matryoshka_uri}").json()
+    assert meta["matryoshka_dimensions"] == MATRYOSHKA_DIMENSIONS
 
 
 def test_registering_again_returns_the_same_id_and_other_paths_conflict(
@@ -601,7 +630,7 @@ def test_unknown_route_and_method_are_json_errors(http: httpx.Client) -> None:
 
 
 def test_client_covers_the_api(
-    sidecar: SidecarProcess, http: httpx.Client, prefixed_uri: str
+    sidecar: SidecarProcess, http: httpx.Client, prefixed_uri: str, matryoshka_uri: str
 ) -> None:
     client = sidecar.client
     assert client.health()["status"] == "ok"
@@ -613,8 +642,8 @@ def test_client_covers_the_api(
     np.testing.assert_allclose(vectors, vectors_of(embed(http, input=TEXTS)), atol=1e-7)
     assert vectors.dtype == np.float32
     assert usage["total_tokens"] == usage["prompt_tokens"] > 0
-    short, _ = client.embed(TINY_URI, "a red car", dimensions=4)
-    assert short.shape == (1, 4)
+    short, _ = client.embed(matryoshka_uri, "a red car", dimensions=8)
+    assert short.shape == (1, 8)
     query, _ = client.embed(prefixed_uri, ["the city"], input_type="query")
     spelled_out, _ = client.embed(prefixed_uri, ["query: the city"])
     np.testing.assert_allclose(query, spelled_out, atol=1e-6)

@@ -120,6 +120,28 @@ def test_manifest_fields_follow_the_documented_manifest() -> None:
     json.dumps(fields)  # must be JSON as it is
 
 
+def test_shipped_models_declare_no_matryoshka_dimensions() -> None:
+    # Neither was trained for Matryoshka truncation: cutting their vectors is refused.
+    for entry in load_catalog().entries:
+        assert entry.matryoshka_dimensions == ()
+        assert entry.manifest_fields()["matryoshka_dimensions"] == []
+
+
+def test_declared_matryoshka_dimensions_go_into_the_manifest(tmp_path: Path) -> None:
+    entry = tiny_entry(matryoshka_dimensions=[8, 16])
+    tiny = load_catalog(write_catalog(tmp_path / "catalog.json", entry)).get("tiny-model:v1")
+    assert tiny.matryoshka_dimensions == (8, 16)
+    fields = tiny.manifest_fields()
+    assert fields["matryoshka_dimensions"] == [8, 16]
+    assert ModelConfig.from_manifest(fields).output_dimensions() == (8, 16, 32)
+
+
+def test_matryoshka_dimensions_beyond_the_model_are_refused(tmp_path: Path) -> None:
+    path = write_catalog(tmp_path / "catalog.json", tiny_entry(matryoshka_dimensions=[8, 64]))
+    with pytest.raises(CatalogError, match=r"tiny-model:v1: matryoshka_dimensions .* 1 to 32"):
+        load_catalog(path)
+
+
 def test_resource_problems_name_the_memory_need(monkeypatch: pytest.MonkeyPatch) -> None:
     entry = load_catalog().get("multilingual-e5-small:v1")
     tiny = type("M", (), {"total": 2**20, "available": 2**20})

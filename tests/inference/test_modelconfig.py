@@ -166,6 +166,35 @@ def test_manifest_missing_or_bad_keys_are_named() -> None:
         ModelConfig.from_manifest({"dimensions": "many", "max_tokens": 256, "pooling": "mean"})
 
 
+def test_matryoshka_dimensions_round_trip_and_default_to_none() -> None:
+    config = ModelConfig(768, 512, "mean", True, matryoshka_dimensions=(64, 128, 256))
+    manifest = config.to_manifest()
+    assert manifest["matryoshka_dimensions"] == [64, 128, 256]
+    assert ModelConfig.from_manifest(manifest) == config
+    assert config.output_dimensions() == (64, 128, 256, 768)
+    plain = ModelConfig.from_manifest({"dimensions": 384, "max_tokens": 256, "pooling": "mean"})
+    assert plain.matryoshka_dimensions == ()
+    assert plain.output_dimensions() == (384,)
+
+
+@pytest.mark.parametrize(
+    ("cuts", "fragment"),
+    [
+        ([0, 8], "from 1 to 32"),
+        ([8, 64], "from 1 to 32"),
+        ([16, 8], "distinct ascending"),
+        ([8, 8], "distinct ascending"),
+        (["8"], "list of integers"),
+        (8, "list of integers"),
+    ],
+)
+def test_bad_matryoshka_dimensions_are_named(cuts: object, fragment: str) -> None:
+    manifest = {"dimensions": 32, "max_tokens": 32, "pooling": "mean"}
+    with pytest.raises(ModelConfigError, match="matryoshka_dimensions") as excinfo:
+        ModelConfig.from_manifest({**manifest, "matryoshka_dimensions": cuts})
+    assert fragment in str(excinfo.value)
+
+
 def test_prefix_for_input_type() -> None:
     config = ModelConfig(8, 16, "cls", True, "query: ", "passage: ")
     assert [config.prefix(t) for t in ("query", "passage", None)] == ["query: ", "passage: ", ""]

@@ -45,11 +45,15 @@ def test_embeddings_with_float_encoding_match_base64(client: OpenAI) -> None:
     assert [d.index for d in as_floats.data] == [0, 1]
 
 
-def test_dimensions_and_extra_body(client: OpenAI) -> None:
-    short = client.embeddings.create(model=TINY_URI, input="a red car", dimensions=8)
+def test_dimensions_and_extra_body(client: OpenAI, matryoshka_uri: str) -> None:
+    short = client.embeddings.create(model=matryoshka_uri, input="a red car", dimensions=8)
     vector = np.array(short.data[0].embedding)
     assert vector.shape == (8,)
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+    # A model not trained for shorter vectors refuses them.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=TINY_URI, input="a red car", dimensions=8)
+    assert TINY_URI in str(refused.value) and f"{HIDDEN} dimensions" in str(refused.value)
     query = client.embeddings.create(
         model=TINY_URI, input="a red car", extra_body={"input_type": "query"}
     )
