@@ -15,6 +15,9 @@ Each route parses its request (``inference/http.py``), calls one method of the s
 ran out of its ``X-Timeout-Ms``). Both embedding routes accept ``X-Timeout-Ms``: the
 milliseconds the caller will wait; 0 or absent means no limit (as with PostgreSQL's timeouts).
 
+Every response carries ``X-Process-Time-Ms``: the milliseconds from the request reaching the
+sidecar to its response starting (reading, queueing, running the model, serialising).
+
 Request limits come from the settings and apply as soon as they change: a body larger than
 ``max_request_bytes`` and more inputs than ``max_inputs_per_request`` get 413. An empty input
 list and an empty string are refused with 400 (the message names the index): an empty text has
@@ -63,7 +66,12 @@ DEFAULT_PORT = 8090
 
 
 def embeddings_body(uri: str, result: EmbedResult, encoding_format: str) -> bytes:
-    """The OpenAI-compatible answer of ``POST /v1/embeddings``, serialised."""
+    """The OpenAI-compatible answer of ``POST /v1/embeddings``, serialised.
+
+    Each ``data[]`` item also says its input's ``prompt_tokens`` (special tokens and prefix
+    included, after truncation) and whether it was ``truncated`` to the model's max tokens:
+    fields the OpenAI clients ignore.
+    """
     if encoding_format == "base64":
         rows: list[Any] = [
             base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
@@ -75,7 +83,16 @@ def embeddings_body(uri: str, result: EmbedResult, encoding_format: str) -> byte
     body = {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": row,
+                "prompt_tokens": count,
+                "truncated": cut,
+            }
+            for i, (row, count, cut) in enumerate(
+                zip(rows, result.token_counts, result.truncated, strict=True)
+            )
         ],
         "model": uri,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},

@@ -123,7 +123,7 @@ class DynamicBatcher:
                 raise TypeError(f"input {index} must be a string, got {type(text).__name__}")
         if not texts:
             empty = np.empty((0, self.model.config.dimensions), dtype=np.float32)
-            return EmbedResult(vectors=empty, token_counts=[])
+            return EmbedResult(vectors=empty, token_counts=[], truncated=[])
         loop = asyncio.get_running_loop()
         request = _Request(
             texts=list(texts),
@@ -331,7 +331,9 @@ class DynamicBatcher:
             if request.remaining == 0 and request.live:
                 request.resolve(
                     EmbedResult(
-                        vectors=request.vectors, token_counts=request.tokenized.lengths.tolist()
+                        vectors=request.vectors,
+                        token_counts=request.tokenized.lengths.tolist(),
+                        truncated=request.tokenized.truncated.tolist(),
                     )
                 )
 

@@ -2,6 +2,7 @@
 
     client = InferenceClient("http://127.0.0.1:8090", token=None)
     vectors, usage = client.embed("all-MiniLM-L6-v2:v1", ["hello"], input_type="query")
+    detailed = client.embed_detailed("all-MiniLM-L6-v2:v1", ["hello"])  # per-input facts too
 
 ``base_url`` may also be ``unix:/path/to/socket`` (the sidecar served with ``uds``). Errors the
 sidecar reports raise ``InferenceError`` with its status, code and message; a sidecar that
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -46,6 +48,18 @@ class InferenceUnavailable(InferenceError):
         self.url = url
 
 
+@dataclass(frozen=True)
+class EmbeddingDetails:
+    """An answer of ``POST /v1/embeddings`` with what the sidecar says about each input."""
+
+    model: str
+    vectors: np.ndarray  # float32, (len(inputs), dimensions), in input order
+    prompt_tokens: list[int]  # per input: tokens after truncation, special tokens and prefix in
+    truncated: list[bool]  # per input: whether it was cut to the model's max tokens
+    usage: dict[str, int]  # {"prompt_tokens", "total_tokens"} of the whole request
+    process_time_ms: float | None  # the sidecar's own time (X-Process-Time-Ms), if it said
+
+
 class InferenceClient:
     def __init__(
         self,
@@ -75,6 +89,10 @@ class InferenceClient:
         self.close()
 
     def _request(self, method: str, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self._send(method, path, json, **kwargs).json()
+
+    def _send(self, method: str, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        """The sidecar's successful response; its errors raise InferenceError."""
         try:
             response = self._http.request(method, path, json=json, **kwargs)
         except httpx.TimeoutException as exc:
@@ -82,7 +100,7 @@ class InferenceClient:
         except httpx.TransportError as exc:
             raise InferenceUnavailable(self.base_url, str(exc) or type(exc).__name__) from None
         if response.is_success:
-            return response.json()
+            return response
         try:
             error = response.json()["error"]
             code, message = str(error.get("code")), str(error.get("message"))
@@ -153,15 +171,41 @@ class InferenceClient:
         dimensions: int | None = None,
     ) -> tuple[np.ndarray, dict[str, int]]:
         """Embed ``inputs``; returns float32 ``(len(inputs), dims)`` rows and the usage."""
+        details = self.embed_detailed(model, inputs, input_type, dimensions)
+        return details.vectors, details.usage
+
+    def embed_detailed(
+        self,
+        model: str,
+        inputs: Sequence[str] | str,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+        *,
+        truncate: bool = True,
+    ) -> EmbeddingDetails:
+        """Embed ``inputs``; the vectors with each input's token count and whether it was cut
+        to the model's max tokens (``truncate=False`` refuses such an input instead), the usage
+        and the sidecar's processing time."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "base64"}
         if input_type is not None:
             body["input_type"] = input_type
         if dimensions is not None:
             body["dimensions"] = dimensions
-        answer = self._request("POST", "/v1/embeddings", json=body)
+        if not truncate:
+            body["truncate"] = False
+        response = self._send("POST", "/v1/embeddings", json=body)
+        answer = response.json()
         rows = sorted(answer["data"], key=lambda item: item["index"])
         vectors = np.stack(
             [np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in rows]
         )
-        return vectors.astype(np.float32, copy=False), answer["usage"]
+        process_time = response.headers.get("x-process-time-ms")
+        return EmbeddingDetails(
+            model=answer["model"],
+            vectors=vectors.astype(np.float32, copy=False),
+            prompt_tokens=[int(item["prompt_tokens"]) for item in rows],
+            truncated=[bool(item["truncated"]) for item in rows],
+            usage=answer["usage"],
+            process_time_ms=float(process_time) if process_time is not None else None,
+        )

@@ -54,6 +54,7 @@ class InputTooLongError(ValueError):
 class EmbedResult:
     vectors: np.ndarray  # float32, (n, dimensions), rows in input order
     token_counts: list[int]  # tokens per input after truncation, special tokens included
+    truncated: list[bool]  # per input: whether it was cut to max_tokens
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Tokenized:
 
     ids: list[list[int]]
     lengths: np.ndarray  # int64, len(ids[i]) for each i
+    truncated: np.ndarray  # bool, whether input i was cut to max_tokens
 
 
 # The fixed cost of one more model run, in padded tokens: the call itself plus the lower
@@ -262,18 +264,27 @@ class EmbeddingModel:
     def tokenize(
         self, texts: Sequence[str], *, input_type: str | None = None, truncate: bool = True
     ) -> Tokenized:
-        """Token ids with special tokens, cut to ``max_tokens`` (or refused if ``truncate`` is
-        false and an input is longer: ``InputTooLongError`` names the first such input)."""
+        """Token ids with special tokens, cut to ``max_tokens`` and marked as cut (or refused if
+        ``truncate`` is false and an input is longer: ``InputTooLongError`` names the first
+        such input)."""
         prefixed = self._prefixed(texts, input_type)
         tokenizer = self._truncating if truncate else self._counting
-        ids = [encoding.ids for encoding in tokenizer.encode_batch(prefixed)]
+        encodings = tokenizer.encode_batch(prefixed)
+        ids = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        if not truncate and len(ids):
-            too_long = np.flatnonzero(lengths > self.config.max_tokens)
+        limit = self.config.max_tokens
+        truncated = np.zeros(len(ids), dtype=bool)
+        if truncate:
+            # Only an input cut to exactly the limit may have been cut; the tokenizer keeps
+            # what it cut off as overflow, so no second pass is needed to tell.
+            for index in np.flatnonzero(lengths == limit):
+                truncated[index] = bool(encodings[index].overflowing)
+        elif len(ids):
+            too_long = np.flatnonzero(lengths > limit)
             if too_long.size:
                 index = int(too_long[0])
-                raise InputTooLongError(index, int(lengths[index]), self.config.max_tokens)
-        return Tokenized(ids=ids, lengths=lengths)
+                raise InputTooLongError(index, int(lengths[index]), limit)
+        return Tokenized(ids=ids, lengths=lengths, truncated=truncated)
 
     def count_tokens(self, texts: Sequence[str], *, input_type: str | None = None) -> list[int]:
         """Tokens per input *before* truncation (special tokens and prefix included): compare
@@ -370,4 +381,6 @@ class EmbeddingModel:
             rows = order[start:stop]
             vectors[rows] = self.run([tokenized.ids[i] for i in rows])
             start = stop
-        return EmbedResult(vectors=vectors, token_counts=lengths.tolist())
+        return EmbedResult(
+            vectors=vectors, token_counts=lengths.tolist(), truncated=tokenized.truncated.tolist()
+        )

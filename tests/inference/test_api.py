@@ -88,6 +88,29 @@ def test_embeddings_answer_in_the_openai_shape(http: httpx.Client) -> None:
     assert usage["prompt_tokens"] == usage["total_tokens"] >= 3 * len(TEXTS)
 
 
+def test_each_item_says_its_token_count_and_whether_it_was_truncated(
+    http: httpx.Client,
+) -> None:
+    long_text = "cat " * (MAX_SEQ_LENGTH * 2)
+    texts = ["a red car", long_text, "hello world"]
+    for encoding in ("float", "base64"):
+        response = embed(http, input=texts, encoding_format=encoding)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        items = body["data"]
+        assert [item["prompt_tokens"] for item in items] == [5, MAX_SEQ_LENGTH, 4]
+        assert [item["truncated"] for item in items] == [False, True, False]
+        assert body["usage"]["prompt_tokens"] == sum(item["prompt_tokens"] for item in items)
+    # Without truncation nothing is cut (an over-long input is refused instead).
+    items = embed(http, input=texts[::2], truncate=False).json()["data"]
+    assert [item["truncated"] for item in items] == [False, False]
+
+
+def test_every_response_says_how_long_the_sidecar_took(http: httpx.Client) -> None:
+    for response in (embed(http, input=TEXTS), http.get("/health"), http.get("/models/nope:v1")):
+        assert float(response.headers["x-process-time-ms"]) >= 0, response.headers
+
+
 def test_single_string_input_gives_one_row_equal_to_the_list_form(http: httpx.Client) -> None:
     single = vectors_of(embed(http, input=TEXTS[0]))
     listed = vectors_of(embed(http, input=TEXTS))
@@ -644,6 +667,19 @@ def test_client_covers_the_api(
     assert usage["total_tokens"] == usage["prompt_tokens"] > 0
     short, _ = client.embed(matryoshka_uri, "a red car", dimensions=8)
     assert short.shape == (1, 8)
+    detailed = client.embed_detailed(TINY_URI, ["a red car", "cat " * 100, "hello world"])
+    assert detailed.model == TINY_URI
+    assert detailed.vectors.dtype == np.float32 and detailed.vectors.shape == (3, HIDDEN)
+    np.testing.assert_allclose(detailed.vectors[0], vectors[1], atol=1e-7)  # "a red car"
+    assert detailed.prompt_tokens == [5, MAX_SEQ_LENGTH, 4]
+    assert detailed.truncated == [False, True, False]
+    assert detailed.usage["prompt_tokens"] == sum(detailed.prompt_tokens)
+    assert detailed.process_time_ms is not None and detailed.process_time_ms >= 0
+    cut = client.embed_detailed(matryoshka_uri, "a red car", dimensions=8)
+    assert cut.vectors.shape == (1, 8) and cut.prompt_tokens == [5] and cut.truncated == [False]
+    with pytest.raises(InferenceError) as refused:
+        client.embed_detailed(TINY_URI, ["a red car", "cat " * 100], truncate=False)
+    assert (refused.value.status, refused.value.code) == (413, "input_too_long")
     query, _ = client.embed(prefixed_uri, ["the city"], input_type="query")
     spelled_out, _ = client.embed(prefixed_uri, ["query: the city"])
     np.testing.assert_allclose(query, spelled_out, atol=1e-6)

@@ -123,6 +123,21 @@ def test_each_caller_gets_its_own_rows_in_its_own_order(
         direct = tiny_engine.embed(texts)
         assert _close(result.vectors, direct.vectors)
         assert result.token_counts == direct.token_counts
+        assert result.truncated == direct.truncated
+
+
+def test_each_caller_learns_which_of_its_inputs_were_cut(make_batcher: Any) -> None:
+    batcher, _ = make_batcher(max_batch_size=4, max_wait_ms=20)
+    too_long = " ".join(WORDS * 4)
+
+    async def scenario() -> list[Any]:
+        return await _queued_together(
+            batcher, batcher.embed([TEXTS[0], too_long]), batcher.embed([too_long, TEXTS[1]])
+        )
+
+    first, second = asyncio.run(scenario())
+    assert (first.truncated, second.truncated) == ([False, True], [True, False])
+    assert first.token_counts[1] == second.token_counts[0] == 32
 
 
 def test_large_request_is_split_across_runs(make_batcher: Any, tiny_engine: EmbeddingModel) -> None:

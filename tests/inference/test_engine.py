@@ -157,6 +157,23 @@ def test_input_type_prepends_the_models_prefix(
         engine.embed(["x"], input_type="document")
 
 
+def test_each_input_says_whether_it_was_cut_to_max_tokens(
+    make_tiny_engine: TinyEngineFactory, tiny_model_dir: Path
+) -> None:
+    exactly = " ".join(TOO_LONG.split()[:30])  # 30 words + [CLS] + [SEP]: the limit, not past it
+    one_more = " ".join(TOO_LONG.split()[:31])
+    engine = make_tiny_engine()
+    result = engine.embed([SHORT, exactly, one_more, TOO_LONG, ""])
+    assert result.token_counts == [5, 32, 32, 32, 2]
+    assert result.truncated == [False, False, True, True, False]
+    assert engine.embed([SHORT, LONG], truncate=False).truncated == [False, False]
+    # The prefix counts: it can push an input at the limit past it.
+    config = dataclasses.replace(read_model_config(tiny_model_dir), query_prefix="query: ")
+    prefixed = make_tiny_engine(config).embed([exactly], input_type="query")
+    assert (prefixed.token_counts, prefixed.truncated) == ([32], [True])
+    assert engine.embed([]).truncated == []
+
+
 def test_token_counts(tiny_engine: EmbeddingModel) -> None:
     assert tiny_engine.embed([SHORT, "", TOO_LONG]).token_counts == [5, 2, 32]
     # count_tokens tells the length before truncation, to compare with max_tokens.
