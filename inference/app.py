@@ -107,14 +107,17 @@ def _created(registered_at: str) -> int:
         return 0
 
 
-def openai_model(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """An item of ``GET /v1/models``."""
-    return {
-        "id": entry["model_uri"],
+def openai_model(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """An item of ``GET /v1/models``: OpenAI's fields, then the model's facts (which OpenAI
+    clients ignore)."""
+    item = {
+        "id": facts["model_uri"],
         "object": "model",
-        "created": _created(entry.get("registered_at", "")),
+        "created": _created(facts["registered_at"]),
         "owned_by": "local",
     }
+    item.update((k, v) for k, v in facts.items() if k not in ("model_uri", "registered_at"))
+    return item
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -174,12 +177,15 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
 
     @app.get("/v1/models")
     async def openai_models() -> dict[str, Any]:
-        """OpenAI-compatible list of the registered models."""
-        return {"object": "list", "data": [openai_model(e) for e in sidecar.registry.entries()]}
+        """OpenAI-compatible list of the registered models; each item also gives the model's
+        ``dimensions``, ``max_tokens``, ``pooling``, ``normalize``, ``prefixes``,
+        ``matryoshka_dimensions``, ``license`` (``{name, url}`` or null), ``precision`` and
+        whether it is ``loaded``."""
+        return {"object": "list", "data": [openai_model(f) for f in sidecar.all_model_facts()]}
 
     @app.get("/v1/models/{uri}")
     async def openai_model_of(uri: str) -> dict[str, Any]:
-        return openai_model(sidecar.registry.get(uri))
+        return openai_model(sidecar.model_facts(uri))
 
     # -- binary route for the SQL module ------------------------------------------------------
 

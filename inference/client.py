@@ -3,6 +3,7 @@
     client = InferenceClient("http://127.0.0.1:8090", token=None)
     vectors, usage = client.embed("all-MiniLM-L6-v2:v1", ["hello"], input_type="query")
     detailed = client.embed_detailed("all-MiniLM-L6-v2:v1", ["hello"])  # per-input facts too
+    facts = client.model_facts()  # every registered model: dimensions, license, loaded, ...
 
 ``base_url`` may also be ``unix:/path/to/socket`` (the sidecar served with ``uds``). Errors the
 sidecar reports raise ``InferenceError`` with its status, code and message; a sidecar that
@@ -58,6 +59,42 @@ class EmbeddingDetails:
     truncated: list[bool]  # per input: whether it was cut to the model's max tokens
     usage: dict[str, int]  # {"prompt_tokens", "total_tokens"} of the whole request
     process_time_ms: float | None  # the sidecar's own time (X-Process-Time-Ms), if it said
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A registered model as ``GET /v1/models`` gives it: what a user of it needs to know."""
+
+    uri: str
+    created: int  # registration time, Unix seconds
+    dimensions: int
+    max_tokens: int  # special tokens included
+    pooling: str  # "mean" | "cls"
+    normalize: bool
+    prefixes: dict[str, str]  # {"query": ..., "passage": ...}
+    matryoshka_dimensions: list[int]  # shorter lengths `dimensions` may ask for; [] for none
+    license_name: str | None
+    license_url: str | None
+    precision: str  # "fp32" | "int8"
+    loaded: bool
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> ModelFacts:
+        license_info = item.get("license") or {}
+        return cls(
+            uri=item["id"],
+            created=int(item["created"]),
+            dimensions=int(item["dimensions"]),
+            max_tokens=int(item["max_tokens"]),
+            pooling=item["pooling"],
+            normalize=bool(item["normalize"]),
+            prefixes=dict(item["prefixes"]),
+            matryoshka_dimensions=[int(d) for d in item["matryoshka_dimensions"]],
+            license_name=license_info.get("name"),
+            license_url=license_info.get("url"),
+            precision=item["precision"],
+            loaded=bool(item["loaded"]),
+        )
 
 
 class InferenceClient:
@@ -134,6 +171,16 @@ class InferenceClient:
 
     def model(self, uri: str) -> dict[str, Any]:
         return self._request("GET", f"/models/{uri}")
+
+    def model_facts(self) -> list[ModelFacts]:
+        """Every registered model with its facts (``GET /v1/models``), in registration order."""
+        answer = self._request("GET", "/v1/models")
+        return [ModelFacts.from_item(item) for item in answer["data"]]
+
+    def model_facts_of(self, uri: str) -> ModelFacts:
+        """One model's facts (``GET /v1/models/{uri}``); an unknown one raises InferenceError
+        with status 404."""
+        return ModelFacts.from_item(self._request("GET", f"/v1/models/{uri}"))
 
     def register(
         self,

@@ -317,6 +317,41 @@ class Sidecar:
     def describe_all(self) -> list[dict[str, Any]]:
         return [self.describe(uri) for uri in self.registry.uris()]
 
+    def model_facts(self, uri: str) -> dict[str, Any]:
+        """What a user of the model needs to know: ``model_uri``, ``registered_at``,
+        ``dimensions``, ``max_tokens``, ``pooling``, ``normalize``, ``prefixes``,
+        ``matryoshka_dimensions``, ``license`` (``{name, url}`` or None), ``precision`` and
+        ``loaded``. A loaded model's config is the one it is served with."""
+        return self._facts(self.registry.get(uri))
+
+    def all_model_facts(self) -> list[dict[str, Any]]:
+        """``model_facts`` of every registered model, in registration order."""
+        return [self._facts(entry) for entry in self.registry.entries()]
+
+    def _facts(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        uri = entry["model_uri"]
+        loaded = self.models.get(uri)
+        config = loaded.config.to_manifest() if loaded is not None else entry
+        license_info = entry.get("license")
+        return {
+            "model_uri": uri,
+            "registered_at": entry.get("registered_at", ""),
+            "dimensions": config["dimensions"],
+            "max_tokens": config["max_tokens"],
+            "pooling": config["pooling"],
+            "normalize": config["normalize"],
+            "prefixes": config["prefixes"],
+            # Registrations older than the key declare none.
+            "matryoshka_dimensions": config.get("matryoshka_dimensions", []),
+            "license": (
+                {"name": license_info.get("name"), "url": license_info.get("url")}
+                if isinstance(license_info, Mapping)
+                else None
+            ),
+            "precision": entry["precision"],
+            "loaded": loaded is not None,
+        }
+
     # -- embedding ----------------------------------------------------------------------------
 
     def require_loaded(self, uri: str) -> LoadedModel:

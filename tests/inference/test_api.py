@@ -440,6 +440,38 @@ def test_openai_model_list_names_the_registered_models(http: httpx.Client) -> No
     error_of(http.get("/v1/models/nope:v1"), 404, "model_not_found")
 
 
+def test_openai_model_items_carry_the_models_facts(
+    http: httpx.Client, sidecar: SidecarProcess, tiny_model_dir: Path, matryoshka_uri: str
+) -> None:
+    idle = "tiny-idle-facts:v1"
+    sidecar.client.register(idle, str(tiny_model_dir), load=False)
+    try:
+        items = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    finally:
+        sidecar.client.unregister(idle)
+    declared = items[matryoshka_uri]
+    assert declared == {
+        "id": matryoshka_uri,
+        "object": "model",
+        "created": declared["created"],
+        "owned_by": "local",
+        "dimensions": HIDDEN,
+        "max_tokens": MAX_SEQ_LENGTH,
+        "pooling": "mean",
+        "normalize": True,
+        "prefixes": {"query": "query: ", "passage": "passage: "},
+        "matryoshka_dimensions": MATRYOSHKA_DIMENSIONS,
+        "license": {"name": "MIT", "url": "https://opensource.org/license/mit"},
+        "precision": "fp32",
+        "loaded": True,
+    }
+    # A Hugging Face directory without a license in its README, and a model not loaded.
+    assert (items[TINY_URI]["license"], items[TINY_URI]["matryoshka_dimensions"]) == (None, [])
+    assert (items[TINY_URI]["loaded"], items[idle]["loaded"]) == (True, False)
+    assert items[idle]["dimensions"] == HIDDEN
+    assert http.get(f"/v1/models/{matryoshka_uri}").json() == declared
+
+
 def test_model_metadata_describes_the_registration(
     http: httpx.Client, tiny_model_dir: Path
 ) -> None:
@@ -660,6 +692,23 @@ def test_client_covers_the_api(
     assert TINY_URI in [m["model_uri"] for m in client.models()]
     assert client.model(TINY_URI)["dimensions"] == HIDDEN
     assert {s["key"] for s in client.settings_schema()} == set(client.settings())
+    facts = {m.uri: m for m in client.model_facts()}
+    tiny = facts[TINY_URI]
+    assert (tiny.dimensions, tiny.max_tokens, tiny.pooling, tiny.precision) == (
+        HIDDEN,
+        MAX_SEQ_LENGTH,
+        "mean",
+        "fp32",
+    )
+    assert tiny.loaded and tiny.normalize and tiny.created > 1_600_000_000
+    assert (tiny.license_name, tiny.license_url, tiny.matryoshka_dimensions) == (None, None, [])
+    declared = client.model_facts_of(matryoshka_uri)
+    assert declared == facts[matryoshka_uri]
+    assert declared.matryoshka_dimensions == MATRYOSHKA_DIMENSIONS
+    assert (declared.license_name, declared.prefixes["query"]) == ("MIT", "query: ")
+    with pytest.raises(InferenceError) as unknown:
+        client.model_facts_of("nope:v1")
+    assert (unknown.value.status, unknown.value.code) == (404, "model_not_found")
 
     vectors, usage = client.embed(TINY_URI, TEXTS)
     np.testing.assert_allclose(vectors, vectors_of(embed(http, input=TEXTS)), atol=1e-7)

@@ -63,7 +63,8 @@ def test_dimensions_and_extra_body(client: OpenAI, matryoshka_uri: str) -> None:
 def test_models_list_and_retrieve(client: OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
     assert TINY_URI in ids
-    assert client.models.retrieve(TINY_URI).id == TINY_URI
+    retrieved = client.models.retrieve(TINY_URI)
+    assert (retrieved.id, retrieved.object, retrieved.owned_by) == (TINY_URI, "model", "local")
 
 
 def test_errors_reach_the_client_as_openai_exceptions(client: OpenAI) -> None:
