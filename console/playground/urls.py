@@ -9,4 +9,7 @@ from console.playground import views
 app_name = "playground"
 urlpatterns = [
     path("", views.playground, name="page"),
+    path("embed/", views.embed, name="embed"),
+    path("demo/setup/", views.demo_setup, name="setup"),
+    path("demo/search/", views.demo_search, name="search"),
 ]

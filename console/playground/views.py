@@ -1,14 +1,116 @@
-"""The embedding playground."""
+"""The embedding playground and its semantic search demo.
+
+Every form works without JavaScript (the full page comes back); with htmx the answer is the
+section's fragment, the same template the page includes. Reading the sidecar's models and the
+demo's state uses the page-render timeout; embedding and the demo's SQL may take longer.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
+
+from console.deployments.models import MANAGE_DEPLOYMENTS
+from console.playground import demo, embedding
+from console.playground.forms import EmbedForm, SearchForm, SetupForm
+
+
+def _can_set_up(request: HttpRequest) -> bool:
+    """Creating the sample table writes to the managed server: admins only."""
+    return request.user.has_perm(MANAGE_DEPLOYMENTS)
+
+
+def _context(request: HttpRequest, deployed: embedding.Deployed, **parts: Any) -> dict[str, Any]:
+    """The page's context; ``parts`` replace the defaults of the sections a request changed."""
+    context: dict[str, Any] = {
+        "deployed": deployed,
+        "form": EmbedForm(models=deployed.models),
+        "limits": {"texts": embedding.MAX_TEXTS, "chars": embedding.MAX_CHARS},
+        "samples": demo.samples(),
+        "setup_form": SetupForm(models=deployed.models),
+        "search_form": SearchForm(),
+        "default_k": demo.DEFAULT_K,
+        "can_set_up": _can_set_up(request),
+        "batch_size": demo.BATCH_SIZE,
+    }
+    context.update(parts)
+    if "demo" not in context:
+        context["demo"] = demo.status()
+    return context
+
+
+def _answer(
+    request: HttpRequest, fragment: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    template = fragment if request.htmx else "playground/page.html"
+    return render(request, template, context, status=status)
 
 
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:
+    return render(request, "playground/page.html", _context(request, embedding.deployed_models()))
+
+
+@require_POST
+def embed(request: HttpRequest) -> HttpResponse:
+    deployed = embedding.deployed_models()
+    form = EmbedForm(request.POST, models=deployed.models)
+    parts: dict[str, Any] = {"form": form}
+    if deployed.problem:
+        status = 503
+    elif not form.is_valid():
+        status = 422
+    else:
+        try:
+            parts["embedding"] = embedding.embed(
+                form.chosen_model(), form.cleaned_data["texts"], form.cleaned_data["input_type"]
+            )
+            status = 200
+        except embedding.EmbedError as exc:
+            parts["embed_error"], status = str(exc), exc.status
+    if request.htmx:
+        parts["demo"] = None  # the fragment does not show it: spare the server a visit
+    return _answer(request, "playground/_embed.html", _context(request, deployed, **parts), status)
+
+
+@require_POST
+@permission_required(MANAGE_DEPLOYMENTS, raise_exception=True)
+def demo_setup(request: HttpRequest) -> HttpResponse:
+    deployed = embedding.deployed_models()
+    form = SetupForm(request.POST, models=deployed.models)
+    parts: dict[str, Any] = {"setup_form": form}
+    status = 200
+    if deployed.problem or not form.is_valid():
+        status = 503 if deployed.problem else 422
+    else:
+        try:
+            parts["setup_outcome"] = demo.setup(form.chosen_model())
+        except demo.DemoError as exc:
+            parts["setup_error"], status = exc, exc.status
+    return _answer(request, "playground/_demo.html", _context(request, deployed, **parts), status)
+
+
+@require_GET
+def demo_search(request: HttpRequest) -> HttpResponse:
+    form = SearchForm(request.GET)
+    parts: dict[str, Any] = {"search_form": form}
+    status = 200
+    if not form.is_valid():
+        status = 422
+    else:
+        try:
+            parts["search"] = demo.search(form.cleaned_data["q"], form.cleaned_data["k"])
+        except demo.DemoError as exc:
+            parts["search_error"], status = exc, exc.status
+    if request.htmx:
+        return render(request, "playground/_search.html", parts, status=status)
     return render(
-        request, "console/coming_soon.html", {"title": "Playground", "section": "playground"}
+        request,
+        "playground/page.html",
+        _context(request, embedding.deployed_models(), **parts),
+        status=status,
     )

@@ -1,0 +1,105 @@
+"""The playground's forms: texts to embed, the sample table to create, a search."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from console.playground import demo
+from console.playground.embedding import INPUT_TYPES, MAX_CHARS, MAX_TEXTS, DeployedModel
+
+
+def _model_field(models: list[DeployedModel]) -> forms.ChoiceField:
+    return forms.ChoiceField(
+        label="Model",
+        choices=[(m.uri, m.uri) for m in models],
+        error_messages={
+            "required": "Choose a model.",
+            "invalid_choice": "%(value)s is not deployed (any more): choose a deployed model.",
+        },
+    )
+
+
+class _DeployedModelForm(forms.Form):
+    """A form whose first field chooses one of the deployed models."""
+
+    def __init__(self, *args: object, models: list[DeployedModel], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.models = models
+        self.fields = {"model": _model_field(models), **self.fields}
+
+    def chosen_model(self) -> DeployedModel:
+        uri = self.cleaned_data["model"]
+        return next(m for m in self.models if m.uri == uri)
+
+
+class EmbedForm(_DeployedModelForm):
+    input_type = forms.ChoiceField(
+        label="Input type", choices=list(INPUT_TYPES.items()), initial="none"
+    )
+    texts = forms.CharField(
+        label="Texts, one per line",
+        widget=forms.Textarea(
+            attrs={"rows": 6, "spellcheck": "false", "aria-describedby": "texts-help texts-error"}
+        ),
+        error_messages={"required": "Enter at least one text."},
+    )
+
+    def clean_texts(self) -> list[str]:
+        lines = [line.strip() for line in self.cleaned_data["texts"].splitlines()]
+        texts = [line for line in lines if line]
+        if not texts:
+            raise ValidationError("Enter at least one text.")
+        if len(texts) > MAX_TEXTS:
+            raise ValidationError(
+                f"{len(texts)} texts: at most {MAX_TEXTS} at a time. "
+                f"Remove {len(texts) - MAX_TEXTS} line{'s' if len(texts) - MAX_TEXTS > 1 else ''}."
+            )
+        problems = []
+        for number, text in enumerate(texts, 1):
+            if len(text) > MAX_CHARS:
+                problems.append(
+                    f"Text {number} has {len(text):,} characters, more than {MAX_CHARS:,}: "
+                    "shorten it or split it over several lines."
+                )
+            if "\0" in text:
+                problems.append(f"Text {number} contains a NUL character; remove it.")
+        if problems:
+            raise ValidationError(problems)
+        return texts
+
+
+class SetupForm(_DeployedModelForm):
+    """The model that embeds the sample documents."""
+
+
+class SearchForm(forms.Form):
+    q = forms.CharField(
+        label="Search the sample documents",
+        max_length=demo.MAX_QUERY_CHARS,
+        error_messages={
+            "required": "Type something to search for.",
+            "max_length": "The query has %(show_value)d characters; at most %(limit_value)d.",
+        },
+    )
+    k = forms.IntegerField(
+        label="Matches",
+        min_value=1,
+        max_value=demo.MAX_K,
+        initial=demo.DEFAULT_K,
+        required=False,
+        error_messages={
+            "min_value": "Ask for at least %(limit_value)s match.",
+            "max_value": "At most %(limit_value)s matches.",
+            "invalid": "The number of matches must be a whole number.",
+        },
+    )
+
+    def clean_q(self) -> str:
+        query: str = self.cleaned_data["q"]
+        if "\0" in query:
+            raise ValidationError("The query contains a NUL character; remove it.")
+        return query
+
+    def clean_k(self) -> int:
+        return self.cleaned_data.get("k") or demo.DEFAULT_K
