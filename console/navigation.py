@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from console.deployments import queries
 from console.deployments.models import Deployment
+from console.inference_settings.models import SettingChange
 from console.roles import role_label
 from serverparams.models import ParameterChange
 
@@ -74,8 +75,8 @@ def _deployment_note(deployment: Deployment) -> Notification:
 
 
 def notifications() -> list[Notification]:
-    """Running deployments first, then the last day's finished deployments and parameter
-    changes, newest first."""
+    """Running deployments first, then the last day's finished deployments, parameter changes
+    and inference setting changes, newest first."""
     since = timezone.now() - RECENT
     running = [_deployment_note(d) for d in queries.active()[:BELL_ITEMS]]
     finished = [
@@ -94,7 +95,16 @@ def notifications() -> list[Notification]:
         )
         for change in ParameterChange.objects.filter(changed_at__gte=since)[:BELL_ITEMS]
     ]
-    recent = sorted(finished + changes, key=lambda note: note.when, reverse=True)
+    tuned = [
+        Notification(
+            title=f"inference setting {change.key} changed",
+            detail=f"{change.old_value} → {change.new_value} by {change.username}",
+            when=change.changed_at,
+            url=reverse("inference_settings:form"),
+        )
+        for change in SettingChange.objects.filter(changed_at__gte=since)[:BELL_ITEMS]
+    ]
+    recent = sorted(finished + changes + tuned, key=lambda note: note.when, reverse=True)
     return (running + recent)[:BELL_ITEMS]
 
 

@@ -13,7 +13,7 @@ from console.deployments.models import Deployment
 from console.overview import RENDER_TIMEOUT_S
 from inference import catalog as model_catalog
 from inference.catalog import CatalogEntry
-from inference.client import InferenceClient
+from inference.client import InferenceClient, ModelFacts
 from inference.store import ModelStore, StoredModel, StoreError
 
 
@@ -29,7 +29,7 @@ class ModelInfo:
     entry: CatalogEntry
     stored: StoredModel | None
     store_problem: str = ""
-    sidecar: dict[str, Any] | None = None  # GET /models/{uri}, when registered
+    sidecar: ModelFacts | None = None  # as GET /v1/models gives it, when registered
     sidecar_problem: str = ""
     latest: Deployment | None = None
     memory_rss_mb: float | None = None  # the sidecar process's resident memory
@@ -41,11 +41,11 @@ class ModelInfo:
 
     @property
     def loaded(self) -> bool:
-        return bool(self.sidecar and self.sidecar.get("loaded"))
+        return bool(self.sidecar and self.sidecar.loaded)
 
     @property
     def serving_precision(self) -> str:
-        return str(self.sidecar.get("precision") or "fp32") if self.loaded and self.sidecar else ""
+        return self.sidecar.precision if self.loaded and self.sidecar else ""
 
     @property
     def deploying(self) -> bool:
@@ -90,12 +90,13 @@ class ModelInfo:
         return str(self.entry.raw.get("languages") or "")
 
 
-def _sidecar_models() -> tuple[dict[str, dict[str, Any]], float | None, str]:
+def _sidecar_models() -> tuple[dict[str, ModelFacts], float | None, str]:
+    """What the sidecar serves (the facts of GET /v1/models) and its resident memory."""
     try:
         with InferenceClient(
             settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=RENDER_TIMEOUT_S
         ) as client:
-            models = {m["model_uri"]: m for m in client.models()}
+            models = {facts.uri: facts for facts in client.model_facts()}
             health = client.health()
     except Exception as exc:  # any failure reads the same: the page says it cannot tell
         return {}, None, str(exc).strip() or type(exc).__name__
@@ -106,7 +107,7 @@ def _sidecar_models() -> tuple[dict[str, dict[str, Any]], float | None, str]:
 def _info(
     entry: CatalogEntry,
     store: ModelStore,
-    sidecar: dict[str, dict[str, Any]],
+    sidecar: dict[str, ModelFacts],
     rss: float | None,
     problem: str,
     latest: dict[str, Deployment],

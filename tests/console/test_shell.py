@@ -130,6 +130,16 @@ def test_bell_counts_recent_parameter_changes(admin_client: Client) -> None:
     assert "work_mem changed" in page
 
 
+def test_bell_lists_inference_setting_changes_and_refreshes_in_place(admin_client: Client) -> None:
+    from console.inference_settings.models import SettingChange
+
+    SettingChange.objects.create(username="sam", key="max_wait_ms", old_value="2", new_value="5")
+    fragment = admin_client.get("/notifications/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'aria-label="Notifications: 1"' in fragment
+    assert "inference setting max_wait_ms changed" in fragment and 'href="/settings/"' in fragment
+    assert "<html" not in fragment  # the bell's content alone, swapped into the open page
+
+
 def test_ensureadmin_creates_the_first_admin_once(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
     settings.VAR_DIR = tmp_path
     call_command("ensureadmin")
