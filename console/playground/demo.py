@@ -26,8 +26,9 @@ import psycopg
 from psycopg import sql
 
 from console.overview import RENDER_TIMEOUT_S
-from console.playground.embedding import EMBED_TIMEOUT_S, DeployedModel
+from console.playground.embedding import EMBED_TIMEOUT_S
 from console.playground.reproduce import sql_literal
+from inference.client import ModelFacts
 from serverparams.server import ManagedServer, ServerError, get_managed_server
 
 DATABASE = "playground"
@@ -121,9 +122,9 @@ def digest(documents: Sequence[Document]) -> str:
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 
-def query_function(model: DeployedModel) -> str:
+def query_function(model: ModelFacts) -> str:
     """Queries get the model's query prefix where it has one (e5), else the plain call."""
-    return "embed_query" if model.query_prefix else "create_embeddings"
+    return "embed_query" if model.prefixes.get("query") else "create_embeddings"
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class TableInfo:
     query_function: str
     indexed: bool
 
-    def matches(self, model: DeployedModel, documents_digest: str) -> bool:
+    def matches(self, model: ModelFacts, documents_digest: str) -> bool:
         return (
             self.indexed
             and self.model == model.uri
@@ -305,7 +306,7 @@ def _create_database(server: ManagedServer) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
 
 
-def _fill(conn: psycopg.Connection, model: DeployedModel, documents: Sequence[Document]) -> int:
+def _fill(conn: psycopg.Connection, model: ModelFacts, documents: Sequence[Document]) -> int:
     conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
     conn.execute(CREATE_TABLE.format(dimensions=int(model.dimensions)))
     batches = 0
@@ -320,7 +321,7 @@ def _fill(conn: psycopg.Connection, model: DeployedModel, documents: Sequence[Do
                 "bodies": [d.text for d in batch],
                 "model": model.uri,
                 # Documents get the model's passage prefix where it has one (e5).
-                "inputs": [model.passage_prefix + d.text for d in batch],
+                "inputs": [model.prefixes.get("passage", "") + d.text for d in batch],
             },
         )
         batches += 1
@@ -328,7 +329,7 @@ def _fill(conn: psycopg.Connection, model: DeployedModel, documents: Sequence[Do
     return batches
 
 
-def setup(model: DeployedModel, documents: Sequence[Document] | None = None) -> SetupOutcome:
+def setup(model: ModelFacts, documents: Sequence[Document] | None = None) -> SetupOutcome:
     """Create (or keep, when it matches) the sample table embedded with ``model``;
     ``documents`` defaults to the shipped samples."""
     chosen = list(samples().documents if documents is None else documents)

@@ -12,7 +12,13 @@ from django.conf import settings
 
 from console.overview import RENDER_TIMEOUT_S
 from console.playground import colours, reproduce
-from inference.client import InferenceClient, InferenceError, InferenceUnavailable
+from inference.client import (
+    EmbeddingDetails,
+    InferenceClient,
+    InferenceError,
+    InferenceUnavailable,
+    ModelFacts,
+)
 
 MAX_TEXTS = 32
 MAX_CHARS = 2000
@@ -31,36 +37,11 @@ PICTURE_COLUMNS = 48
 
 
 @dataclass(frozen=True)
-class DeployedModel:
-    """A model the sidecar has loaded, as ``GET /models`` describes it."""
-
-    uri: str
-    dimensions: int
-    max_tokens: int
-    query_prefix: str = ""
-    passage_prefix: str = ""
-
-    @classmethod
-    def from_sidecar(cls, entry: dict[str, Any]) -> DeployedModel:
-        prefixes = entry.get("prefixes") or {}
-        return cls(
-            uri=str(entry["model_uri"]),
-            dimensions=int(entry.get("dimensions") or 0),
-            max_tokens=int(entry.get("max_tokens") or 0),
-            query_prefix=str(prefixes.get("query") or ""),
-            passage_prefix=str(prefixes.get("passage") or ""),
-        )
-
-
-@dataclass(frozen=True)
 class Deployed:
     """The sidecar's loaded models, or why they are unknown."""
 
-    models: list[DeployedModel]
+    models: list[ModelFacts]
     problem: str = ""
-
-    def find(self, uri: str) -> DeployedModel | None:
-        return next((m for m in self.models if m.uri == uri), None)
 
 
 def deployed_models() -> Deployed:
@@ -70,11 +51,10 @@ def deployed_models() -> Deployed:
         with InferenceClient(
             settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=RENDER_TIMEOUT_S
         ) as client:
-            entries = client.models()
+            facts = client.model_facts()
     except Exception as exc:  # any failure reads the same: the page cannot list the models
         return Deployed(models=[], problem=str(exc).strip() or type(exc).__name__)
-    loaded = [DeployedModel.from_sidecar(e) for e in entries if e.get("loaded")]
-    return Deployed(models=sorted(loaded, key=lambda m: m.uri))
+    return Deployed(models=sorted((m for m in facts if m.loaded), key=lambda m: m.uri))
 
 
 class EmbedError(Exception):
@@ -90,9 +70,10 @@ class EmbeddedText:
     number: int  # 1-based, as the page and the SQL (WITH ORDINALITY) count
     text: str
     vector: np.ndarray
-    tokens: int
-    truncated: bool
-    latency_ms: float
+    tokens: int  # what the model read: after truncation, special tokens and prefix included
+    truncated: bool  # cut to the model's max tokens
+    latency_ms: float  # the call's round trip
+    sidecar_ms: float | None  # the sidecar's own time for it (X-Process-Time-Ms)
     picture: list[str] = field(default_factory=list)  # one colour per dimension
 
     @property
@@ -137,11 +118,12 @@ class HeatCell:
 class Embedding:
     """The playground's answer for one form submission."""
 
-    model: DeployedModel
+    model: ModelFacts
     input_type: str
     texts: list[EmbeddedText]
-    sidecar_ms: float  # the time spent waiting for the sidecar
-    total_ms: float  # the time the whole computation took, sidecar included
+    calls_ms: float  # the round trips of the calls to the sidecar, together
+    sidecar_ms: float | None  # the sidecar's own time in them (None: it did not say)
+    total_ms: float  # the whole computation, calls included
     scale: float  # the vector pictures map [-scale, scale] onto the colour scale
     similarities: np.ndarray  # cosine similarity between every two texts
     sql: str
@@ -180,14 +162,12 @@ def _picture(vector: np.ndarray, scale: float) -> list[str]:
 
 
 def _embed_each(
-    client: InferenceClient, model: DeployedModel, texts: list[str], input_type: str | None
-) -> tuple[list[tuple[np.ndarray, int, float]], float]:
-    """One ``/v1/embeddings`` call per text, so that each text's tokens (the call's usage)
-    and latency are its own. Returns ``(vector, tokens, seconds)`` per text and the seconds
-    spent in all calls."""
+    client: InferenceClient, model: ModelFacts, texts: list[str], input_type: str | None
+) -> list[tuple[EmbeddingDetails, float]]:
+    """One ``/v1/embeddings`` call per text, so that each text's latency is its own (what an
+    application embedding one query waits); the whole is bounded by EMBED_TIMEOUT_S."""
     deadline = time.monotonic() + EMBED_TIMEOUT_S
-    rows: list[tuple[np.ndarray, int, float]] = []
-    spent = 0.0
+    answers = []
     for index, text in enumerate(texts):
         if time.monotonic() > deadline:
             raise EmbedError(
@@ -196,14 +176,12 @@ def _embed_each(
                 status=503,
             )
         start = time.perf_counter()
-        vectors, usage = client.embed(model.uri, [text], input_type=input_type)
-        elapsed = time.perf_counter() - start
-        spent += elapsed
-        rows.append((vectors[0], int(usage.get("prompt_tokens", 0)), elapsed))
-    return rows, spent
+        details = client.embed_detailed(model.uri, [text], input_type=input_type)
+        answers.append((details, time.perf_counter() - start))
+    return answers
 
 
-def embed(model: DeployedModel, texts: list[str], input_type: str) -> Embedding:
+def embed(model: ModelFacts, texts: list[str], input_type: str) -> Embedding:
     """Embed ``texts`` (already validated: 1 to MAX_TEXTS, none empty) with ``model``."""
     started = time.perf_counter()
     sent_type = None if input_type == "none" else input_type
@@ -211,32 +189,40 @@ def embed(model: DeployedModel, texts: list[str], input_type: str) -> Embedding:
         with InferenceClient(
             settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=EMBED_TIMEOUT_S
         ) as client:
-            rows, sidecar_s = _embed_each(client, model, texts, sent_type)
+            answers = _embed_each(client, model, texts, sent_type)
     except InferenceUnavailable as exc:
         raise EmbedError(str(exc), status=503) from None
     except InferenceError as exc:
         raise EmbedError(f"the sidecar refused the texts: {exc}", status=422) from None
-    vectors = np.stack([vector for vector, _, _ in rows])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EmbedError(
+            f"the sidecar at {settings.INFERENCE_URL} answered in a form this console does not "
+            f"read ({type(exc).__name__}: {exc}); is it an older version than the console?",
+            status=503,
+        ) from None
+    vectors = np.concatenate([details.vectors for details, _ in answers])
     scale = float(np.abs(vectors).max()) or 1.0
     embedded = [
         EmbeddedText(
             number=number,
             text=text,
-            vector=vector,
-            tokens=tokens,
-            # The sidecar cuts longer inputs to max_tokens, so a count at the limit is a cut.
-            truncated=bool(model.max_tokens) and tokens >= model.max_tokens,
+            vector=details.vectors[0],
+            tokens=details.prompt_tokens[0],
+            truncated=details.truncated[0],
             latency_ms=seconds * 1000,
-            picture=_picture(vector, scale),
+            sidecar_ms=details.process_time_ms,
+            picture=_picture(details.vectors[0], scale),
         )
-        for number, (text, (vector, tokens, seconds)) in enumerate(zip(texts, rows, strict=True), 1)
+        for number, (text, (details, seconds)) in enumerate(zip(texts, answers, strict=True), 1)
     ]
+    sidecar_times = [t.sidecar_ms for t in embedded]
     body = reproduce.embeddings_body(model.uri, texts, input_type)
     return Embedding(
         model=model,
         input_type=input_type,
         texts=embedded,
-        sidecar_ms=sidecar_s * 1000,
+        calls_ms=sum(t.latency_ms for t in embedded),
+        sidecar_ms=None if None in sidecar_times else sum(sidecar_times),  # type: ignore[arg-type]
         total_ms=(time.perf_counter() - started) * 1000,
         scale=scale,
         similarities=cosine_matrix(vectors),

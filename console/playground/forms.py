@@ -6,10 +6,11 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from console.playground import demo
-from console.playground.embedding import INPUT_TYPES, MAX_CHARS, MAX_TEXTS, DeployedModel
+from console.playground.embedding import INPUT_TYPES, MAX_CHARS, MAX_TEXTS
+from inference.client import ModelFacts
 
 
-def _model_field(models: list[DeployedModel]) -> forms.ChoiceField:
+def _model_field(models: list[ModelFacts]) -> forms.ChoiceField:
     return forms.ChoiceField(
         label="Model",
         choices=[(m.uri, m.uri) for m in models],
@@ -20,27 +21,40 @@ def _model_field(models: list[DeployedModel]) -> forms.ChoiceField:
     )
 
 
-class _DeployedModelForm(forms.Form):
+# Examples in the empty text box: a question, its answer, and a text on another subject.
+PLACEHOLDER = (
+    "How do I keep bread fresh?",
+    "Bread stays fresh longer in a cloth bag.",
+    "Ein Index beschleunigt die Suche in der Datenbank.",
+)
+
+
+class _ModelChoiceForm(forms.Form):
     """A form whose first field chooses one of the deployed models."""
 
-    def __init__(self, *args: object, models: list[DeployedModel], **kwargs: object) -> None:
+    def __init__(self, *args: object, models: list[ModelFacts], **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.models = models
         self.fields = {"model": _model_field(models), **self.fields}
 
-    def chosen_model(self) -> DeployedModel:
+    def chosen_model(self) -> ModelFacts:
         uri = self.cleaned_data["model"]
         return next(m for m in self.models if m.uri == uri)
 
 
-class EmbedForm(_DeployedModelForm):
+class EmbedForm(_ModelChoiceForm):
     input_type = forms.ChoiceField(
         label="Input type", choices=list(INPUT_TYPES.items()), initial="none"
     )
     texts = forms.CharField(
         label="Texts, one per line",
         widget=forms.Textarea(
-            attrs={"rows": 6, "spellcheck": "false", "aria-describedby": "texts-help texts-error"}
+            attrs={
+                "rows": 6,
+                "spellcheck": "false",
+                "aria-describedby": "texts-help texts-error",
+                "placeholder": "\n".join(PLACEHOLDER),
+            }
         ),
         error_messages={"required": "Enter at least one text."},
     )
@@ -69,13 +83,13 @@ class EmbedForm(_DeployedModelForm):
         return texts
 
 
-class SetupForm(_DeployedModelForm):
+class SetupForm(_ModelChoiceForm):
     """The model that embeds the sample documents."""
 
 
 class SearchForm(forms.Form):
     q = forms.CharField(
-        label="Search the sample documents",
+        label="Query",
         max_length=demo.MAX_QUERY_CHARS,
         error_messages={
             "required": "Type something to search for.",

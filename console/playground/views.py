@@ -29,7 +29,7 @@ def _context(request: HttpRequest, deployed: embedding.Deployed, **parts: Any) -
     context: dict[str, Any] = {
         "deployed": deployed,
         "form": EmbedForm(models=deployed.models),
-        "limits": {"texts": embedding.MAX_TEXTS, "chars": embedding.MAX_CHARS},
+        "limits": {"texts": embedding.MAX_TEXTS, "chars": f"{embedding.MAX_CHARS:,}"},
         "samples": demo.samples(),
         "setup_form": SetupForm(models=deployed.models),
         "search_form": SearchForm(),

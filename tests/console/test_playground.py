@@ -22,8 +22,9 @@ from django.test import Client
 from django.urls import reverse
 
 from console.playground import demo
-from console.playground.embedding import MAX_CHARS, MAX_TEXTS, DeployedModel, cosine_matrix
+from console.playground.embedding import MAX_CHARS, MAX_TEXTS, cosine_matrix
 from console.playground.reproduce import sql_literal
+from inference.client import ModelFacts
 from serverparams.server import ManagedServer
 from tests.console.stack import drop_database, fresh_deployment_state, scratch_database
 from tests.fixtures.pg import allow_extensions
@@ -155,6 +156,7 @@ def test_results_equal_the_sidecars_embeddings_for_the_same_inputs(
         _, usage = sidecar.client.embed(TINY, [text.text])
         assert text.tokens == usage["prompt_tokens"]
         assert text.latency_ms > 0
+        assert text.sidecar_ms is not None and 0 < text.sidecar_ms < text.latency_ms
         assert len(text.picture) == 32
     page = response.content.decode()
     assert page.count('class="vector-picture"') == len(AWKWARD)
@@ -367,8 +369,8 @@ QUERIES = [
 ]
 
 
-def _tiny() -> DeployedModel:
-    return DeployedModel(uri=TINY, dimensions=32, max_tokens=MAX_SEQ_LENGTH)
+def _tiny(sidecar: SidecarProcess) -> ModelFacts:
+    return sidecar.client.model_facts_of(TINY)
 
 
 def _search(client: Client, query: str, k: int = 5, **headers: str):  # type: ignore[no-untyped-def]
@@ -418,7 +420,7 @@ def test_search_before_setup_says_so(
 
 
 def test_setup_creates_the_table_and_a_second_run_keeps_it(
-    allowed: ManagedServer, no_demo_database: None, admin_client: Client
+    allowed: ManagedServer, no_demo_database: None, sidecar: SidecarProcess, admin_client: Client
 ) -> None:
     response = admin_client.post(
         reverse("playground:setup"), {"model": TINY}, HTTP_HX_REQUEST="true"
@@ -449,16 +451,16 @@ def test_setup_creates_the_table_and_a_second_run_keeps_it(
     assert "Nothing to do." in _text(again)
     assert again.context["setup_outcome"].created is False
     # Other documents (or another model) replace the table.
-    outcome = demo.setup(_tiny(), documents=PLANTED)
+    outcome = demo.setup(_tiny(sidecar), documents=PLANTED)
     assert outcome.created and outcome.table.documents == len(PLANTED)
     with allowed.connect(demo.DATABASE) as conn:
         assert conn.execute("SELECT count(*) FROM playground_documents").fetchone() == (2,)
 
 
 def test_search_finds_the_planted_neighbour_in_two_languages(
-    allowed: ManagedServer, no_demo_database: None, reader_client: Client
+    allowed: ManagedServer, no_demo_database: None, sidecar: SidecarProcess, reader_client: Client
 ) -> None:
-    demo.setup(_tiny(), documents=[*demo.samples().documents, *PLANTED])
+    demo.setup(_tiny(sidecar), documents=[*demo.samples().documents, *PLANTED])
     for query, planted in QUERIES:
         response = _search(reader_client, query, HTTP_HX_REQUEST="true")
         assert response.status_code == 200, _text(response)
@@ -474,9 +476,9 @@ def test_search_finds_the_planted_neighbour_in_two_languages(
 
 
 def test_the_search_sql_shown_reproduces_the_result_through_the_index(
-    allowed: ManagedServer, no_demo_database: None, reader_client: Client
+    allowed: ManagedServer, no_demo_database: None, sidecar: SidecarProcess, reader_client: Client
 ) -> None:
-    demo.setup(_tiny(), documents=[*demo.samples().documents, *PLANTED])
+    demo.setup(_tiny(sidecar), documents=[*demo.samples().documents, *PLANTED])
     query = "it's the 'cat' \\ house; DROP TABLE playground_documents; --"
     response = _search(reader_client, query, k=7)
     assert response.status_code == 200
@@ -530,7 +532,7 @@ def test_a_sidecar_refusal_during_setup_is_said(
     """A model the page thought deployed but the sidecar no longer serves: the SQL's error,
     in words, and no half-made table."""
     sidecar.client.register("tiny-gone:v1", str(tiny_model_dir), load=False)
-    gone = DeployedModel(uri="tiny-gone:v1", dimensions=32, max_tokens=MAX_SEQ_LENGTH)
+    gone = sidecar.client.model_facts_of("tiny-gone:v1")
     with pytest.raises(demo.DemoError, match="is not deployed"):
         demo.setup(gone)
     with allowed.connect(demo.DATABASE) as conn:
@@ -549,8 +551,10 @@ def test_the_demo_says_when_the_managed_server_is_down(
     assert "Cannot connect to the managed server" in _text(response)
 
 
-def test_two_setups_at_once_make_one_table(allowed: ManagedServer, no_demo_database: None) -> None:
+def test_two_setups_at_once_make_one_table(
+    allowed: ManagedServer, no_demo_database: None, sidecar: SidecarProcess
+) -> None:
     """The second waits on the first's lock, then finds the table made and keeps it."""
     with ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda _: demo.setup(_tiny(), documents=PLANTED), range(2)))
+        outcomes = list(pool.map(lambda _: demo.setup(_tiny(sidecar), documents=PLANTED), range(2)))
     assert sorted(outcome.created for outcome in outcomes) == [False, True]
