@@ -1,0 +1,139 @@
+"""The playground in a real browser: three texts embedded with the session's tiny model show
+their vectors and the similarity heat map, and the search demo creates its sample table in
+the managed server and answers a query through SQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from console.playground import demo
+from inference.process import ChildProcess
+from serverparams.server import ManagedServer
+from tests.console.stack import drop_database, fresh_deployment_state
+from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT, signed_in_page
+from tests.e2e.deploystack import CONSOLE_START_S, _answers
+from tests.fixtures.pg import allow_extensions, free_port
+from tests.fixtures.sidecar import SidecarProcess
+
+pytestmark = pytest.mark.browser
+
+TEXTS = [
+    "the small cat sat in the old house",
+    "a small dog ran to the house",
+    "postgres server with a vector database",
+]
+# The shipped English document about cats, typed as the query: its own nearest neighbour
+# whatever the model (the tiny model of the tests knows too few words for more).
+CAT_DOCUMENT = "Cats sleep twelve to sixteen hours a day and are most active at dawn and dusk."
+SETUP_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def playground_url(
+    managed_pg: ManagedServer, sidecar: SidecarProcess, tmp_path: Path
+) -> Iterator[str]:
+    """``manage.py runserver`` on the session's sidecar and managed server, with VECTOR and
+    AZURE_LOCAL_AI allowed and no sample table yet; afterwards the allowlist is put back and
+    the demo's database dropped."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'console.sqlite3'}",
+        "VAR_DIR": str(managed_pg.var_dir),
+        "MANAGED_PG_PORT": str(managed_pg.port),
+        "INFERENCE_URL": sidecar.url,
+        "INFERENCE_TOKEN": "",
+        "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
+        "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
+        "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("MANAGED_DATABASE_URL", None)
+    manage = [sys.executable, "manage.py"]
+    for command in (["migrate", "--noinput"], ["createsuperuser", "--noinput"]):
+        subprocess.run(
+            [*manage, *command], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True
+        )
+    url = f"http://127.0.0.1:{free_port()}"
+    with fresh_deployment_state(managed_pg, sidecar):
+        with managed_pg.connect() as conn:
+            allow_extensions(conn, "vector", "azure_local_ai")
+        drop_database(managed_pg, demo.DATABASE)
+        web = ChildProcess(
+            "console",
+            [*manage, "runserver", "--noreload", url.removeprefix("http://")],
+            tmp_path / "runserver.log",
+            env=env,
+            cwd=PROJECT_ROOT,
+        )
+        try:
+            web.wait_ready(lambda: _answers(f"{url}/accounts/login/"), CONSOLE_START_S)
+            yield url
+        finally:
+            web.stop()
+            drop_database(managed_pg, demo.DATABASE)
+
+
+def _scroll_to_top_of(page: Page, selector: str) -> None:
+    page.locator(selector).evaluate(
+        "element => element.closest('section').scrollIntoView({block: 'start'})"
+    )
+
+
+def test_three_texts_show_the_heat_map_and_the_demo_searches_through_sql(
+    browser: Browser, playground_url: str, screenshots: Path
+) -> None:
+    with signed_in_page(browser, playground_url) as page:
+        page.get_by_role("navigation", name="Resource menu").get_by_role(
+            "link", name="Playground"
+        ).click()
+        expect(page.get_by_role("heading", name="Embed texts")).to_be_visible()
+        page.get_by_label("Texts, one per line").fill("\n".join(TEXTS))
+        page.get_by_role("button", name="Embed", exact=True).click()
+
+        rows = page.locator("table.embeddings tbody tr")
+        expect(rows).to_have_count(3)
+        for row, text in zip(rows.all(), TEXTS, strict=True):
+            expect(row).to_contain_text(text)
+            expect(row.get_by_role("img")).to_have_attribute("aria-label", re.compile("32 values"))
+        heat_map = page.locator("#similarity")
+        expect(heat_map).to_be_visible()
+        cells = heat_map.locator("td")
+        expect(cells).to_have_count(9)
+        for i in range(3):  # each text is itself: 1.00 on the diagonal
+            expect(cells.nth(i * 4)).to_have_text("1.00")
+        expect(page.locator("#reproduce-sql")).to_contain_text("azure_local_ai.create_embeddings(")
+        expect(page.locator("#reproduce-curl")).to_contain_text("/v1/embeddings")
+        # Tall enough for the texts typed, their embeddings and the heat map at once.
+        page.set_viewport_size({"width": 1280, "height": 1200})
+        page.screenshot(path=str(screenshots / "playground-1-results.png"))
+
+        demo_section = page.locator("#demo-section")
+        expect(demo_section.locator("#demo-table-state")).to_contain_text("Not created")
+        demo_section.get_by_role("button", name="Create the sample table").click()
+        expect(demo_section.get_by_role("status").first).to_contain_text(
+            "Sample table created.", timeout=SETUP_TIMEOUT_MS
+        )
+        expect(demo_section.locator("#demo-table-state")).to_contain_text(
+            f"{len(demo.samples().documents)} documents embedded with tiny:v1"
+        )
+
+        demo_section.get_by_label("Query").fill(CAT_DOCUMENT)
+        demo_section.get_by_role("button", name="Search", exact=True).click()
+        matches = demo_section.locator("table.matches tbody tr")
+        expect(matches).to_have_count(demo.DEFAULT_K)
+        expect(matches.first).to_contain_text(CAT_DOCUMENT)
+        expect(matches.first).to_contain_text("1.000")
+        expect(demo_section.locator("#demo-search-time")).to_contain_text(" ms")
+        expect(demo_section.locator("#demo-sql")).to_contain_text(
+            "ORDER BY d.embedding <=> q.embedding"
+        )
+        _scroll_to_top_of(page, "#demo-title")
+        page.screenshot(path=str(screenshots / "playground-2-search.png"))
