@@ -3,6 +3,7 @@ and picture, the cosine similarities between the texts, and how to reproduce the
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,9 @@ INPUT_TYPES = {
     "query": "Query (the model's query prefix)",
     "passage": "Passage (the model's passage prefix)",
 }
-# The vector pictures colour each value by a palette of this many steps over [-1, 1].
-PALETTE_STEPS = 101
+# The vector pictures colour each value by a palette of this many steps over [-1, 1]: enough
+# to tell values apart in a picture a few pixels per value, few enough to keep it small.
+PALETTE_STEPS = 25
 PALETTE = [colours.colour(v) for v in np.linspace(-1.0, 1.0, PALETTE_STEPS)]
 # ... laid out in rows of at most this many cells (384 dimensions: 8 rows of 48).
 PICTURE_COLUMNS = 48
@@ -44,14 +46,19 @@ class Deployed:
     problem: str = ""
 
 
-def deployed_models() -> Deployed:
-    """Asked with the page-render timeout: a sidecar that does not answer makes the page
-    say so rather than hang it."""
+def sidecar_client(timeout: float = RENDER_TIMEOUT_S) -> InferenceClient:
+    """A client of the configured sidecar. Pages that only read use the page-render timeout,
+    so that a sidecar that does not answer makes the page say so rather than hang it."""
+    return InferenceClient(settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=timeout)
+
+
+def deployed_models(client: InferenceClient | None = None) -> Deployed:
+    """The loaded models, asked through ``client`` (default: a new one that reads)."""
+    if client is None:
+        with sidecar_client() as own:
+            return deployed_models(own)
     try:
-        with InferenceClient(
-            settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=RENDER_TIMEOUT_S
-        ) as client:
-            facts = client.model_facts()
+        facts = client.model_facts()
     except Exception as exc:  # any failure reads the same: the page cannot list the models
         return Deployed(models=[], problem=str(exc).strip() or type(exc).__name__)
     return Deployed(models=sorted((m for m in facts if m.loaded), key=lambda m: m.uri))
@@ -93,10 +100,20 @@ class EmbeddedText:
         return -(-self.dimensions // self.picture_columns)
 
     @property
-    def picture_cells(self) -> list[tuple[int, int, str]]:
-        """``(x, y, colour)`` per dimension, row by row."""
+    def picture_paths(self) -> list[tuple[str, str]]:
+        """``(colour, SVG path data)``: the cells of each colour as one path, neighbours in a
+        row of the same colour drawn as one rectangle (a few dozen elements in all, not one
+        per dimension)."""
         columns = self.picture_columns
-        return [(i % columns, i // columns, c) for i, c in enumerate(self.picture)]
+        runs: dict[str, list[str]] = {}
+        for y in range(self.picture_rows):
+            row = self.picture[y * columns : (y + 1) * columns]
+            x = 0
+            for colour, cells in itertools.groupby(row):
+                width = len(list(cells))
+                runs.setdefault(colour, []).append(f"M{x} {y}h{width}v1h-{width}z")
+                x += width
+        return [(colour, "".join(rectangles)) for colour, rectangles in runs.items()]
 
     @property
     def low(self) -> float:
@@ -181,15 +198,15 @@ def _embed_each(
     return answers
 
 
-def embed(model: ModelFacts, texts: list[str], input_type: str) -> Embedding:
-    """Embed ``texts`` (already validated: 1 to MAX_TEXTS, none empty) with ``model``."""
+def embed(
+    client: InferenceClient, model: ModelFacts, texts: list[str], input_type: str
+) -> Embedding:
+    """Embed ``texts`` (already validated: 1 to MAX_TEXTS, none empty) with ``model``;
+    ``client`` should allow EMBED_TIMEOUT_S per call."""
     started = time.perf_counter()
     sent_type = None if input_type == "none" else input_type
     try:
-        with InferenceClient(
-            settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=EMBED_TIMEOUT_S
-        ) as client:
-            answers = _embed_each(client, model, texts, sent_type)
+        answers = _embed_each(client, model, texts, sent_type)
     except InferenceUnavailable as exc:
         raise EmbedError(str(exc), status=503) from None
     except InferenceError as exc:

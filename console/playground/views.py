@@ -57,21 +57,26 @@ def playground(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def embed(request: HttpRequest) -> HttpResponse:
-    deployed = embedding.deployed_models()
-    form = EmbedForm(request.POST, models=deployed.models)
-    parts: dict[str, Any] = {"form": form}
-    if deployed.problem:
-        status = 503
-    elif not form.is_valid():
-        status = 422
-    else:
-        try:
-            parts["embedding"] = embedding.embed(
-                form.chosen_model(), form.cleaned_data["texts"], form.cleaned_data["input_type"]
-            )
-            status = 200
-        except embedding.EmbedError as exc:
-            parts["embed_error"], status = str(exc), exc.status
+    # One client (one connection) for the model list and the embeddings.
+    with embedding.sidecar_client(embedding.EMBED_TIMEOUT_S) as client:
+        deployed = embedding.deployed_models(client)
+        form = EmbedForm(request.POST, models=deployed.models)
+        parts: dict[str, Any] = {"form": form}
+        if deployed.problem:
+            status = 503
+        elif not form.is_valid():
+            status = 422
+        else:
+            try:
+                parts["embedding"] = embedding.embed(
+                    client,
+                    form.chosen_model(),
+                    form.cleaned_data["texts"],
+                    form.cleaned_data["input_type"],
+                )
+                status = 200
+            except embedding.EmbedError as exc:
+                parts["embed_error"], status = str(exc), exc.status
     if request.htmx:
         parts["demo"] = None  # the fragment does not show it: spare the server a visit
     return _answer(request, "playground/_embed.html", _context(request, deployed, **parts), status)
