@@ -161,6 +161,11 @@ class Embedding:
         ]
 
     @property
+    def prefix(self) -> str:
+        """What the sidecar put before each text for the input type ("" for none)."""
+        return self.model.prefixes.get(self.input_type, "") if self.input_type != "none" else ""
+
+    @property
     def legend(self) -> str:
         return colours.gradient()
 

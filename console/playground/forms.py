@@ -64,20 +64,19 @@ class EmbedForm(_ModelChoiceForm):
         texts = [line for line in lines if line]
         if not texts:
             raise ValidationError("Enter at least one text.")
-        if len(texts) > MAX_TEXTS:
-            raise ValidationError(
-                f"{len(texts)} texts: at most {MAX_TEXTS} at a time. "
-                f"Remove {len(texts) - MAX_TEXTS} line{'s' if len(texts) - MAX_TEXTS > 1 else ''}."
-            )
         problems = []
+        if len(texts) > MAX_TEXTS:
+            extra = len(texts) - MAX_TEXTS
+            problems.append(
+                f"{len(texts)} texts: at most {MAX_TEXTS} at a time. "
+                f"Remove {extra} line{'s' if extra > 1 else ''}."
+            )
         for number, text in enumerate(texts, 1):
             if len(text) > MAX_CHARS:
                 problems.append(
                     f"Text {number} has {len(text):,} characters, more than {MAX_CHARS:,}: "
                     "shorten it or split it over several lines."
                 )
-            if "\0" in text:
-                problems.append(f"Text {number} contains a NUL character; remove it.")
         if problems:
             raise ValidationError(problems)
         return texts
@@ -108,12 +107,6 @@ class SearchForm(forms.Form):
             "invalid": "The number of matches must be a whole number.",
         },
     )
-
-    def clean_q(self) -> str:
-        query: str = self.cleaned_data["q"]
-        if "\0" in query:
-            raise ValidationError("The query contains a NUL character; remove it.")
-        return query
 
     def clean_k(self) -> int:
         return self.cleaned_data.get("k") or demo.DEFAULT_K

@@ -23,7 +23,7 @@ from django.urls import reverse
 
 from console.playground import demo
 from console.playground.embedding import MAX_CHARS, MAX_TEXTS, cosine_matrix
-from console.playground.reproduce import sql_literal
+from console.playground.reproduce import curl_command, sql_literal
 from inference.client import ModelFacts
 from serverparams.server import ManagedServer
 from tests.console.stack import drop_database, fresh_deployment_state, scratch_database
@@ -177,6 +177,9 @@ def test_query_and_passage_apply_the_models_prefixes(
         np.testing.assert_allclose(_cosines(shown, expected), 1.0, atol=1e-6)
         assert np.all(_cosines(shown, plain) < 0.9999), "the prefix changed nothing"
         assert f'prefix <code class="nowrap">"{input_type}: "</code>' in response.content.decode()
+    # A model without prefixes says the input type changed nothing.
+    response = _embed(admin_client, texts, model=TINY, input_type="query")
+    assert "this model has no query prefix: the texts are embedded as typed" in _text(response)
 
 
 def test_the_heat_map_shows_the_cosine_of_every_two_texts(
@@ -245,6 +248,13 @@ def test_too_long_texts_and_no_text_are_refused_with_the_reason(
     response = _embed(reader_client, ["   ", ""])
     assert response.status_code == 422
     assert "Enter at least one text." in _text(response)
+    response = _embed(reader_client, ["nul \0 here"])  # PostgreSQL text cannot hold it
+    assert response.status_code == 422
+    assert "Null characters are not allowed." in _text(response)
+    # Every problem at once, not one per try.
+    response = _embed(reader_client, ["z" * (MAX_CHARS + 1)] + ["a"] * MAX_TEXTS)
+    assert f"{MAX_TEXTS + 1} texts: at most {MAX_TEXTS}" in _text(response)
+    assert "Text 1 has" in _text(response)
 
 
 def test_a_model_that_is_not_deployed_is_refused(
@@ -341,6 +351,20 @@ def test_the_curl_shown_reproduces_the_result(
     np.testing.assert_allclose(_cosines(vectors, _shown_vectors(response)), 1.0, atol=1e-6)
     body = json.loads(shlex.split(shown.curl)[-1])
     assert body == {"model": prefixed_model, "input": AWKWARD, "input_type": "query"}
+
+
+def test_the_curl_for_a_sidecar_on_a_unix_socket_names_the_socket() -> None:
+    body = {"model": TINY, "input": ["it's"]}
+    curl = curl_command("unix:/run/my sidecar.sock", body, token=False)
+    words = shlex.split(curl)
+    assert words[:5] == [
+        "curl",
+        "-sS",
+        "--unix-socket",
+        "/run/my sidecar.sock",
+        "http://sidecar/v1/embeddings",
+    ]
+    assert json.loads(words[-1]) == body
 
 
 def test_the_curl_sends_the_token_from_the_environment_without_showing_it(
