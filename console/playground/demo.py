@@ -28,6 +28,7 @@ from psycopg import sql
 from console.overview import RENDER_TIMEOUT_S
 from console.playground.embedding import EMBED_TIMEOUT_S
 from console.playground.reproduce import sql_literal
+from inference import catalog as model_catalog
 from inference.client import ModelFacts
 from serverparams.server import ManagedServer, ServerError, get_managed_server
 
@@ -137,6 +138,12 @@ class TableInfo:
     sha256: str
     query_function: str
     indexed: bool
+
+    @property
+    def languages(self) -> str:
+        """The languages the catalog says the model reads ("" when it does not say)."""
+        entry = model_catalog.catalog().find(self.model)
+        return str(entry.raw.get("languages") or "") if entry else ""
 
     def matches(self, model: ModelFacts, documents_digest: str) -> bool:
         return (
