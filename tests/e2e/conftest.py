@@ -8,15 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from inference.process import ChildProcess, http_ready
 from serverparams.server import ManagedServer
 from tests.console.servers import (
     auto_conf,
@@ -39,29 +38,39 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = "browser-tests-only-password"
 
 
+CONSOLE_START_S = 60.0
+
+
 @dataclass(frozen=True)
 class Console:
     url: str
     server: ManagedServer
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # its whole environment
 
 
-@pytest.fixture(scope="session")
-def console(
-    console_pg: ManagedServer,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
+@contextlib.contextmanager
+def running_console(
+    server: ManagedServer,
+    inference_url: str,
+    workdir: Path,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Console]:
-    """``manage.py runserver --noreload`` on a free port, with a signed-up admin."""
-    port = free_port()
+    """``manage.py runserver --noreload`` on a free port against ``server`` and the sidecar at
+    ``inference_url``, with a console database of its own in ``workdir`` and a signed-up
+    admin; ``extra_env`` adds to its environment."""
     env = {
         **os.environ,
-        "VAR_DIR": str(console_pg.var_dir),
-        "MANAGED_PG_PORT": str(console_pg.port),
-        "INFERENCE_URL": f"http://127.0.0.1:{free_port()}",
+        "DATABASE_URL": f"sqlite:///{workdir / 'console.sqlite3'}",
+        "VAR_DIR": str(server.var_dir),
+        "MANAGED_PG_PORT": str(server.port),
+        "INFERENCE_URL": inference_url,
+        "INFERENCE_TOKEN": "",
         "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
         "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
         "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     env.pop("MANAGED_DATABASE_URL", None)
     manage = [sys.executable, "manage.py"]
@@ -69,31 +78,30 @@ def console(
         subprocess.run(
             [*manage, *command], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True
         )
-    log_path = tmp_path_factory.mktemp("console-log") / "runserver.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*manage, "runserver", "--noreload", f"127.0.0.1:{port}"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"
+    web = ChildProcess(
+        "console",
+        [*manage, "runserver", "--noreload", url.removeprefix("http://")],
+        workdir / "runserver.log",
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/accounts/login/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the console did not start; its log:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield Console(url=url, server=console_pg, log_path=log_path)
+        web.wait_ready(http_ready(f"{url}/accounts/login/"), CONSOLE_START_S)
+        yield Console(url=url, server=server, log_path=web.log_path, env=env)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        web.stop()
+
+
+@pytest.fixture(scope="session")
+def console(
+    console_pg: ManagedServer,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Console]:
+    """The console on the console tests' server; no sidecar listens at its INFERENCE_URL."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with running_console(console_pg, nowhere, tmp_path_factory.mktemp("console")) as console:
+        yield console
 
 
 # Package scope: Playwright's sync API runs an event loop in the main thread while it is

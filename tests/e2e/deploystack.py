@@ -5,19 +5,14 @@ download's progress shows for a few seconds."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
-from inference.process import ChildProcess
 from serverparams.server import ManagedServer
 from tests.console.stack import (
     E5_FROM_FAKE_HUB,
@@ -26,12 +21,10 @@ from tests.console.stack import (
     deploy_catalog,
     fresh_deployment_state,
 )
-from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT, signed_in_page
+from tests.e2e.conftest import running_console, signed_in_page
 from tests.fixtures.fakehub import FakeHub, publish_e5_repo
-from tests.fixtures.pg import free_port
 from tests.fixtures.sidecar import SidecarProcess
 
-CONSOLE_START_S = 60.0
 # The generated graph is about 32 KB: at this rate its download takes five seconds or so.
 FETCH_BYTES_PER_S = 6_000
 
@@ -43,20 +36,13 @@ class DeployConsole:
     sidecar: SidecarProcess
     hub: FakeHub
     worker: Worker
-    web: ChildProcess
+    web_log: Path
     models_dir: Path
 
     def logs(self) -> str:
         """The tails of the console's and the worker's logs, for failure messages."""
-        web = self.web.log_path.read_text(errors="replace")[-4000:]
+        web = self.web_log.read_text(errors="replace")[-4000:]
         return f"console log:\n{web}\nworker log:\n{self.worker.log()[-6000:]}"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture
@@ -72,46 +58,25 @@ def deploy_console(
     publish_e5_repo(fake_hub, tmp_path / "e5-repo")
     fake_hub.throttle_bytes_per_s = FETCH_BYTES_PER_S
     queue = f"tests-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'console.sqlite3'}",
-        "VAR_DIR": str(managed_pg.var_dir),
-        "MANAGED_PG_PORT": str(managed_pg.port),
-        "INFERENCE_URL": sidecar.url,
-        "INFERENCE_TOKEN": "",
+    extra = {
         "INFERENCE_CATALOG": str(deploy_catalog(tmp_path / "catalog.json", E5_FROM_FAKE_HUB)),
         "DEFAULT_MODEL": E5_URI,
         "CELERY_QUEUE": queue,
         "HF_ENDPOINT": fake_hub.endpoint,
         "HF_HOME": str(tmp_path / "hf-home"),
         "HF_HUB_OFFLINE": "",
-        "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
-        "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
-        "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
-        "PYTHONUNBUFFERED": "1",
     }
-    env.pop("MANAGED_DATABASE_URL", None)
-    manage = [sys.executable, "manage.py"]
-    for command in (["migrate", "--noinput"], ["createsuperuser", "--noinput"]):
-        subprocess.run(
-            [*manage, *command], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True
-        )
-    url = f"http://127.0.0.1:{free_port()}"
-    worker = Worker(env=env, log_path=tmp_path / "worker.log", queue=queue)
-    with fresh_deployment_state(managed_pg, sidecar) as models_dir:
-        web = ChildProcess(
-            "console",
-            [*manage, "runserver", "--noreload", url.removeprefix("http://")],
-            tmp_path / "runserver.log",
-            env=env,
-            cwd=PROJECT_ROOT,
-        )
+    with (
+        fresh_deployment_state(managed_pg, sidecar) as models_dir,
+        running_console(managed_pg, sidecar.url, tmp_path, extra) as console,
+    ):
+        worker = Worker(env=console.env, log_path=tmp_path / "worker.log", queue=queue)
         try:
             worker.start()
-            web.wait_ready(lambda: _answers(f"{url}/accounts/login/"), CONSOLE_START_S)
-            yield DeployConsole(url, managed_pg, sidecar, fake_hub, worker, web, models_dir)
+            yield DeployConsole(
+                console.url, managed_pg, sidecar, fake_hub, worker, console.log_path, models_dir
+            )
         finally:
-            web.stop()
             worker.stop()
 
 

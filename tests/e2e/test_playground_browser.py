@@ -4,10 +4,7 @@ the managed server and answers a query through SQL."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +12,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from console.playground import demo
-from inference.process import ChildProcess
 from serverparams.server import ManagedServer
 from tests.console.stack import drop_database, fresh_deployment_state
-from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT, signed_in_page
-from tests.e2e.deploystack import CONSOLE_START_S, _answers
-from tests.fixtures.pg import allow_extensions, free_port
+from tests.e2e.conftest import running_console, signed_in_page
+from tests.fixtures.pg import allow_extensions
 from tests.fixtures.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.browser
@@ -43,41 +38,14 @@ def playground_url(
     """``manage.py runserver`` on the session's sidecar and managed server, with VECTOR and
     AZURE_LOCAL_AI allowed and no sample table yet; afterwards the allowlist is put back and
     the demo's database dropped."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'console.sqlite3'}",
-        "VAR_DIR": str(managed_pg.var_dir),
-        "MANAGED_PG_PORT": str(managed_pg.port),
-        "INFERENCE_URL": sidecar.url,
-        "INFERENCE_TOKEN": "",
-        "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
-        "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
-        "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("MANAGED_DATABASE_URL", None)
-    manage = [sys.executable, "manage.py"]
-    for command in (["migrate", "--noinput"], ["createsuperuser", "--noinput"]):
-        subprocess.run(
-            [*manage, *command], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True
-        )
-    url = f"http://127.0.0.1:{free_port()}"
     with fresh_deployment_state(managed_pg, sidecar):
         with managed_pg.connect() as conn:
             allow_extensions(conn, "vector", "azure_local_ai")
         drop_database(managed_pg, demo.DATABASE)
-        web = ChildProcess(
-            "console",
-            [*manage, "runserver", "--noreload", url.removeprefix("http://")],
-            tmp_path / "runserver.log",
-            env=env,
-            cwd=PROJECT_ROOT,
-        )
         try:
-            web.wait_ready(lambda: _answers(f"{url}/accounts/login/"), CONSOLE_START_S)
-            yield url
+            with running_console(managed_pg, sidecar.url, tmp_path) as console:
+                yield console.url
         finally:
-            web.stop()
             drop_database(managed_pg, demo.DATABASE)
 
 

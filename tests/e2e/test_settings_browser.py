@@ -3,33 +3,19 @@ the session's sidecar, and SQL through the managed server wired to the same side
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from inference.process import ChildProcess
 from serverparams.server import ManagedServer
 from tests.console.test_inference_settings import sql_conn  # noqa: F401  (the fixture)
-from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, PROJECT_ROOT, Console, signed_in_page
-from tests.fixtures.pg import free_port
+from tests.e2e.conftest import Console, running_console, signed_in_page
 from tests.fixtures.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.browser
-CONSOLE_START_S = 60.0
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture
@@ -39,37 +25,10 @@ def settings_console(
     """The console's URL, served against the session's sidecar and managed server; every
     sidecar setting is put back afterwards."""
     before = sidecar.client.settings()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'console.sqlite3'}",
-        "VAR_DIR": str(managed_pg.var_dir),
-        "MANAGED_PG_PORT": str(managed_pg.port),
-        "INFERENCE_URL": sidecar.url,
-        "INFERENCE_TOKEN": "",
-        "DJANGO_SUPERUSER_USERNAME": ADMIN_USER,
-        "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
-        "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("MANAGED_DATABASE_URL", None)
-    manage = [sys.executable, "manage.py"]
-    for command in (["migrate", "--noinput"], ["createsuperuser", "--noinput"]):
-        subprocess.run(
-            [*manage, *command], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True
-        )
-    url = f"http://127.0.0.1:{free_port()}"
-    web = ChildProcess(
-        "console",
-        [*manage, "runserver", "--noreload", url.removeprefix("http://")],
-        tmp_path / "runserver.log",
-        env=env,
-        cwd=PROJECT_ROOT,
-    )
     try:
-        web.wait_ready(lambda: _answers(f"{url}/accounts/login/"), CONSOLE_START_S)
-        yield url
+        with running_console(managed_pg, sidecar.url, tmp_path) as console:
+            yield console.url
     finally:
-        web.stop()
         sidecar.client.update_settings(before)
 
 
