@@ -287,4 +287,42 @@
   document.addEventListener("click", (event) => {
     if (!event.target.closest(".topbar-search")) showResults(false);
   });
+
+  // A Copy button beside every block of SQL or shell to copy (added here, so that the page
+  // without script still shows the text, selectable at one click).
+  function addCopyButtons() {
+    document.querySelectorAll("pre.copyable:not([data-copy-ready])").forEach((block) => {
+      block.dataset.copyReady = "1";
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "btn copy-btn";
+      button.textContent = "Copy";
+      const label = block.getAttribute("aria-labelledby");
+      const title = label && document.getElementById(label);
+      button.setAttribute("aria-label", "Copy " + (title ? title.textContent.trim() : "the text"));
+      button.addEventListener("click", () => {
+        const done = () => {
+          button.textContent = "Copied";
+          setTimeout(() => { button.textContent = "Copy"; }, 2000);
+        };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(block.textContent).then(done, () => selectAll(block));
+        } else {
+          selectAll(block);
+        }
+      });
+      block.before(button);
+    });
+  }
+
+  function selectAll(block) {
+    const range = document.createRange();
+    range.selectNodeContents(block);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+  }
+
+  document.addEventListener("DOMContentLoaded", addCopyButtons);
+  document.addEventListener("htmx:afterSettle", addCopyButtons);
 })();

@@ -82,6 +82,13 @@ def test_three_texts_show_the_heat_map_and_the_demo_searches_through_sql(
         # Tall enough for the texts typed, their embeddings and the heat map at once.
         page.set_viewport_size({"width": 1280, "height": 1200})
         page.screenshot(path=str(screenshots / "playground-1-results.png"))
+        # The SQL is copied to the clipboard as shown.
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        copy = page.locator("#reproduce-sql").locator("xpath=preceding-sibling::button[1]")
+        copy.click()
+        expect(copy).to_have_text("Copied")
+        copied = page.evaluate("navigator.clipboard.readText()")
+        assert copied == page.locator("#reproduce-sql").text_content()
 
         demo_section = page.locator("#demo-section")
         expect(demo_section.locator("#demo-table-state")).to_contain_text("Not created")
