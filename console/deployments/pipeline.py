@@ -31,7 +31,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console.deployments.models import Deployment, DeploymentStep
-from console.deployments.steps import PROVISION_STEPS, STEPS_BY_ACTION
+from console.deployments.steps import PROVISION_STEPS, STEPS_BY_ACTION, TITLES
 from inference import catalog as model_catalog
 from inference import provision
 from inference.client import InferenceClient, InferenceError, InferenceUnavailable
@@ -545,8 +545,6 @@ def _run_steps(deployment: Deployment) -> tuple[str, str]:
 
 
 def _title(step: str) -> str:
-    from console.deployments.steps import TITLES
-
     return TITLES.get(step, step)
 
 

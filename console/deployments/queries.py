@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 
 from console.deployments.models import Deployment
+from console.deployments.steps import TITLES
 
 
 def active() -> QuerySet[Deployment]:
     return Deployment.objects.filter(state__in=Deployment.ACTIVE_STATES)
 
 
+def _newest(rows: QuerySet[Deployment]) -> QuerySet[Deployment]:
+    """The newest of ``rows`` for each model URI (ids grow with time), in one query."""
+    newest = rows.values("model_uri").annotate(newest=Max("id")).values("newest")
+    return Deployment.objects.filter(pk__in=newest)
+
+
 def latest_by_model() -> dict[str, Deployment]:
     """The newest deployment of each model URI."""
-    latest: dict[str, Deployment] = {}
-    for deployment in Deployment.objects.order_by("-created_at", "-id"):
-        latest.setdefault(deployment.model_uri, deployment)
-    return latest
+    return {d.model_uri: d for d in _newest(Deployment.objects.all())}
 
 
 def deployed_models() -> list[str]:
-    """Models whose newest finished request enabled them successfully."""
-    deployed = []
-    finished = Deployment.objects.filter(state__in=(Deployment.State.SUCCEEDED,)).order_by(
-        "-finished_at", "-id"
-    )
-    seen: set[str] = set()
-    for deployment in finished:
-        if deployment.model_uri in seen:
-            continue
-        seen.add(deployment.model_uri)
-        if deployment.action == Deployment.Action.ENABLE:
-            deployed.append(deployment.model_uri)
-    return sorted(deployed)
+    """Models whose newest successful request enabled them."""
+    succeeded = _newest(Deployment.objects.filter(state=Deployment.State.SUCCEEDED))
+    return sorted(d.model_uri for d in succeeded if d.action == Deployment.Action.ENABLE)
 
 
 def current_step(deployment: Deployment) -> str:
@@ -41,6 +35,4 @@ def current_step(deployment: Deployment) -> str:
     if step is None:
         return deployment.get_state_display().lower()
     percent = f" {step.percent}%" if step.percent is not None else ""
-    from console.deployments.steps import TITLES
-
     return f"{TITLES.get(step.name, step.name).lower()}{percent}"
