@@ -103,14 +103,15 @@ def _is_allowlist(name: str) -> bool:
     return policy.SET_PARAMETERS.get(name.strip().lower()) == policy.EXTENSIONS_SOURCE
 
 
-def hooked_changes(edits: list[Edit], current: dict[str, str]) -> list[HookedChange]:
-    """The hooked extensions that ``edits`` tick or untick. ``current`` gives the value of a
-    parameter whose edit carries no base (the value the editor was showing)."""
+def hooked_changes(edits: list[Edit]) -> list[HookedChange]:
+    """The hooked extensions that ``edits`` tick or untick, against the value each editor was
+    showing (``base``). An edit without a base counts every hooked entry it names as newly
+    ticked, so that no way of posting skips the confirmation and the hook's work."""
     changes = []
     for edit in edits:
         if not _is_allowlist(edit.name):
             continue
-        before = split_list(edit.base if edit.base is not None else current.get(edit.name, ""))
+        before = split_list(edit.base or "")
         after = split_list(edit.value)
         for name in dict.fromkeys([*after, *before]):
             hook = hook_for(name)

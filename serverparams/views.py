@@ -157,7 +157,7 @@ def save(request: HttpRequest) -> HttpResponse:
         restart = Restart(request.POST.get("restart", Restart.ASK.value))
     except ValueError:
         restart = Restart.ASK
-    changes = hooks.hooked_changes(edits, {})
+    changes = hooks.hooked_changes(edits)
     if changes:
         # Values the server would refuse are reported before anything is asked or started.
         try:

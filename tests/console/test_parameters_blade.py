@@ -325,3 +325,18 @@ def test_pages_hold_fifty_rows_each(server: ManagedServer, admin_client: Client)
     assert first.count('class="param-row') == second.count('class="param-row') == 50
     assert 'data-param="allow_in_place_tablespaces"' not in second
     assert "page=3" in second and "page=1" in second  # next and previous links
+
+
+def test_ticking_azure_local_ai_asks_first_even_without_the_value_the_page_showed(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    from console.deployments.models import Deployment
+
+    before = show(server, "azure.extensions")
+    response = save(
+        admin_client, {"name": "azure.extensions", "value:azure.extensions": "azure_local_ai"}
+    )
+    assert response["HX-Retarget"] == "#dialog-host"
+    assert "Save and deploy" in response.content.decode()
+    assert show(server, "azure.extensions") == before
+    assert not Deployment.objects.exists()
