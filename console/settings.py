@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "console.deployments",
     "console.inference_settings",
     "console.playground",
+    "console.jobs",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,147 @@
+"""``manage.py embedjob create|list|pause|resume|delete|retry-failed|status``: embedding jobs
+from the command line, through the same service as the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from console.jobs import service
+from console.jobs.models import EmbeddingJob
+
+
+class Command(BaseCommand):
+    help = (
+        "Create and manage embedding jobs: a job backfills a table's embeddings on the Celery "
+        "workers and keeps them in sync with inserts, updates and deletes."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True)
+        create = actions.add_parser("create", help="create a job and start its backfill")
+        create.add_argument("--database", required=True, help="a database of the managed server")
+        create.add_argument("--table", required=True, help="table, optionally schema.table")
+        create.add_argument("--key", required=True, help="its primary key or a unique column")
+        create.add_argument(
+            "--columns", required=True, help="the text column(s) to embed, comma-separated"
+        )
+        create.add_argument(
+            "--format", default="", help="how to join the columns, e.g. '{title}: {body}'"
+        )
+        create.add_argument("--model", required=True, help="a deployed model, e.g. tiny:v1")
+        create.add_argument("--input-type", choices=EmbeddingJob.InputType.values, default="none")
+        create.add_argument(
+            "--column", required=True, help="the vector column to fill (created if missing)"
+        )
+        create.add_argument("--batch-size", type=int, default=64)
+        create.add_argument("--workers", type=int, default=1, help="batches run at once")
+        create.add_argument("--max-attempts", type=int, default=5)
+        create.add_argument("--user", default="", help="console user to record as creator")
+        actions.add_parser("list", help="every job with its progress")
+        for name, text in (
+            ("pause", "stop taking batches (changes are still queued)"),
+            ("resume", "take batches again"),
+            ("retry-failed", "queue the failed rows again"),
+            ("status", "progress and the failed rows' reasons"),
+            ("delete", "drop the job's triggers and tables"),
+        ):
+            sub = actions.add_parser(name, help=text)
+            sub.add_argument("job", type=int, metavar="JOB_ID")
+            if name == "delete":
+                sub.add_argument(
+                    "--drop-column", action="store_true", help="drop the vector column too"
+                )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        try:
+            if action == "create":
+                self._create(options)
+            elif action == "list":
+                self._list()
+            else:
+                job = self._job(options["job"])
+                if action == "pause":
+                    service.pause(job)
+                    self.stdout.write(f"job #{job.pk} paused")
+                elif action == "resume":
+                    service.resume(job)
+                    self.stdout.write(f"job #{job.pk} resumed")
+                elif action == "delete":
+                    service.delete(job, drop_column=options["drop_column"])
+                    self.stdout.write(f"job #{job.pk} deleted")
+                elif action == "retry-failed":
+                    moved = service.retry_failed(job)
+                    self.stdout.write(f"job #{job.pk}: {moved} failed row(s) queued again")
+                else:
+                    self._status(job)
+        except service.JobError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _job(self, pk: int) -> EmbeddingJob:
+        try:
+            return EmbeddingJob.objects.get(pk=pk)
+        except EmbeddingJob.DoesNotExist:
+            raise CommandError(f"there is no job #{pk} (see `embedjob list`)") from None
+
+    def _create(self, options: dict[str, Any]) -> None:
+        user = None
+        if options["user"]:
+            try:
+                user = get_user_model().objects.get(username=options["user"])
+            except get_user_model().DoesNotExist:
+                raise CommandError(f"no console user {options['user']!r}") from None
+        for name in ("batch_size", "workers", "max_attempts"):
+            if options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        job = service.create(
+            database=options["database"],
+            table=options["table"],
+            key=options["key"],
+            columns=options["columns"].split(","),
+            text_format=options["format"],
+            model_uri=options["model"],
+            input_type=options["input_type"],
+            column=options["column"],
+            user=user,
+            batch_size=options["batch_size"],
+            workers=options["workers"],
+            max_attempts=options["max_attempts"],
+        )
+        self.stdout.write(
+            f"job #{job.pk}: {job.qualified_table}.{job.destination_column} "
+            f"vector({job.dimensions}) from {', '.join(job.text_columns)} with {job.model_uri}; "
+            f"{job.backfill_rows} row(s) queued"
+        )
+
+    def _list(self) -> None:
+        jobs = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED)
+        if not jobs:
+            self.stdout.write("no embedding jobs")
+        for job in jobs:
+            line = (
+                f"#{job.pk} {job.state:7} {job.database}:{job.qualified_table}."
+                f"{job.destination_column} {job.model_uri}"
+            )
+            try:
+                p = service.progress(job)
+                line += f" {p.done}/{p.total} done, {p.pending} pending, {p.failed} failed"
+            except service.JobError as exc:
+                line += f" (progress unknown: {exc})"
+            self.stdout.write(line)
+
+    def _status(self, job: EmbeddingJob) -> None:
+        self.stdout.write(str(job))
+        if job.state == EmbeddingJob.State.DELETED:
+            return
+        p = service.progress(job)
+        self.stdout.write(
+            f"{p.done}/{p.total} rows done ({p.percent}%), {p.pending} pending, "
+            f"{p.failed} failed, {job.embedded_rows} embeddings written"
+        )
+        if job.last_error:
+            self.stdout.write(f"waiting: {job.last_error}")
+        for key, reason, attempts in service.failures(job):
+            self.stdout.write(f"failed {key} after {attempts} attempt(s): {reason}")

@@ -1,0 +1,89 @@
+"""Embedding jobs: one row per job, one row per runner slot of a job.
+
+The job row holds what the job is (which table, which text, which model, where the vectors
+go) and its state; the work itself lives in the user's database (the job's queue, failed and
+stamp tables, see ``objects.py``), so progress is counted there, exactly, and never here.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class EmbeddingJob(models.Model):
+    class InputType(models.TextChoices):
+        NONE = "none", "None"
+        QUERY = "query", "Query"
+        PASSAGE = "passage", "Passage"
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        DELETED = "deleted", "Deleted"
+
+    database = models.CharField(max_length=63)
+    schema_name = models.CharField(max_length=63)
+    table_name = models.CharField(max_length=63)
+    key_column = models.CharField(max_length=63)
+    key_type = models.CharField(max_length=100)  # format_type() of the key column
+    text_columns = models.JSONField(default=list)
+    text_format = models.CharField(max_length=1000, blank=True)  # e.g. "{title}: {body}"
+    model_uri = models.CharField(max_length=200)
+    input_type = models.CharField(max_length=10, choices=InputType.choices, default="none")
+    text_prefix = models.CharField(max_length=100, blank=True)  # the model's prefix for it
+    destination_column = models.CharField(max_length=63)
+    dimensions = models.PositiveIntegerField()
+    batch_size = models.PositiveIntegerField(default=64)
+    workers = models.PositiveSmallIntegerField(default=1)  # batches of this job run at once
+    max_attempts = models.PositiveSmallIntegerField(default=5)
+    retry_backoff_s = models.FloatField(default=30.0)  # doubles with each further attempt
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_by_name = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    backfill_rows = models.BigIntegerField(default=0)  # rows queued when the job was created
+    embedded_rows = models.BigIntegerField(default=0)  # embeddings written, all batches
+    last_batch_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)  # why batches wait (the sidecar is down...)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["database", "schema_name", "table_name", "destination_column"],
+                condition=~Q(state="deleted"),
+                name="one_job_per_destination",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"job #{self.pk}: {self.qualified_table}.{self.destination_column} ({self.state})"
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+class JobRunner(models.Model):
+    """One slot of a job: the Celery task chain that runs its batches. ``next_task`` is the id
+    of the task the running one handed over to; any other task for the slot is a nudge."""
+
+    job = models.ForeignKey(EmbeddingJob, on_delete=models.CASCADE, related_name="runners")
+    slot = models.PositiveSmallIntegerField()
+    next_task = models.CharField(max_length=64, blank=True)
+    handed_over_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)  # host:pid that ran it last
+    batches = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["job", "slot"]
+        constraints = [models.UniqueConstraint(fields=["job", "slot"], name="one_runner_per_slot")]
+
+    def __str__(self) -> str:
+        return f"job #{self.job_id} slot {self.slot}"

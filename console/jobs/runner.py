@@ -1,0 +1,175 @@
+"""The runners of a job: Celery task chains that take its batches.
+
+A job has ``workers`` slots; each slot is one chain of ``jobs.run`` tasks. A task holds its
+slot with a session advisory lock in the user's database (so a worker that dies, SIGKILL
+included, frees it as soon as its connection drops, with no heartbeat to wait out), runs
+batches for ``RUN_S`` seconds, then hands over to a successor task it sends itself, whose id it
+records in the slot's ``JobRunner`` row. Several workers share a job through the queue's
+``SKIP LOCKED``; slots only bound how many batches run at once.
+
+New rows are found by polling: while the job is active its runner looks at the queue every
+``POLL_S`` seconds when it was empty. Polling the queue's index costs one cheap query per
+slot and half-second, with no cost at all to the user's writes; LISTEN/NOTIFY would add a
+``pg_notify`` to every write the triggers see and a connection held open per listener, for a
+delay saved of at most ``POLL_S``. With no celery beat in this project the chain is also its
+own schedule.
+
+Other tasks for a slot are nudges (sent when a job is created or resumed, when a worker
+starts, and by a runner that finds a sibling slot abandoned): a nudge waits up to
+``NUDGE_WAIT_S`` for the slot's lock (long enough for a dead worker's connection to go, and
+for a live runner to hand over) and, if it gets it, becomes the slot's chain; the superseded
+successor then finds itself no longer expected and ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+import psycopg
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import F
+from django.utils import timezone
+
+from console.jobs import batches
+from console.jobs.models import EmbeddingJob, JobRunner
+from console.jobs.service import JobError, connect
+
+log = logging.getLogger(__name__)
+
+RUN_S = 10.0
+POLL_S = 0.5
+NUDGE_WAIT_S = 15.0
+BLOCKED_WAIT_S = 5.0  # between tries while the sidecar or the model is unavailable
+ABANDONED_AFTER = timedelta(seconds=60)  # a handover no task took up in this long
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def send(job_id: int, slot: int, *, nudge: bool) -> None:
+    """Send a task for the slot; a successor is recorded as the slot's expected next task."""
+    from console.jobs.tasks import run_job
+
+    task_id = str(uuid.uuid4())
+    if not nudge:
+        JobRunner.objects.update_or_create(
+            job_id=job_id,
+            slot=slot,
+            defaults={"next_task": task_id, "handed_over_at": timezone.now()},
+        )
+    try:
+        run_job.apply_async(
+            args=[job_id, slot],
+            kwargs={"nudge": nudge},
+            task_id=task_id,
+            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        )
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        log.warning("job %s slot %s: the broker refused its task (%s)", job_id, slot, exc)
+
+
+def _lock_key(job_id: int, slot: int) -> str:
+    return f"embedding_job:{job_id}:{slot}"
+
+
+def _lock(conn: psycopg.Connection, job_id: int, slot: int, wait_s: float) -> bool:
+    key = _lock_key(job_id, slot)
+    if wait_s <= 0:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key]).fetchone()
+        return bool(row and row[0])
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{int(wait_s * 1000)}ms"])
+    try:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [key])
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', '0', false)")
+
+
+def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
+    """Run the slot's batches for a while, then hand over; returns what happened."""
+    close_old_connections()
+    job = EmbeddingJob.objects.filter(pk=job_id).first()
+    if job is None or job.state != EmbeddingJob.State.ACTIVE:
+        return "inactive"
+    runner, _ = JobRunner.objects.get_or_create(job=job, slot=slot)
+    if not nudge and runner.next_task != task_id:
+        return "superseded"
+    try:
+        conn = connect(job.database)
+    except JobError as exc:
+        _blocked(job, str(exc))
+        time.sleep(BLOCKED_WAIT_S)
+        send(job_id, slot, nudge=False)
+        return "server unreachable"
+    with conn:
+        if not _lock(conn, job_id, slot, NUDGE_WAIT_S if nudge else 0):
+            return "slot busy"
+        JobRunner.objects.filter(pk=runner.pk).update(next_task="", worker=worker_name())
+        outcome = _batches(conn, job, runner)
+        conn.autocommit = True
+        conn.execute("SELECT pg_advisory_unlock_all()")
+    if outcome == "active":
+        send(job_id, slot, nudge=False)
+        _nudge_abandoned(job)
+    return outcome
+
+
+def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> str:
+    deadline = time.monotonic() + RUN_S
+    conn.autocommit = False
+    while time.monotonic() < deadline:
+        state = EmbeddingJob.objects.filter(pk=job.pk).values_list("state", flat=True).first()
+        if state != EmbeddingJob.State.ACTIVE:
+            return state or "deleted"
+        try:
+            result = batches.run_batch(conn, job)
+        except batches.JobBlocked as exc:
+            _blocked(job, str(exc))
+            time.sleep(min(BLOCKED_WAIT_S, max(0.0, deadline - time.monotonic())))
+            continue
+        except psycopg.errors.UndefinedTable:
+            return "deleted"  # the job was deleted while this batch started
+        if not result.taken:
+            time.sleep(POLL_S)
+            continue
+        now = timezone.now()
+        EmbeddingJob.objects.filter(pk=job.pk).update(
+            embedded_rows=F("embedded_rows") + result.embedded,
+            last_batch_at=now,
+            last_error="",
+        )
+        JobRunner.objects.filter(pk=runner.pk).update(batches=F("batches") + 1)
+    return "active"
+
+
+def _blocked(job: EmbeddingJob, reason: str) -> None:
+    log.warning("job %s waits: %s", job.pk, reason)
+    EmbeddingJob.objects.filter(pk=job.pk).update(last_error=reason, last_error_at=timezone.now())
+
+
+def _nudge_abandoned(job: EmbeddingJob) -> None:
+    """Nudge the job's slots whose handed-over task never started (lost with a worker)."""
+    stale = timezone.now() - ABANDONED_AFTER
+    known = {r.slot: r for r in JobRunner.objects.filter(job=job)}
+    for slot in range(job.workers):
+        runner = known.get(slot)
+        if runner is not None and runner.next_task and runner.handed_over_at < stale:
+            send(job.pk, slot, nudge=True)
+
+
+def nudge_active_jobs() -> list[int]:
+    """Nudge every slot of every active job (a worker that starts does this)."""
+    jobs = list(EmbeddingJob.objects.filter(state=EmbeddingJob.State.ACTIVE))
+    for job in jobs:
+        for slot in range(job.workers):
+            send(job.pk, slot, nudge=True)
+    return [job.pk for job in jobs]

@@ -1,0 +1,318 @@
+"""Creating, pausing, resuming, deleting and watching embedding jobs: what the
+``embedjob`` command (and later the Jobs page) calls. The batches run on workers
+(``runner.py``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from psycopg import sql
+
+from console.jobs import objects
+from console.jobs.models import EmbeddingJob
+from inference import catalog as model_catalog
+from inference.catalog import CatalogError
+from serverparams.server import ServerError, get_managed_server
+
+log = logging.getLogger(__name__)
+
+User = AbstractBaseUser | AnonymousUser
+EXTENSIONS = ("vector", "azure_local_ai")
+DDL_LOCK_TIMEOUT = "10s"
+
+
+class JobError(ValueError):
+    """A job cannot be created or changed as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    total: int  # rows in the table now
+    done: int  # rows embedded by the job's model with their current text
+    pending: int  # keys waiting in the queue
+    failed: int  # keys given up on
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total == 0 else min(100, self.done * 100 // self.total)
+
+
+def connect(database: str, *, autocommit: bool = True) -> psycopg.Connection:
+    try:
+        return get_managed_server().connect(database, autocommit=autocommit)
+    except ServerError as exc:
+        raise JobError(str(exc)) from None
+
+
+def create(
+    *,
+    database: str,
+    table: str,
+    key: str,
+    columns: list[str],
+    model_uri: str,
+    column: str,
+    text_format: str = "",
+    input_type: str = EmbeddingJob.InputType.NONE,
+    user: User | None = None,
+    **tuning: Any,
+) -> EmbeddingJob:
+    """Check the request against the server, create the job, its tables and triggers, queue
+    every row, and start its runners once committed. ``tuning``: batch_size, workers,
+    max_attempts, retry_backoff_s."""
+    if input_type not in EmbeddingJob.InputType.values:
+        raise JobError(f"the input type must be one of {', '.join(EmbeddingJob.InputType.values)}")
+    columns = [c.strip() for c in columns if c.strip()]
+    if not columns:
+        raise JobError("name at least one text column")
+    if text_format:
+        try:
+            fields = objects.format_fields(text_format)
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
+        strangers = [f for f in fields if f not in columns]
+        if strangers or not fields:
+            raise JobError(
+                f"the format must name only the text columns ({', '.join(columns)}); "
+                f"it names {', '.join(strangers) or 'none'}"
+            )
+    try:
+        entry = model_catalog.catalog().get(model_uri)
+    except CatalogError as exc:
+        raise JobError(str(exc)) from None
+    prefix = entry.prefixes.get(input_type, "") if input_type != "none" else ""
+    schema, _, name = table.rpartition(".")
+    schema = schema or "public"
+    clash = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED).filter(
+        database=database, schema_name=schema, table_name=name, destination_column=column
+    )
+    if clash.exists():
+        raise JobError(
+            f"job #{clash[0].pk} already fills {schema}.{name}.{column}: delete it first"
+        )
+    with connect(database, autocommit=False) as conn:
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+        _ensure_extensions(conn, database)
+        _check_model(conn, model_uri)
+        key_type, destination_exists = _check_table(
+            conn, schema, name, key, columns, column, entry.dimensions
+        )
+        conn.commit()
+        with transaction.atomic():
+            job = EmbeddingJob.objects.create(
+                database=database,
+                schema_name=schema,
+                table_name=name,
+                key_column=key,
+                key_type=key_type,
+                text_columns=columns,
+                text_format=text_format,
+                model_uri=model_uri,
+                input_type=input_type,
+                text_prefix=prefix,
+                destination_column=column,
+                dimensions=entry.dimensions,
+                created_by=user if user is not None and user.is_authenticated else None,
+                created_by_name=(user.get_username() if user is not None else "") or "system",
+                **tuning,
+            )
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+                    if not destination_exists:
+                        conn.execute(
+                            sql.SQL("ALTER TABLE {} ADD COLUMN {} vector({})").format(
+                                objects.table(job),
+                                sql.Identifier(column),
+                                sql.Literal(entry.dimensions),
+                            )
+                        )
+                    job.backfill_rows = objects.create(conn, job)
+            except psycopg.errors.LockNotAvailable:
+                raise JobError(
+                    f"{schema}.{name} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
+                    "try again when it is free"
+                ) from None
+            job.save(update_fields=["backfill_rows"])
+            transaction.on_commit(lambda: start_runners(job))
+    return job
+
+
+def _ensure_extensions(conn: psycopg.Connection, database: str) -> None:
+    for name in EXTENSIONS:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name))
+                )
+        except psycopg.errors.InsufficientPrivilege:
+            raise JobError(
+                f"the managed server does not allow the extension {name} in database "
+                f"{database}: add it to azure.extensions (Server parameters), or deploy a model, "
+                "which allows vector and azure_local_ai"
+            ) from None
+
+
+def _check_model(conn: psycopg.Connection, model_uri: str) -> None:
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT azure_local_ai.model_loaded(%s)", [model_uri]).fetchone()
+    except psycopg.errors.UndefinedObject:
+        raise JobError(
+            f"{model_uri} is not deployed: deploy it first (manage.py deploy {model_uri})"
+        ) from None
+    except psycopg.Error as exc:
+        raise JobError(
+            f"the server cannot ask the inference sidecar about {model_uri}: "
+            f"{(exc.diag.message_primary or str(exc)).strip()}"
+        ) from None
+    if not row or not row[0]:
+        raise JobError(f"{model_uri} is registered but not loaded: deploy it again")
+
+
+def _check_table(
+    conn: psycopg.Connection,
+    schema: str,
+    name: str,
+    key: str,
+    columns: list[str],
+    destination: str,
+    dimensions: int,
+) -> tuple[str, bool]:
+    """The key's type, and whether the destination column exists (with the right type)."""
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        [schema, name],
+    ).fetchone()
+    if row is None:
+        raise JobError(f"there is no table {schema}.{name} in this database")
+    oid = row[0]
+    types = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+            [oid],
+        ).fetchall()
+    )
+    missing = [c for c in [key, *columns] if c not in types]
+    if missing:
+        raise JobError(
+            f"{schema}.{name} has no column {', '.join(missing)} (its columns: {', '.join(types)})"
+        )
+    unique = conn.execute(
+        "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisunique"
+        " AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = %s",
+        [oid, key],
+    ).fetchone()
+    if unique is None:
+        raise JobError(
+            f"{key} is not the primary key or a unique column of {schema}.{name}: "
+            "the job needs a key that names one row"
+        )
+    if destination in [key, *columns]:
+        raise JobError(f"the destination column {destination} cannot be the key or a text column")
+    wanted = f"vector({dimensions})"
+    current = types.get(destination)
+    if current is not None and current != wanted:
+        raise JobError(
+            f"{schema}.{name}.{destination} is {current}; the model gives {wanted}: "
+            "name another column (it is created when missing)"
+        )
+    return types[key], current is not None
+
+
+def start_runners(job: EmbeddingJob) -> None:
+    """Send a nudge for each of the job's runner slots (one that runs already ignores it)."""
+    from console.jobs import runner
+
+    for slot in range(job.workers):
+        runner.send(job.pk, slot, nudge=True)
+
+
+def _set_state(job: EmbeddingJob, state: str, allowed: tuple[str, ...]) -> None:
+    if job.state not in allowed:
+        raise JobError(f"job #{job.pk} is {job.state}")
+    EmbeddingJob.objects.filter(pk=job.pk).update(state=state)
+    job.refresh_from_db()
+
+
+def pause(job: EmbeddingJob) -> None:
+    """Stop taking batches (the batch running ends first); writes are still queued."""
+    _set_state(job, EmbeddingJob.State.PAUSED, (EmbeddingJob.State.ACTIVE,))
+
+
+def resume(job: EmbeddingJob) -> None:
+    _set_state(job, EmbeddingJob.State.ACTIVE, (EmbeddingJob.State.PAUSED,))
+    start_runners(job)
+
+
+def delete(job: EmbeddingJob, *, drop_column: bool = False) -> None:
+    """Stop the job and drop its triggers and tables (and with ``drop_column`` its vectors);
+    the job's row stays, deleted, as history."""
+    if job.state == EmbeddingJob.State.DELETED:
+        raise JobError(f"job #{job.pk} is deleted already")
+    EmbeddingJob.objects.filter(pk=job.pk).update(state=EmbeddingJob.State.DELETED)
+    with connect(job.database, autocommit=False) as conn:
+        objects.drop(conn, job, drop_column=drop_column)
+    job.refresh_from_db()
+
+
+def retry_failed(job: EmbeddingJob) -> int:
+    """Queue the failed keys again with fresh attempts; returns how many."""
+    n = objects.Names(job.pk)
+    with connect(job.database, autocommit=False) as conn:
+        moved = conn.execute(
+            sql.SQL(
+                "WITH moved AS (DELETE FROM {} RETURNING key) INSERT INTO {} (key)"
+                " SELECT key FROM moved"
+            ).format(n.failed, n.queue)
+        ).rowcount
+    if job.state == EmbeddingJob.State.ACTIVE:
+        start_runners(job)
+    return moved
+
+
+def progress(job: EmbeddingJob) -> Progress:
+    """Exact counts from the user's table and the job's tables."""
+    n = objects.Names(job.pk)
+    with connect(job.database) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT (SELECT count(*) FROM {t}),"
+                " (SELECT count(*) FROM {s} WHERE model = %s"
+                "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE q.key = {s}.key)"
+                "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE f.key = {s}.key)),"
+                " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f})"
+            ).format(
+                t=objects.table(job),
+                s=n.stamps,
+                q=_aliased(n.queue, "q"),
+                f=_aliased(n.failed, "f"),
+            ),
+            [job.model_uri],
+        ).fetchone()
+    assert row is not None
+    return Progress(total=row[0], done=row[1], pending=row[2], failed=row[3])
+
+
+def _aliased(name: sql.Identifier, alias: str) -> sql.Composable:
+    return sql.SQL("{} AS {}").format(name, sql.Identifier(alias))
+
+
+def failures(job: EmbeddingJob, limit: int = 20) -> list[tuple[Any, str, int]]:
+    """The failed keys with their reason and attempts, most recent first."""
+    n = objects.Names(job.pk)
+    with connect(job.database) as conn:
+        return conn.execute(
+            sql.SQL(
+                "SELECT key, reason, attempts FROM {} ORDER BY failed_at DESC, key LIMIT %s"
+            ).format(n.failed),
+            [limit],
+        ).fetchall()

@@ -1,0 +1,343 @@
+"""Embedding jobs end to end: the real managed server with pgvector and azure_local_ai, the
+real sidecar (the tiny model as ``tiny:v1``), and real Celery worker processes on a queue of
+their own, sharing the console's test database."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.core.management import CommandError, call_command
+from psycopg import sql
+
+from console.jobs import objects, service
+from console.jobs.models import EmbeddingJob, JobRunner
+from inference import catalog as model_catalog
+from serverparams.apply import auto_conf
+from serverparams.server import ManagedServer
+from tests.console.servers import restore_auto_conf
+from tests.console.stack import Worker, deploy_catalog, drop_database, scratch_database, worker_env
+from tests.fixtures.pg import allow_extensions
+from tests.fixtures.realmodel import tiny_entry
+from tests.fixtures.sidecar import TINY_URI, SidecarProcess
+
+
+@dataclass
+class Jobs:
+    server: ManagedServer
+    database: str
+    env: dict[str, str]
+    tmp_path: Path
+    queue: str
+    workers: list[Worker] = field(default_factory=list)
+
+    def worker(self) -> Worker:
+        started = Worker(
+            env=dict(self.env),
+            log_path=self.tmp_path / f"worker-{len(self.workers)}.log",
+            queue=self.queue,
+            restarts=100 * len(self.workers),
+        )
+        started.start()
+        self.workers.append(started)
+        return started
+
+    def connect(self) -> psycopg.Connection:
+        return self.server.connect(self.database)
+
+    def sql(self, query: str, params: list[object] | None = None) -> list[tuple]:
+        with self.connect() as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.log()[-4000:] for w in self.workers)
+                pytest.fail(f"{what} did not happen within {timeout:g} s; worker logs:\n{logs}")
+            time.sleep(0.1)
+
+    def wait_synced(self, job: EmbeddingJob, timeout: float = 60.0) -> service.Progress:
+        def synced() -> bool:
+            p = service.progress(job)
+            return p.pending == 0 and p.done + p.failed == p.total
+
+        self.wait(f"job #{job.pk} in sync", synced, timeout)
+        return service.progress(job)
+
+    def table(self, name: str, rows: int, *, body: Callable[[int], str] | None = None) -> None:
+        make = body or (lambda i: f"body of row {i}")
+        with self.connect() as conn:
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (id bigint PRIMARY KEY, title text, body text,"
+                    " views integer NOT NULL DEFAULT 0)"
+                ).format(sql.Identifier(name))
+            )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    sql.SQL("INSERT INTO {} (id, title, body) VALUES (%s, %s, %s)").format(
+                        sql.Identifier(name)
+                    ),
+                    [(i, f"title {i}", make(i)) for i in range(1, rows + 1)],
+                )
+
+    def create(self, table: str = "docs", **kwargs: object) -> EmbeddingJob:
+        request: dict[str, object] = {
+            "database": self.database,
+            "table": table,
+            "key": "id",
+            "columns": ["title", "body"],
+            "text_format": "{title}: {body}",
+            "model_uri": TINY_URI,
+            "column": "embedding",
+            **kwargs,
+        }
+        return service.create(**request)  # type: ignore[arg-type]
+
+    def stamps(self, job: EmbeddingJob) -> dict[int, int]:
+        """key -> how many times the job embedded it."""
+        n = objects.Names(job.pk)
+        with self.connect() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT key, embeddings FROM {}").format(n.stamps)
+            ).fetchall()
+        return dict(rows)
+
+    def mismatches(self, job: EmbeddingJob, table: str = "docs") -> int:
+        """Rows whose vector is not create_embeddings of their current text (or missing)."""
+        rows = self.sql(
+            sql.SQL(
+                "SELECT count(*) FROM {t} WHERE embedding IS NULL OR (embedding <=>"
+                " azure_local_ai.create_embeddings(%s, {text})::vector) > 1e-5"
+            )
+            .format(t=sql.Identifier(table), text=objects.text_expression(job))
+            .as_string(),
+            [TINY_URI],
+        )
+        return rows[0][0]
+
+
+@pytest.fixture
+def jobs(
+    transactional_db: None,
+    managed_pg: ManagedServer,
+    sidecar: SidecarProcess,
+    settings: object,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[Jobs]:
+    """A scratch database on the managed server with vector and azure_local_ai allowed, a
+    catalog that knows ``tiny:v1``, and a fresh Celery queue; ``jobs.worker()`` starts a worker
+    on it. Afterwards the workers stop, the database goes and the allowlist is put back."""
+    catalog_path = deploy_catalog(tmp_path / "catalog.json", tiny_entry(uri=TINY_URI))
+    queue = f"tests-{uuid.uuid4().hex[:8]}"
+    for name, value in {
+        "VAR_DIR": str(managed_pg.var_dir),
+        "MANAGED_PG_PORT": str(managed_pg.port),
+        "INFERENCE_CATALOG": str(catalog_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MANAGED_DATABASE_URL", raising=False)
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue  # type: ignore[attr-defined]
+    model_catalog.catalog.cache_clear()
+    database = f"jobs_{uuid.uuid4().hex[:8]}"
+    with managed_pg.connect() as conn:
+        snapshot = auto_conf(conn)
+        allow_extensions(conn, "vector", "azure_local_ai")
+    scratch_database(managed_pg, database)
+    env = worker_env(managed_pg, sidecar, catalog_path, queue)
+    state = Jobs(managed_pg, database, env, tmp_path, queue)
+    try:
+        yield state
+    finally:
+        # A paused job's runner ends its batch loop at once, so the workers stop quickly.
+        EmbeddingJob.objects.update(state=EmbeddingJob.State.PAUSED)
+        for worker in state.workers:
+            worker.stop()
+        drop_database(managed_pg, database)
+        with managed_pg.connect() as conn:
+            restore_auto_conf(conn, snapshot)
+        model_catalog.catalog.cache_clear()
+
+
+def test_backfill_embeds_every_row_once_with_the_vectors_of_create_embeddings(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 300)
+    jobs.worker()
+    job = jobs.create(batch_size=32)
+    assert job.backfill_rows == 300 and job.dimensions == 32
+    progress = jobs.wait_synced(job)
+    assert progress == service.Progress(total=300, done=300, pending=0, failed=0)
+    assert set(jobs.stamps(job).values()) == {1}
+    assert len(jobs.stamps(job)) == 300
+    assert jobs.mismatches(job) == 0
+    column = jobs.sql(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'docs'::regclass AND attname = 'embedding'"
+    )
+    assert column == [("vector(32)",)]
+    job.refresh_from_db()
+    assert job.embedded_rows == 300
+
+
+def test_writes_follow_insert_update_delete_and_truncate(jobs: Jobs) -> None:
+    jobs.table("docs", 20)
+    jobs.worker()
+    job = jobs.create()
+    jobs.wait_synced(job)
+
+    jobs.sql("INSERT INTO docs (id, title, body) VALUES (21, 'new', 'a new row')")
+    jobs.wait("the insert embedded", lambda: jobs.stamps(job).get(21) == 1)
+
+    jobs.sql("UPDATE docs SET body = 'changed text' WHERE id = 5")
+    jobs.wait("the update re-embedded", lambda: jobs.stamps(job).get(5) == 2)
+    assert jobs.mismatches(job) == 0
+
+    # Another column, and an embedded column set to the value it had: nothing is queued.
+    jobs.sql("UPDATE docs SET views = views + 1 WHERE id = 6")
+    jobs.sql("UPDATE docs SET title = title WHERE id = 7")
+    assert service.progress(job).pending == 0
+    jobs.sql("INSERT INTO docs (id, title, body) VALUES (22, 'marker', 'after the others')")
+    jobs.wait("the marker embedded", lambda: jobs.stamps(job).get(22) == 1)
+    assert jobs.stamps(job)[6] == jobs.stamps(job)[7] == 1
+
+    jobs.sql("DELETE FROM docs WHERE id = 3")
+    assert 3 not in jobs.stamps(job)
+    assert service.progress(job) == service.Progress(total=21, done=21, pending=0, failed=0)
+
+    jobs.sql("TRUNCATE docs")
+    assert jobs.stamps(job) == {}
+    assert service.progress(job) == service.Progress(total=0, done=0, pending=0, failed=0)
+    jobs.sql("INSERT INTO docs (id, title, body) VALUES (1, 'again', 'after truncate')")
+    jobs.wait("a row after truncate embedded", lambda: jobs.stamps(job) == {1: 1})
+    assert jobs.mismatches(job) == 0
+
+
+def test_a_refused_row_is_retried_then_failed_and_retry_failed_queues_it_again(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 30, body=lambda i: "" if i in (7, 8) else f"body {i}")
+    jobs.worker()
+    # One column, no format: an empty body is an empty text, which the model refuses.
+    job = jobs.create(columns=["body"], text_format="", max_attempts=2, retry_backoff_s=0.2)
+    progress = jobs.wait_synced(job)
+    assert progress == service.Progress(total=30, done=28, pending=0, failed=2)
+    reasons = {key: (reason, attempts) for key, reason, attempts in service.failures(job)}
+    assert set(reasons) == {7, 8}
+    assert "22023" in reasons[7][0] and reasons[7][1] == 2
+
+    # Fixed by a write the triggers see: queued and embedded, and off the failed list.
+    jobs.sql("UPDATE docs SET body = 'fixed by an update' WHERE id = 7")
+    jobs.wait("the fixed row embedded", lambda: service.progress(job).failed == 1)
+    # Fixed behind the triggers' back (a replica session): retry-failed queues it again.
+    with jobs.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE docs SET body = 'fixed quietly' WHERE id = 8")
+    call_command("embedjob", "retry-failed", str(job.pk))
+    progress = jobs.wait_synced(job)
+    assert progress == service.Progress(total=30, done=30, pending=0, failed=0)
+    assert jobs.mismatches(job, "docs") == 0
+
+
+def test_pause_stops_batches_and_resume_catches_up(jobs: Jobs) -> None:
+    jobs.table("docs", 10)
+    jobs.worker()
+    job = jobs.create()
+    jobs.wait_synced(job)
+    call_command("embedjob", "pause", str(job.pk))
+    time.sleep(1.5)  # the running batch loop sees the pause
+    jobs.sql(
+        "INSERT INTO docs (id, title, body) SELECT i, 't', 'paused ' || i"
+        " FROM generate_series(11, 15) i"
+    )
+    time.sleep(2)
+    assert service.progress(job) == service.Progress(total=15, done=10, pending=5, failed=0)
+    call_command("embedjob", "resume", str(job.pk))
+    assert jobs.wait_synced(job) == service.Progress(total=15, done=15, pending=0, failed=0)
+    assert set(jobs.stamps(job).values()) == {1}
+
+
+def test_a_worker_killed_mid_backfill_loses_nothing_and_embeds_nothing_twice(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 600)
+    worker = jobs.worker()
+    job = jobs.create(batch_size=4)
+    jobs.wait("part of the backfill", lambda: service.progress(job).done >= 40)
+    worker.kill()
+    killed_at = service.progress(job).done
+    assert killed_at < 600
+    worker.restart()
+    progress = jobs.wait_synced(job, timeout=120)
+    assert progress == service.Progress(total=600, done=600, pending=0, failed=0)
+    stamps = jobs.stamps(job)
+    assert len(stamps) == 600 and set(stamps.values()) == {1}
+    assert jobs.mismatches(job) == 0
+
+
+def test_two_workers_share_a_job_and_embed_no_row_twice(jobs: Jobs) -> None:
+    jobs.table("docs", 400)
+    jobs.worker()
+    jobs.worker()
+    job = jobs.create(batch_size=4, workers=2)
+    progress = jobs.wait_synced(job, timeout=120)
+    assert progress == service.Progress(total=400, done=400, pending=0, failed=0)
+    stamps = jobs.stamps(job)
+    assert len(stamps) == 400 and set(stamps.values()) == {1}
+    runners = JobRunner.objects.filter(job=job)
+    assert {r.slot for r in runners if r.batches > 0} == {0, 1}
+    assert len({r.worker for r in runners}) == 2
+    assert jobs.mismatches(job) == 0
+
+
+def test_embedjob_says_what_is_wrong(jobs: Jobs, managed_pg: ManagedServer) -> None:
+    jobs.table("docs", 3)
+
+    def create(*extra: str) -> None:
+        args = {"--database": jobs.database, "--table": "docs", "--key": "id",
+                "--columns": "body", "--model": TINY_URI, "--column": "embedding"}  # fmt: skip
+        for name, value in zip(extra[::2], extra[1::2], strict=True):
+            args[name] = value
+        call_command("embedjob", "create", *[part for pair in args.items() for part in pair])
+
+    with pytest.raises(CommandError, match=r"there is no table public\.nope"):
+        create("--table", "nope")
+    with pytest.raises(CommandError, match="has no column content"):
+        create("--columns", "content")
+    with pytest.raises(CommandError, match="views is not the primary key or a unique column"):
+        create("--key", "views")
+    with pytest.raises(CommandError, match="tiny-model:v1 is not deployed"):
+        create("--model", "tiny-model:v1")
+    with pytest.raises(CommandError, match="the format must name only the text columns"):
+        create("--format", "{title}: {body}")
+    with managed_pg.connect() as conn:
+        allow_extensions(conn)
+    scratch_database(managed_pg, f"{jobs.database}_bare")
+    try:
+        with pytest.raises(CommandError, match="does not allow the extension vector"):
+            create("--database", f"{jobs.database}_bare")
+    finally:
+        drop_database(managed_pg, f"{jobs.database}_bare")
+    with managed_pg.connect() as conn:
+        allow_extensions(conn, "vector", "azure_local_ai")
+
+    create("--columns", "title,body", "--format", "{title}: {body}", "--input-type", "query")
+    job = EmbeddingJob.objects.get()
+    assert job.text_prefix == "query: " and job.backfill_rows == 3
+    with pytest.raises(CommandError, match=rf"job #{job.pk} already fills public\.docs\.embedding"):
+        create()
+    call_command("embedjob", "delete", str(job.pk), "--drop-column")
+    job.refresh_from_db()
+    assert job.state == "deleted"
+    assert jobs.sql("SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass") == []
+    assert jobs.sql("SELECT to_regclass(%s)", [f"embedding_jobs.job_{job.pk}_queue"]) == [(None,)]
+    columns = jobs.sql("SELECT attname FROM pg_attribute WHERE attrelid = 'docs'::regclass")
+    assert ("embedding",) not in columns
