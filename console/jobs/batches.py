@@ -4,8 +4,9 @@ Take up to ``batch_size`` due entries of the job's queue (``FOR UPDATE SKIP LOCK
 workers sharing a job take disjoint batches), lock their rows (``SKIP LOCKED`` again: a row a
 writer holds is left for a later batch, so a worker never waits on a writer), read the current
 text, embed it with ``azure_local_ai.create_embeddings(model, texts[])``, write the vectors
-and the model stamps, delete the entries, commit. A crash before the commit leaves the queue
-as it was: nothing is lost and nothing is embedded twice.
+and the model stamps, delete the entries, commit. Writers never wait on a batch for longer
+than it runs, and a batch never waits on a writer's rows, so the two cannot deadlock. A crash
+before the commit leaves the queue as it was: nothing is lost and nothing is embedded twice.
 
 When the batch's embedding fails for a reason that belongs to a row (SQLSTATE class 22: a text
 the model refuses), the rows are embedded one by one, each under a savepoint, to isolate it:
@@ -62,6 +63,9 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
     key = sql.Identifier(job.key_column)
     result = BatchResult()
     with conn.transaction():
+        # The table first: a TRUNCATE (whose trigger empties the queue) then waits for this
+        # batch, rather than this batch, holding queue rows, waiting for the TRUNCATE.
+        conn.execute(sql.SQL("LOCK TABLE {} IN ROW SHARE MODE").format(target))
         entries = conn.execute(
             sql.SQL(
                 "SELECT id, key, attempts FROM {} WHERE next_attempt_at <= now()"

@@ -53,7 +53,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def send(job_id: int, slot: int, *, nudge: bool) -> None:
+def send(job_id: int, slot: int, *, nudge: bool, countdown: float = 0) -> None:
     """Send a task for the slot; a successor is recorded as the slot's expected next task."""
     from console.jobs.tasks import run_job
 
@@ -70,6 +70,7 @@ def send(job_id: int, slot: int, *, nudge: bool) -> None:
             kwargs={"nudge": nudge},
             task_id=task_id,
             queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+            countdown=countdown or None,
         )
     except Exception as exc:  # kombu raises several types for an unreachable broker
         log.warning("job %s slot %s: the broker refused its task (%s)", job_id, slot, exc)
@@ -107,18 +108,22 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
         conn = connect(job.database)
     except JobError as exc:
         _blocked(job, str(exc))
-        time.sleep(BLOCKED_WAIT_S)
-        send(job_id, slot, nudge=False)
+        send(job_id, slot, nudge=False, countdown=BLOCKED_WAIT_S)
         return "server unreachable"
     with conn:
         if not _lock(conn, job_id, slot, NUDGE_WAIT_S if nudge else 0):
             return "slot busy"
         JobRunner.objects.filter(pk=runner.pk).update(next_task="", worker=worker_name())
-        outcome = _batches(conn, job, runner)
-        conn.autocommit = True
-        conn.execute("SELECT pg_advisory_unlock_all()")
+        countdown = 0.0
+        try:
+            outcome = _batches(conn, job, runner)
+        except Exception as exc:  # the chain must go on: record why, hand over a bit later
+            log.exception("job %s slot %s: batch loop failed", job_id, slot)
+            _blocked(job, f"unexpected error: {exc!r}; see the worker's log")
+            outcome, countdown = "active", BLOCKED_WAIT_S
+    # Closing the connection released the slot's lock.
     if outcome == "active":
-        send(job_id, slot, nudge=False)
+        send(job_id, slot, nudge=False, countdown=countdown)
         _nudge_abandoned(job)
     return outcome
 
@@ -138,6 +143,9 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
             continue
         except psycopg.errors.UndefinedTable:
             return "deleted"  # the job was deleted while this batch started
+        except psycopg.OperationalError as exc:  # the connection is gone: a new task reconnects
+            _blocked(job, batches.describe(exc))
+            return "active"
         if not result.taken:
             time.sleep(POLL_S)
             continue

@@ -341,3 +341,28 @@ def test_embedjob_says_what_is_wrong(jobs: Jobs, managed_pg: ManagedServer) -> N
     assert jobs.sql("SELECT to_regclass(%s)", [f"embedding_jobs.job_{job.pk}_queue"]) == [(None,)]
     columns = jobs.sql("SELECT attname FROM pg_attribute WHERE attrelid = 'docs'::regclass")
     assert ("embedding",) not in columns
+
+
+def test_an_unavailable_model_makes_the_job_wait_without_failing_rows(
+    jobs: Jobs, sidecar: SidecarProcess
+) -> None:
+    jobs.table("docs", 10)
+    jobs.worker()
+    job = jobs.create(max_attempts=1)
+    jobs.wait_synced(job)
+    sidecar.client.unload(TINY_URI)
+    try:
+        jobs.sql("INSERT INTO docs (id, title, body) VALUES (11, 'later', 'while unloaded')")
+
+        def waiting() -> bool:
+            job.refresh_from_db()
+            return "55000" in job.last_error
+
+        jobs.wait("the job saying why it waits", waiting)
+        assert service.progress(job) == service.Progress(total=11, done=10, pending=1, failed=0)
+    finally:
+        sidecar.client.load(TINY_URI)
+    progress = jobs.wait_synced(job)
+    assert progress == service.Progress(total=11, done=11, pending=0, failed=0)
+    job.refresh_from_db()
+    assert job.last_error == ""
