@@ -366,3 +366,32 @@ def test_an_unavailable_model_makes_the_job_wait_without_failing_rows(
     assert progress == service.Progress(total=11, done=11, pending=0, failed=0)
     job.refresh_from_db()
     assert job.last_error == ""
+
+
+def test_writes_during_the_backfill_end_with_every_vector_matching_its_final_text(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 300)
+    jobs.worker()
+    jobs.worker()
+    job = jobs.create(batch_size=8, workers=2)
+    with jobs.connect() as conn:
+        for round_no in range(40):
+            # Several rows per transaction, in descending key order against the workers'
+            # ascending batches: neither side may wait on the other into a deadlock.
+            with conn.transaction():
+                for key in range(290 - round_no * 7, 250 - round_no * 7, -9):
+                    conn.execute(
+                        "UPDATE docs SET body = %s WHERE id = %s", [f"round {round_no}", key]
+                    )
+                conn.execute("DELETE FROM docs WHERE id = %s", [300 - round_no])
+                conn.execute(
+                    "INSERT INTO docs (id, title, body) VALUES (%s, 'late', 'inserted late')",
+                    [1000 + round_no],
+                )
+    assert service.progress(job).pending > 0  # the writes overlapped the backfill
+    progress = jobs.wait_synced(job, timeout=120)
+    assert progress == service.Progress(total=300, done=300, pending=0, failed=0)
+    assert jobs.mismatches(job) == 0
+    keys = {row[0] for row in jobs.sql("SELECT id FROM docs")}
+    assert set(jobs.stamps(job)) == keys
