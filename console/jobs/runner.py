@@ -3,22 +3,23 @@
 A job has ``workers`` slots; each slot is one chain of ``jobs.run`` tasks. A task holds its
 slot with a session advisory lock in the user's database (so a worker that dies, SIGKILL
 included, frees it as soon as its connection drops, with no heartbeat to wait out), runs
-batches for ``RUN_S`` seconds, then hands over to a successor task it sends itself, whose id it
-records in the slot's ``JobRunner`` row. Several workers share a job through the queue's
+batches for up to ``RUN_S`` seconds, then hands over to a successor task it sends itself, whose
+id it records in the slot's ``JobRunner`` row. Several workers share a job through the queue's
 ``SKIP LOCKED``; slots only bound how many batches run at once.
 
-New rows are found by polling: while the job is active its runner looks at the queue every
-``POLL_S`` seconds when it was empty. Polling the queue's index costs one cheap query per
-slot and half-second, with no cost at all to the user's writes; LISTEN/NOTIFY would add a
-``pg_notify`` to every write the triggers see and a connection held open per listener, for a
-delay saved of at most ``POLL_S``. With no celery beat in this project the chain is also its
-own schedule.
+New rows are found by polling, not LISTEN/NOTIFY. While the queue has work, or had some in the
+last ``IDLE_S`` seconds, the runner looks at it every ``POLL_S`` seconds; once idle it ends and
+hands over with a countdown of ``IDLE_RECHECK_S``, so an idle job does not hold a worker that
+deployments and other jobs need. A poll of the queue's index is one cheap query; NOTIFY would
+add a ``pg_notify`` to every write the triggers see and need a connection held open per
+listener, to save at most ``IDLE_RECHECK_S`` of delay. With no celery beat in this project the
+chains are their own schedule.
 
 Other tasks for a slot are nudges (sent when a job is created or resumed, when a worker
-starts, and by a runner that finds a sibling slot abandoned): a nudge waits up to
-``NUDGE_WAIT_S`` for the slot's lock (long enough for a dead worker's connection to go, and
-for a live runner to hand over) and, if it gets it, becomes the slot's chain; the superseded
-successor then finds itself no longer expected and ends.
+starts, and by any runner that finds a slot whose handed-over task never started, lost with a
+worker): a nudge waits up to ``NUDGE_WAIT_S`` for the slot's lock (long enough for a dead
+worker's connection to go, and for a live runner to hand over) and, if it gets it, becomes
+the slot's chain; the superseded successor then finds itself no longer expected and ends.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 RUN_S = 10.0
 POLL_S = 0.5
+IDLE_S = 3.0
+IDLE_RECHECK_S = 2.0
 NUDGE_WAIT_S = 15.0
 BLOCKED_WAIT_S = 5.0  # between tries while the sidecar or the model is unavailable
 ABANDONED_AFTER = timedelta(seconds=60)  # a handover no task took up in this long
@@ -122,14 +125,17 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
             _blocked(job, f"unexpected error: {exc!r}; see the worker's log")
             outcome, countdown = "active", BLOCKED_WAIT_S
     # Closing the connection released the slot's lock.
-    if outcome == "active":
-        send(job_id, slot, nudge=False, countdown=countdown)
-        _nudge_abandoned(job)
+    if outcome in ("active", "idle"):
+        send(
+            job_id, slot, nudge=False, countdown=IDLE_RECHECK_S if outcome == "idle" else countdown
+        )
+        _nudge_abandoned()
     return outcome
 
 
 def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> str:
     deadline = time.monotonic() + RUN_S
+    last_work = time.monotonic()
     conn.autocommit = False
     while time.monotonic() < deadline:
         state = EmbeddingJob.objects.filter(pk=job.pk).values_list("state", flat=True).first()
@@ -147,8 +153,11 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
             _blocked(job, batches.describe(exc))
             return "active"
         if not result.taken:
+            if time.monotonic() - last_work >= IDLE_S:
+                return "idle"
             time.sleep(POLL_S)
             continue
+        last_work = time.monotonic()
         now = timezone.now()
         EmbeddingJob.objects.filter(pk=job.pk).update(
             embedded_rows=F("embedded_rows") + result.embedded,
@@ -164,14 +173,19 @@ def _blocked(job: EmbeddingJob, reason: str) -> None:
     EmbeddingJob.objects.filter(pk=job.pk).update(last_error=reason, last_error_at=timezone.now())
 
 
-def _nudge_abandoned(job: EmbeddingJob) -> None:
-    """Nudge the job's slots whose handed-over task never started (lost with a worker)."""
-    stale = timezone.now() - ABANDONED_AFTER
-    known = {r.slot: r for r in JobRunner.objects.filter(job=job)}
-    for slot in range(job.workers):
-        runner = known.get(slot)
-        if runner is not None and runner.next_task and runner.handed_over_at < stale:
-            send(job.pk, slot, nudge=True)
+def _nudge_abandoned() -> None:
+    """Nudge the slots of active jobs whose handed-over task never started (lost with a
+    worker that stopped for good): any live runner watches over all jobs."""
+    now = timezone.now()
+    for runner in JobRunner.objects.filter(
+        job__state=EmbeddingJob.State.ACTIVE, handed_over_at__lt=now - ABANDONED_AFTER
+    ).exclude(next_task=""):
+        # One nudge per period, whichever runner notices first.
+        claimed = JobRunner.objects.filter(
+            pk=runner.pk, handed_over_at=runner.handed_over_at
+        ).update(handed_over_at=now)
+        if claimed:
+            send(runner.job_id, runner.slot, nudge=True)
 
 
 def nudge_active_jobs() -> list[int]:

@@ -8,11 +8,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from psycopg import sql
 
 from console.jobs import objects, service
@@ -395,3 +397,46 @@ def test_writes_during_the_backfill_end_with_every_vector_matching_its_final_tex
     assert jobs.mismatches(job) == 0
     keys = {row[0] for row in jobs.sql("SELECT id FROM docs")}
     assert set(jobs.stamps(job)) == keys
+
+
+def test_an_idle_job_leaves_its_worker_to_other_jobs(jobs: Jobs) -> None:
+    jobs.table("docs", 10)
+    jobs.table("notes", 10)
+    jobs.worker()
+    first = jobs.create()
+    jobs.wait_synced(first)
+    time.sleep(4)  # the first job's runner goes idle and hands over with a countdown
+    second = jobs.create(table="notes")
+    # Well within the RUN_S a busy runner keeps its worker.
+    assert jobs.wait_synced(second, timeout=6).done == 10
+    jobs.sql("INSERT INTO docs (id, title, body) VALUES (11, 'later', 'while idle')")
+    jobs.wait("the idle job's new row embedded", lambda: jobs.stamps(first).get(11) == 1, 8)
+
+
+def test_a_slot_whose_successor_was_lost_is_nudged_by_a_live_runner(jobs: Jobs) -> None:
+    jobs.table("docs", 10)
+    worker = jobs.worker()
+    job = jobs.create(workers=2)
+    jobs.wait_synced(job)
+    jobs.wait(
+        "both slots running",
+        lambda: JobRunner.objects.filter(job=job).exclude(worker="").count() == 2,
+        timeout=30,
+    )
+
+    # As if slot 1's successor had been lost with a worker: the task that comes finds itself
+    # no longer expected and ends, and only a nudge can start the slot again.
+    def lost() -> bool:
+        if "'superseded'" in worker.log():
+            return True
+        JobRunner.objects.filter(job=job, slot=1).exclude(next_task="lost").update(
+            next_task="lost", handed_over_at=timezone.now() - timedelta(minutes=5)
+        )
+        return False
+
+    jobs.wait("slot 1's chain ending", lost, timeout=30)
+    jobs.wait(
+        "slot 1 taken up again",
+        lambda: JobRunner.objects.get(job=job, slot=1).next_task != "lost",
+        timeout=30,
+    )
