@@ -14,6 +14,7 @@ from django.db import transaction
 from psycopg import sql
 
 from console.jobs import objects
+from console.jobs.batches import describe
 from console.jobs.models import EmbeddingJob
 from inference import catalog as model_catalog
 from inference.catalog import CatalogError
@@ -137,6 +138,11 @@ def create(
                 raise JobError(
                     f"{schema}.{name} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
                     "try again when it is free"
+                ) from None
+            except psycopg.Error as exc:
+                raise JobError(
+                    f"creating the job's triggers and queue on {schema}.{name} failed: "
+                    f"{describe(exc)}"
                 ) from None
             job.save(update_fields=["backfill_rows"])
             transaction.on_commit(lambda: start_runners(job))

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import psycopg
@@ -235,6 +236,13 @@ def test_a_refused_row_is_retried_then_failed_and_retry_failed_queues_it_again(
     reasons = {key: (reason, attempts) for key, reason, attempts in service.failures(job)}
     assert set(reasons) == {7, 8}
     assert "22023" in reasons[7][0] and reasons[7][1] == 2
+    out = StringIO()
+    call_command("embedjob", "status", str(job.pk), stdout=out)
+    assert "28/30 rows done (93%), 0 pending, 2 failed" in out.getvalue()
+    assert "failed 7 after 2 attempt(s):" in out.getvalue()
+    out = StringIO()
+    call_command("embedjob", "list", stdout=out)
+    assert f"#{job.pk} active " in out.getvalue() and "28/30 done" in out.getvalue()
 
     # Fixed by a write the triggers see: queued and embedded, and off the failed list.
     jobs.sql("UPDATE docs SET body = 'fixed by an update' WHERE id = 7")
@@ -440,3 +448,25 @@ def test_a_slot_whose_successor_was_lost_is_nudged_by_a_live_runner(jobs: Jobs) 
         lambda: JobRunner.objects.get(job=job, slot=1).next_task != "lost",
         timeout=30,
     )
+
+
+def test_quoted_names_a_text_key_and_an_input_type(jobs: Jobs) -> None:
+    jobs.sql('CREATE SCHEMA "Odd Schema"')
+    jobs.sql('CREATE TABLE "Odd Schema"."Docs; Table" ("Key" text PRIMARY KEY, "Body Text" text)')
+    jobs.sql(
+        """INSERT INTO "Odd Schema"."Docs; Table" SELECT 'k' || i, 'text ' || i"""
+        " FROM generate_series(1, 20) i"
+    )
+    jobs.worker()
+    job = jobs.create(
+        table='Odd Schema.Docs; Table', key="Key", columns=["Body Text"], text_format="",
+        input_type="passage", column="Vec'tor",
+    )  # fmt: skip
+    assert jobs.wait_synced(job) == service.Progress(total=20, done=20, pending=0, failed=0)
+    far = jobs.sql(
+        """SELECT count(*) FROM "Odd Schema"."Docs; Table" WHERE ("Vec'tor" <=>"""
+        """ azure_local_ai.create_embeddings(%s, 'passage: ' || "Body Text")::vector) > 1e-5""",
+        [TINY_URI],
+    )
+    assert far == [(0,)]
+    assert set(jobs.stamps(job)) == {f"k{i}" for i in range(1, 21)}
