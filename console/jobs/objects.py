@@ -130,6 +130,7 @@ def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
             " embedded_at timestamptz NOT NULL, embeddings integer NOT NULL DEFAULT 1)"
         ).format(n.stamps, key_type)
     )
+    conn.execute(sql.SQL("CREATE INDEX ON {} (embedded_at)").format(n.stamps))  # the rate
     # A pending entry that no worker holds is reused (and locked until this write commits,
     # so no worker reads the text before it); one a worker holds is left to it, and a new
     # entry follows, so the change is embedded after that batch. Writers never wait on a

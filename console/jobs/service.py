@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 User = AbstractBaseUser | AnonymousUser
 EXTENSIONS = ("vector", "azure_local_ai")
 DDL_LOCK_TIMEOUT = "10s"
+RATE_WINDOW_S = 60
 
 
 class JobError(ValueError):
@@ -37,10 +38,19 @@ class Progress:
     done: int  # rows embedded by the job's model with their current text
     pending: int  # keys waiting in the queue
     failed: int  # keys given up on
+    # Embeddings written per second over the last RATE_WINDOW_S seconds (0: none written).
+    rows_per_s: float = field(default=0.0, compare=False)
 
     @property
     def percent(self) -> int:
         return 100 if self.total == 0 else min(100, self.done * 100 // self.total)
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the queue is empty at the recent rate; None while nothing moves."""
+        if not self.pending:
+            return 0.0
+        return self.pending / self.rows_per_s if self.rows_per_s > 0 else None
 
 
 def connect(database: str, *, autocommit: bool = True) -> psycopg.Connection:
@@ -295,17 +305,22 @@ def progress(job: EmbeddingJob) -> Progress:
                 " (SELECT count(*) FROM {s} WHERE model = %s"
                 "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE q.key = {s}.key)"
                 "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE f.key = {s}.key)),"
-                " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f})"
+                " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f}),"
+                " (SELECT count(*) / greatest(extract(epoch FROM clock_timestamp()"
+                "   - min(embedded_at)), 1) FROM {s}"
+                "   WHERE embedded_at > clock_timestamp() - make_interval(secs => %s))"
             ).format(
                 t=objects.table(job),
                 s=n.stamps,
                 q=_aliased(n.queue, "q"),
                 f=_aliased(n.failed, "f"),
             ),
-            [job.model_uri],
+            [job.model_uri, RATE_WINDOW_S],
         ).fetchone()
     assert row is not None
-    return Progress(total=row[0], done=row[1], pending=row[2], failed=row[3])
+    return Progress(
+        total=row[0], done=row[1], pending=row[2], failed=row[3], rows_per_s=float(row[4] or 0)
+    )
 
 
 def _aliased(name: sql.Identifier, alias: str) -> sql.Composable:

@@ -189,6 +189,8 @@ def test_backfill_embeds_every_row_once_with_the_vectors_of_create_embeddings(
     assert column == [("vector(32)",)]
     job.refresh_from_db()
     assert job.embedded_rows == 300
+    # All 300 within the last minute, over at least one second.
+    assert 0 < progress.rows_per_s <= 300 and progress.eta_s == 0
 
 
 def test_writes_follow_insert_update_delete_and_truncate(jobs: Jobs) -> None:
@@ -270,9 +272,19 @@ def test_pause_stops_batches_and_resume_catches_up(jobs: Jobs) -> None:
     )
     time.sleep(2)
     assert service.progress(job) == service.Progress(total=15, done=10, pending=5, failed=0)
+    out = StringIO()
+    call_command("embedjob", "status", str(job.pk), stdout=out)
+    assert "(paused)" in out.getvalue() and "10/15 rows done (66%), 5 pending" in out.getvalue()
+    assert "rows/s over the last minute, ETA " in out.getvalue()
     call_command("embedjob", "resume", str(job.pk))
     assert jobs.wait_synced(job) == service.Progress(total=15, done=15, pending=0, failed=0)
     assert set(jobs.stamps(job).values()) == {1}
+    # Deleted while its runner polls: the runner ends, the job's objects go, no traceback.
+    call_command("embedjob", "delete", str(job.pk))
+    time.sleep(1.5)
+    jobs.sql("INSERT INTO docs (id, title, body) VALUES (16, 't', 'after delete')")
+    assert jobs.sql("SELECT to_regclass(%s)", [f"embedding_jobs.job_{job.pk}_queue"]) == [(None,)]
+    assert "Traceback" not in jobs.workers[0].log()
 
 
 def test_a_worker_killed_mid_backfill_loses_nothing_and_embeds_nothing_twice(

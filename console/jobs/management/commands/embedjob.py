@@ -141,6 +141,9 @@ class Command(BaseCommand):
             f"{p.done}/{p.total} rows done ({p.percent}%), {p.pending} pending, "
             f"{p.failed} failed, {job.embedded_rows} embeddings written"
         )
+        if p.pending:
+            eta = "unknown" if p.eta_s is None else f"{p.eta_s:.0f} s"
+            self.stdout.write(f"{p.rows_per_s:.1f} rows/s over the last minute, ETA {eta}")
         if job.last_error:
             self.stdout.write(f"waiting: {job.last_error}")
         for key, reason, attempts in service.failures(job):
