@@ -428,7 +428,7 @@ def test_an_idle_job_leaves_its_worker_to_other_jobs(jobs: Jobs) -> None:
     time.sleep(4)  # the first job's runner goes idle and hands over with a countdown
     second = jobs.create(table="notes")
     # Well within the RUN_S a busy runner keeps its worker.
-    assert jobs.wait_synced(second, timeout=6).done == 10
+    assert jobs.wait_synced(second, timeout=8).done == 10
     jobs.sql("INSERT INTO docs (id, title, body) VALUES (11, 'later', 'while idle')")
     jobs.wait("the idle job's new row embedded", lambda: jobs.stamps(first).get(11) == 1, 8)
 
