@@ -293,15 +293,34 @@ def test_a_worker_killed_mid_backfill_loses_nothing_and_embeds_nothing_twice(
     jobs.table("docs", 600)
     worker = jobs.worker()
     job = jobs.create(batch_size=4)
-    jobs.wait("part of the backfill", lambda: service.progress(job).done >= 40)
-    worker.kill()
-    killed_at = service.progress(job).done
-    assert killed_at < 600
+    with jobs.connect() as holder:
+        # An uncommitted stamp for row 300 makes the batch that embedded and wrote it wait
+        # on its own stamp: the SIGKILL lands inside that batch's transaction, half-way.
+        holder.execute("BEGIN")
+        holder.execute(
+            sql.SQL("INSERT INTO {} (key, model, embedded_at) VALUES (300, 'held', now())").format(
+                objects.Names(job.pk).stamps
+            )
+        )
+
+        def batch_waiting() -> bool:
+            # Not on the holder: a transaction sees one snapshot of pg_stat_activity.
+            waiting = jobs.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND state = 'active'"
+            )
+            return waiting[0][0] > 0
+
+        jobs.wait("a batch waiting mid-transaction", batch_waiting)
+        killed_at = service.progress(job)
+        worker.kill()
+        holder.execute("ROLLBACK")
+    assert 290 <= killed_at.done < 300 and killed_at.pending > 300
     worker.restart()
     progress = jobs.wait_synced(job, timeout=120)
     assert progress == service.Progress(total=600, done=600, pending=0, failed=0)
-    stamps = jobs.stamps(job)
-    assert len(stamps) == 600 and set(stamps.values()) == {1}
+    counts = jobs.stamps(job)
+    assert len(counts) == 600 and set(counts.values()) == {1}
     assert jobs.mismatches(job) == 0
 
 
