@@ -416,7 +416,11 @@ def test_writes_during_the_backfill_end_with_every_vector_matching_its_final_tex
     jobs.worker()
     jobs.worker()
     job = jobs.create(batch_size=8, workers=2)
-    with jobs.connect() as conn:
+    with jobs.connect() as holder, jobs.connect() as conn:
+        # A row held by another session (no round writes it) stays queued, not waited on:
+        # the writes below certainly overlap the backfill.
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM docs WHERE id = 259 FOR UPDATE")
         for round_no in range(40):
             # Several rows per transaction, in descending key order against the workers'
             # ascending batches: neither side may wait on the other into a deadlock.
@@ -430,7 +434,9 @@ def test_writes_during_the_backfill_end_with_every_vector_matching_its_final_tex
                     "INSERT INTO docs (id, title, body) VALUES (%s, 'late', 'inserted late')",
                     [1000 + round_no],
                 )
-    assert service.progress(job).pending > 0  # the writes overlapped the backfill
+        time.sleep(0.5)
+        assert service.progress(job).pending > 0
+        holder.execute("ROLLBACK")
     progress = jobs.wait_synced(job, timeout=120)
     assert progress == service.Progress(total=300, done=300, pending=0, failed=0)
     assert jobs.mismatches(job) == 0
