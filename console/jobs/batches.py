@@ -63,9 +63,10 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
     key = sql.Identifier(job.key_column)
     result = BatchResult()
     with conn.transaction():
-        # The table first: a TRUNCATE (whose trigger empties the queue) then waits for this
-        # batch, rather than this batch, holding queue rows, waiting for the TRUNCATE.
-        conn.execute(sql.SQL("LOCK TABLE {} IN ROW SHARE MODE").format(target))
+        # The table first, in the mode the UPDATE needs: a TRUNCATE (whose trigger empties
+        # the queue) or a job's deletion then waits for this batch, rather than this batch,
+        # holding queue rows, waiting for them.
+        conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
         entries = conn.execute(
             sql.SQL(
                 "SELECT id, key, attempts FROM {} WHERE next_attempt_at <= now()"

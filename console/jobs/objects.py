@@ -192,6 +192,9 @@ def drop(conn: psycopg.Connection, job: EmbeddingJob, *, drop_column: bool = Fal
     """Remove the job's triggers and tables (and with ``drop_column``, its vectors)."""
     n = Names(job.pk)
     target = table(job)
+    # The user's table first, as a batch takes it: a batch in flight ends before, and the next
+    # one waits and then finds the queue gone.
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(target))
     for what in ("write", "update", "truncate"):
         conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(n.trigger(what), target))
     conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} ()").format(n.function))

@@ -147,8 +147,11 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
             _blocked(job, str(exc))
             time.sleep(min(BLOCKED_WAIT_S, max(0.0, deadline - time.monotonic())))
             continue
-        except psycopg.errors.UndefinedTable:
-            return "deleted"  # the job was deleted while this batch started
+        except psycopg.errors.UndefinedTable as exc:
+            # Deleted while this batch started, or the user dropped the table: say so, stop.
+            if EmbeddingJob.objects.filter(pk=job.pk, state=EmbeddingJob.State.ACTIVE).exists():
+                _blocked(job, f"{batches.describe(exc)}; delete the job or create the table again")
+            return "gone"
         except psycopg.OperationalError as exc:  # the connection is gone: a new task reconnects
             _blocked(job, batches.describe(exc))
             return "active"

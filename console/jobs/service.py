@@ -274,9 +274,17 @@ def delete(job: EmbeddingJob, *, drop_column: bool = False) -> None:
     the job's row stays, deleted, as history."""
     if job.state == EmbeddingJob.State.DELETED:
         raise JobError(f"job #{job.pk} is deleted already")
+    # Dropped first, in one transaction: a failure leaves the job as it was. A runner's batch
+    # in flight finishes first (it holds the tables), and its next one finds them gone.
+    try:
+        with connect(job.database, autocommit=False) as conn:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+            objects.drop(conn, job, drop_column=drop_column)
+    except psycopg.Error as exc:
+        raise JobError(
+            f"dropping job #{job.pk}'s triggers and tables failed: {describe(exc)}"
+        ) from None
     EmbeddingJob.objects.filter(pk=job.pk).update(state=EmbeddingJob.State.DELETED)
-    with connect(job.database, autocommit=False) as conn:
-        objects.drop(conn, job, drop_column=drop_column)
     job.refresh_from_db()
 
 
@@ -299,28 +307,36 @@ def progress(job: EmbeddingJob) -> Progress:
     """Exact counts from the user's table and the job's tables."""
     n = objects.Names(job.pk)
     with connect(job.database) as conn:
-        row = conn.execute(
-            sql.SQL(
-                "SELECT (SELECT count(*) FROM {t}),"
-                " (SELECT count(*) FROM {s} WHERE model = %s"
-                "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE q.key = {s}.key)"
-                "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE f.key = {s}.key)),"
-                " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f}),"
-                " (SELECT count(*) / greatest(extract(epoch FROM clock_timestamp()"
-                "   - min(embedded_at)), 1) FROM {s}"
-                "   WHERE embedded_at > clock_timestamp() - make_interval(secs => %s))"
-            ).format(
-                t=objects.table(job),
-                s=n.stamps,
-                q=_aliased(n.queue, "q"),
-                f=_aliased(n.failed, "f"),
-            ),
-            [job.model_uri, RATE_WINDOW_S],
-        ).fetchone()
-    assert row is not None
+        try:
+            row = _counts(conn, job, n)
+        except psycopg.Error as exc:
+            raise JobError(f"cannot count job #{job.pk}'s progress: {describe(exc)}") from None
     return Progress(
         total=row[0], done=row[1], pending=row[2], failed=row[3], rows_per_s=float(row[4] or 0)
     )
+
+
+def _counts(conn: psycopg.Connection, job: EmbeddingJob, n: objects.Names) -> tuple[Any, ...]:
+    row = conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {t}),"
+            " (SELECT count(*) FROM {s} WHERE model = %s"
+            "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE q.key = {s}.key)"
+            "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE f.key = {s}.key)),"
+            " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f}),"
+            " (SELECT count(*) / greatest(extract(epoch FROM clock_timestamp()"
+            "   - min(embedded_at)), 1) FROM {s}"
+            "   WHERE embedded_at > clock_timestamp() - make_interval(secs => %s))"
+        ).format(
+            t=objects.table(job),
+            s=n.stamps,
+            q=_aliased(n.queue, "q"),
+            f=_aliased(n.failed, "f"),
+        ),
+        [job.model_uri, RATE_WINDOW_S],
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 def _aliased(name: sql.Identifier, alias: str) -> sql.Composable:

@@ -225,6 +225,14 @@ def test_writes_follow_insert_update_delete_and_truncate(jobs: Jobs) -> None:
     jobs.wait("a row after truncate embedded", lambda: jobs.stamps(job) == {1: 1})
     assert jobs.mismatches(job) == 0
 
+    jobs.sql("DROP TABLE docs")
+
+    def says_gone() -> bool:
+        job.refresh_from_db()
+        return "does not exist" in job.last_error and "delete the job" in job.last_error
+
+    jobs.wait("the job saying its table is gone", says_gone, timeout=20)
+
 
 def test_a_refused_row_is_retried_then_failed_and_retry_failed_queues_it_again(
     jobs: Jobs,
