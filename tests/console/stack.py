@@ -179,6 +179,32 @@ def fresh_deployment_state(server: ManagedServer, sidecar: SidecarProcess) -> It
         shutil.rmtree(models_dir, ignore_errors=True)
 
 
+def configure_like_the_worker(
+    server: ManagedServer,
+    sidecar: SidecarProcess,
+    catalog_path: Path,
+    settings: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """Point this test process's console at ``server``, ``sidecar`` and the catalog at
+    ``catalog_path``, on a fresh Celery queue (returned) that a worker started with
+    ``worker_env`` takes its tasks from."""
+    queue = f"tests-{uuid.uuid4().hex[:8]}"
+    for name, value in {
+        "VAR_DIR": str(server.var_dir),
+        "MANAGED_PG_PORT": str(server.port),
+        "INFERENCE_CATALOG": str(catalog_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MANAGED_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DEFAULT_MODEL", raising=False)
+    settings.INFERENCE_URL = sidecar.url  # type: ignore[attr-defined]
+    settings.INFERENCE_TOKEN = ""  # type: ignore[attr-defined]
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue  # type: ignore[attr-defined]
+    model_catalog.catalog.cache_clear()
+    return queue
+
+
 @pytest.fixture
 def stack(
     request: pytest.FixtureRequest,
@@ -194,19 +220,7 @@ def stack(
     marker = request.node.get_closest_marker("worker_env")
     extra: dict[str, str] = dict(marker.args[0]) if marker else {}
     catalog_path = deploy_catalog(tmp_path / "catalog.json", E5_FROM_FAKE_HUB, HUGE)
-    queue = f"tests-{uuid.uuid4().hex[:8]}"
-    for name, value in {
-        "VAR_DIR": str(managed_pg.var_dir),
-        "MANAGED_PG_PORT": str(managed_pg.port),
-        "INFERENCE_CATALOG": str(catalog_path),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("MANAGED_DATABASE_URL", raising=False)
-    monkeypatch.delenv("DEFAULT_MODEL", raising=False)
-    settings.INFERENCE_URL = sidecar.url  # type: ignore[attr-defined]
-    settings.INFERENCE_TOKEN = ""  # type: ignore[attr-defined]
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue  # type: ignore[attr-defined]
-    model_catalog.catalog.cache_clear()
+    queue = configure_like_the_worker(managed_pg, sidecar, catalog_path, settings, monkeypatch)
     env = worker_env(managed_pg, sidecar, catalog_path, queue, extra)
     worker = Worker(env=env, log_path=tmp_path / "worker.log", queue=queue)
     with fresh_deployment_state(managed_pg, sidecar) as models_dir:

@@ -24,7 +24,14 @@ from inference import catalog as model_catalog
 from serverparams.apply import auto_conf
 from serverparams.server import ManagedServer
 from tests.console.servers import restore_auto_conf
-from tests.console.stack import Worker, deploy_catalog, drop_database, scratch_database, worker_env
+from tests.console.stack import (
+    Worker,
+    configure_like_the_worker,
+    deploy_catalog,
+    drop_database,
+    scratch_database,
+    worker_env,
+)
 from tests.fixtures.pg import allow_extensions
 from tests.fixtures.realmodel import tiny_entry
 from tests.fixtures.sidecar import TINY_URI, SidecarProcess
@@ -140,16 +147,7 @@ def jobs(
     catalog that knows ``tiny:v1``, and a fresh Celery queue; ``jobs.worker()`` starts a worker
     on it. Afterwards the workers stop, the database goes and the allowlist is put back."""
     catalog_path = deploy_catalog(tmp_path / "catalog.json", tiny_entry(uri=TINY_URI))
-    queue = f"tests-{uuid.uuid4().hex[:8]}"
-    for name, value in {
-        "VAR_DIR": str(managed_pg.var_dir),
-        "MANAGED_PG_PORT": str(managed_pg.port),
-        "INFERENCE_CATALOG": str(catalog_path),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("MANAGED_DATABASE_URL", raising=False)
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue  # type: ignore[attr-defined]
-    model_catalog.catalog.cache_clear()
+    queue = configure_like_the_worker(managed_pg, sidecar, catalog_path, settings, monkeypatch)
     database = f"jobs_{uuid.uuid4().hex[:8]}"
     with managed_pg.connect() as conn:
         snapshot = auto_conf(conn)
