@@ -30,6 +30,7 @@ from console.playground.embedding import EMBED_TIMEOUT_S
 from console.playground.reproduce import sql_literal
 from inference import catalog as model_catalog
 from inference.client import ModelFacts
+from serverparams.catalog import split_list
 from serverparams.server import ManagedServer, ServerError, get_managed_server
 
 DATABASE = "playground"
@@ -247,7 +248,7 @@ def _allowed(conn: psycopg.Connection) -> set[str]:
             "The azure_local_ai module is not loaded on the managed server (it must be in "
             "shared_preload_libraries), so its extension cannot be created."
         ) from None
-    return {name.strip().lower() for name in (row[0] if row else "").split(",") if name.strip()}
+    return set(split_list(row[0] if row else ""))
 
 
 def _database_exists(conn: psycopg.Connection) -> bool:
