@@ -33,8 +33,24 @@ class EmbeddingJob(models.Model):
     model_uri = models.CharField(max_length=200)
     input_type = models.CharField(max_length=10, choices=InputType.choices, default="none")
     text_prefix = models.CharField(max_length=100, blank=True)  # the model's prefix for it
+    # The vector column: in the table itself, or in the chunk table when chunking is on.
     destination_column = models.CharField(max_length=63)
     dimensions = models.PositiveIntegerField()
+    # Chunking: texts split by the model's tokens into chunks of ``chunk_tokens`` tokens
+    # (``chunk_overlap`` of them shared with the chunk before), one row each in
+    # ``chunk_table`` (key, chunk_no, chunk, embedding), beside the job's table.
+    chunk_tokens = models.PositiveIntegerField(null=True, blank=True)
+    chunk_overlap = models.PositiveIntegerField(default=0)
+    chunk_table = models.CharField(max_length=63, blank=True)
+    # A model change: the rows are embedded again with ``next_model_uri`` into a shadow
+    # column while the current vectors stay queryable; the shadow replaces them at the end.
+    next_model_uri = models.CharField(max_length=200, blank=True)
+    next_dimensions = models.PositiveIntegerField(null=True, blank=True)
+    next_text_prefix = models.CharField(max_length=100, blank=True)
+    build_index = models.BooleanField(default=False)  # HNSW (cosine) once backfilled
+    index_built_at = models.DateTimeField(null=True, blank=True)
+    backfill_started_at = models.DateTimeField(null=True, blank=True)
+    backfill_done_at = models.DateTimeField(null=True, blank=True)  # the queue first ran dry
     batch_size = models.PositiveIntegerField(default=64)
     workers = models.PositiveSmallIntegerField(default=1)  # batches of this job run at once
     max_attempts = models.PositiveSmallIntegerField(default=5)
@@ -56,7 +72,13 @@ class EmbeddingJob(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["database", "schema_name", "table_name", "destination_column"],
+                fields=[
+                    "database",
+                    "schema_name",
+                    "table_name",
+                    "chunk_table",
+                    "destination_column",
+                ],
                 condition=~Q(state="deleted"),
                 name="one_job_per_destination",
             )
@@ -68,6 +90,17 @@ class EmbeddingJob(models.Model):
     @property
     def qualified_table(self) -> str:
         return f"{self.schema_name}.{self.table_name}"
+
+    @property
+    def chunking(self) -> bool:
+        return self.chunk_tokens is not None
+
+    @property
+    def destination(self) -> str:
+        """Where the vectors go, as a person reads it."""
+        if self.chunking:
+            return f"{self.schema_name}.{self.chunk_table}.{self.destination_column}"
+        return f"{self.qualified_table}.{self.destination_column}"
 
 
 class JobRunner(models.Model):

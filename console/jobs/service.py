@@ -40,6 +40,9 @@ class Progress:
     failed: int  # keys given up on
     # Embeddings written per second over the last RATE_WINDOW_S seconds (0: none written).
     rows_per_s: float = field(default=0.0, compare=False)
+    chunks: int | None = None  # rows of the chunk table (None: the job does not chunk)
+    chunked: int | None = None  # rows split into more than one chunk
+    reembedding: str = ""  # the model the rows are being embedded again with, if any
 
     @property
     def percent(self) -> int:
