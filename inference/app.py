@@ -48,6 +48,7 @@ from inference.http import (
     optional_bool,
     optional_str,
     read_binary_request,
+    read_chunks_request,
     read_embeddings_request,
     read_json_object,
     required_str,
@@ -205,6 +206,33 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
             media_type=protocol.CONTENT_TYPE,
             headers={"X-Prompt-Tokens": str(int(sum(result.token_counts)))},
         )
+
+    # -- chunking ----------------------------------------------------------------------------
+
+    @app.post("/chunks")
+    async def chunks(request: Request) -> dict[str, Any]:
+        """Split texts by the model's own tokens into chunks that embed without being cut.
+
+        Body: ``model``, ``input`` (a list of strings), ``size`` (tokens per chunk, at most the
+        model's max tokens less its special tokens and the ``input_type``'s prefix: 400 says
+        the limit), ``overlap`` (tokens shared with the chunk before, less than ``size``),
+        ``input_type``. Answer: ``data``: per input, ``index`` and ``chunks``, each
+        ``{text, tokens}``, slices of the input in order."""
+        asked = await read_chunks_request(request, sidecar.values)
+        split = await sidecar.chunk(
+            asked.model,
+            asked.texts,
+            size=asked.size,
+            overlap=asked.overlap,
+            input_type=asked.input_type,
+        )
+        return {
+            "model": asked.model,
+            "data": [
+                {"index": i, "chunks": [{"text": c.text, "tokens": c.tokens} for c in parts]}
+                for i, parts in enumerate(split)
+            ],
+        }
 
     # -- registry -----------------------------------------------------------------------------
 

@@ -224,6 +224,23 @@ class InferenceClient:
         details = self.embed_detailed(model, inputs, input_type, dimensions)
         return details.vectors, details.usage
 
+    def chunks(
+        self,
+        model: str,
+        texts: Sequence[str],
+        size: int,
+        overlap: int = 0,
+        input_type: str | None = None,
+    ) -> list[list[str]]:
+        """Each text split by the model's tokens into chunks of at most ``size`` tokens that
+        embed whole (``overlap`` tokens shared), in order."""
+        body: dict[str, Any] = {"model": model, "input": list(texts), "size": size}
+        body["overlap"] = overlap
+        if input_type is not None:
+            body["input_type"] = input_type
+        rows = sorted(self._request("POST", "/chunks", json=body)["data"], key=lambda r: r["index"])
+        return [[chunk["text"] for chunk in row["chunks"]] for row in rows]
+
     def embed_detailed(
         self,
         model: str,

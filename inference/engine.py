@@ -21,7 +21,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from inference import sidecar_settings
+from inference import chunking, sidecar_settings
+from inference.chunking import Chunk
 from inference.modelconfig import ModelConfig
 
 if TYPE_CHECKING:
@@ -291,6 +292,17 @@ class EmbeddingModel:
         with ``config.max_tokens`` to tell which inputs would be cut."""
         prefixed = self._prefixed(texts, input_type)
         return [len(encoding.ids) for encoding in self._counting.encode_batch(prefixed)]
+
+    def chunk(
+        self, texts: Sequence[str], size: int, overlap: int, *, input_type: str | None = None
+    ) -> list[list[Chunk]]:
+        """Each text split into chunks of at most ``size`` tokens (``overlap`` shared), which
+        embed whole with the input type's prefix: ``ChunkingError`` for sizes that cannot."""
+        self._prefixed(texts, None)  # the type check of every input
+        prefix = self.config.prefix(input_type)
+        limit = chunking.budget(self._counting, self.config.max_tokens, prefix)
+        chunking.check_sizes(size, overlap, limit)
+        return chunking.split(self._counting, texts, size, overlap)
 
     # -- running ------------------------------------------------------------------------------
 

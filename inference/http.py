@@ -344,6 +344,41 @@ async def read_embeddings_request(request: Request, limits: Mapping[str, Any]) -
     )
 
 
+@dataclass(frozen=True)
+class ChunksRequest:
+    model: str
+    texts: list[str]
+    size: int
+    overlap: int
+    input_type: str | None
+
+
+def _count(payload: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = payload.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        got = "nothing" if value is None else f"{json_type(value)} {value!r}"
+        raise invalid(f"{key} must be a whole number of tokens (0 or more), got {got}", key)
+    return value
+
+
+async def read_chunks_request(request: Request, limits: Mapping[str, Any]) -> ChunksRequest:
+    """The body of ``POST /chunks``: ``model``, ``input`` (a list of strings), ``size`` and
+    ``overlap`` (tokens), ``input_type``."""
+    payload = await read_json_object(request, limits["max_request_bytes"])
+    uri = required_str(payload, "model")
+    texts = payload.get("input")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise invalid("input must be a list of strings", "input")
+    check_texts(texts, limits["max_inputs_per_request"])
+    return ChunksRequest(
+        model=uri,
+        texts=texts,
+        size=_count(payload, "size"),
+        overlap=_count(payload, "overlap", 0),
+        input_type=optional_str(payload, "input_type", INPUT_TYPES),
+    )
+
+
 async def read_binary_request(request: Request, limits: Mapping[str, Any]) -> EmbeddingsRequest:
     """A request of the binary route of ``inference/protocol.py``: the query, then the body."""
     query = request.query_params

@@ -22,6 +22,7 @@ import psutil
 from inference import config as env
 from inference import sidecar_settings
 from inference.batcher import BatcherClosedError, DynamicBatcher
+from inference.chunking import Chunk, ChunkingError
 from inference.engine import EmbeddingModel, EmbedResult, InputTooLongError
 from inference.metrics import Metrics
 from inference.modelconfig import ModelConfig
@@ -408,6 +409,19 @@ class Sidecar:
         if dimensions is not None:
             result = replace(result, vectors=truncate_dimensions(result.vectors, dimensions))
         return result
+
+    async def chunk(
+        self, uri: str, texts: list[str], *, size: int, overlap: int, input_type: str | None
+    ) -> list[list[Chunk]]:
+        """Split ``texts`` by the model's tokens into chunks that embed without being cut."""
+        loaded = self.require_loaded(uri)
+        try:
+            # Tokenizing is CPU work of its own: off the event loop, beside the batches.
+            return await asyncio.to_thread(
+                loaded.model.chunk, texts, size, overlap, input_type=input_type
+            )
+        except ChunkingError as exc:
+            raise ServiceError(f"model {uri}: {exc}", param="size") from None
 
     # -- settings and health ------------------------------------------------------------------
 
