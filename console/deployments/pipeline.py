@@ -30,6 +30,7 @@ from django.db.models import DateTimeField, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from console import sidecar as console_sidecar
 from console.deployments.models import Deployment, DeploymentStep
 from console.deployments.steps import PROVISION_STEPS, STEPS_BY_ACTION, TITLES
 from inference import catalog as model_catalog
@@ -74,7 +75,7 @@ def worker_name() -> str:
 
 
 def sidecar_client(timeout: float = _SIDECAR_TIMEOUT_S) -> InferenceClient:
-    return InferenceClient(settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=timeout)
+    return console_sidecar.sidecar_client(timeout)
 
 
 # -- claiming, heartbeat, recovery ----------------------------------------------------------

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
 from console.inference_settings.models import SettingChange
 from console.overview import RENDER_TIMEOUT_S
-from inference.client import InferenceClient, InferenceError, InferenceUnavailable
+from console.sidecar import sidecar_client
+from inference.client import InferenceError, InferenceUnavailable
 
 # A change may rebuild the ONNX Runtime session of every loaded model before the sidecar
 # answers, which can take longer than a read; reads keep the page's short timeout.
@@ -93,14 +93,10 @@ class Snapshot:
     values: dict[str, Any]
 
 
-def _client(timeout: float) -> InferenceClient:
-    return InferenceClient(settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=timeout)
-
-
 def read() -> Snapshot:
     """The schema and the current values; raises InferenceError (InferenceUnavailable when
     the sidecar cannot be reached)."""
-    with _client(RENDER_TIMEOUT_S) as client:
+    with sidecar_client(RENDER_TIMEOUT_S) as client:
         schema = client.settings_schema()
         values = client.settings()
     return Snapshot(specs=[Spec.from_schema(entry) for entry in schema], values=values)
@@ -162,7 +158,7 @@ def save(
     if not updates:
         return SaveResult(values=dict(before))
     unconfirmed = False
-    with _client(APPLY_TIMEOUT_S) as client:
+    with sidecar_client(APPLY_TIMEOUT_S) as client:
         try:
             client.update_settings(dict(updates))
         except InferenceUnavailable:
@@ -172,7 +168,7 @@ def save(
             return SaveResult(
                 values=dict(before), errors=refusal_by_key(exc.message, list(updates))
             )
-    with _client(RENDER_TIMEOUT_S) as client:
+    with sidecar_client(RENDER_TIMEOUT_S) as client:
         after = client.settings()
     return SaveResult(
         values=after, changes=_record(updates, before, after, user), unconfirmed=unconfirmed

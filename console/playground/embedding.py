@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 
+from console import sidecar as console_sidecar
 from console.overview import RENDER_TIMEOUT_S
 from console.playground import colours, reproduce
 from inference.client import (
@@ -49,7 +50,7 @@ class Deployed:
 def sidecar_client(timeout: float = RENDER_TIMEOUT_S) -> InferenceClient:
     """A client of the configured sidecar. Pages that only read use the page-render timeout,
     so that a sidecar that does not answer makes the page say so rather than hang it."""
-    return InferenceClient(settings.INFERENCE_URL, settings.INFERENCE_TOKEN, timeout=timeout)
+    return console_sidecar.sidecar_client(timeout)
 
 
 def deployed_models(client: InferenceClient | None = None) -> Deployed:
