@@ -11,6 +11,7 @@ urlpatterns = [
     path("", include("console.deployments.urls")),
     path("settings/", include("console.inference_settings.urls")),
     path("playground/", include("console.playground.urls")),
+    path("jobs/", include("console.jobs.urls")),
     path("notifications/", views.notifications, name="notifications"),
     path("search/", views.search, name="search"),
     path("accounts/", include("django.contrib.auth.urls")),
