@@ -12,6 +12,7 @@ from django.utils import timezone
 from console.deployments import queries
 from console.deployments.models import Deployment
 from console.inference_settings.models import SettingChange
+from console.jobs.models import EmbeddingJob
 from console.roles import role_label
 from serverparams.models import ParameterChange
 
@@ -21,6 +22,7 @@ class MenuItem:
     key: str
     label: str
     url: str
+    keywords: str = ""  # other words the top bar's search finds the page by
 
 
 RECENT = timedelta(days=1)
@@ -35,6 +37,7 @@ def menu() -> list[MenuItem]:
         MenuItem("models", "Models", reverse("deployments:models")),
         MenuItem("settings", "Settings", reverse("inference_settings:form")),
         MenuItem("playground", "Playground", reverse("playground:page")),
+        MenuItem("jobs", "Jobs", reverse("jobs:list"), "embedding jobs backfill vector column"),
     ]
     return items
 
@@ -45,7 +48,7 @@ class Notification:
     detail: str
     when: datetime
     url: str = ""
-    state: str = ""  # "running", "ok", "bad" for deployments; empty for parameter changes
+    state: str = ""  # "running", "ok", "bad" for deployments and jobs; empty for changes
 
 
 def _deployment_note(deployment: Deployment) -> Notification:
@@ -74,11 +77,52 @@ def _deployment_note(deployment: Deployment) -> Notification:
     )
 
 
+def _job_target(job: EmbeddingJob) -> str:
+    """ "public.docs → embedding" (or "→ docs_chunks.embedding" when it chunks)."""
+    where = (
+        f"{job.chunk_table}.{job.destination_column}" if job.chunking else job.destination_column
+    )
+    return f"{job.qualified_table} → {where}"
+
+
+def _backfilling_note(job: EmbeddingJob) -> Notification:
+    # From the job's own counters: the bell is on every page and must not visit the job's
+    # database; the job's page has the exact counts.
+    done = min(job.embedded_rows, job.backfill_rows)
+    return Notification(
+        title=f"Backfilling {_job_target(job)}",
+        detail=job.last_error
+        or f"{done:,} of {job.backfill_rows:,} rows embedded with {job.model_uri}",
+        when=job.backfill_started_at or job.created_at,
+        url=reverse("jobs:detail", args=[job.pk]),
+        state="running",
+    )
+
+
+def _backfilled_note(job: EmbeddingJob) -> Notification:
+    assert job.backfill_done_at is not None
+    return Notification(
+        title=f"Backfill finished: {_job_target(job)}, "
+        f"{job.backfill_rows:,} row{'' if job.backfill_rows == 1 else 's'}",
+        detail=f"Embedded with {job.model_uri}; job #{job.pk} keeps the table in sync",
+        when=job.backfill_done_at,
+        url=reverse("jobs:detail", args=[job.pk]),
+        state="ok",
+    )
+
+
 def notifications() -> list[Notification]:
-    """Running deployments first, then the last day's finished deployments, parameter changes
-    and inference setting changes, newest first."""
+    """Running deployments and backfills first, then the last day's finished deployments and
+    backfills, parameter changes and inference setting changes, newest first."""
     since = timezone.now() - RECENT
-    running = [_deployment_note(d) for d in queries.active()[:BELL_ITEMS]]
+    jobs = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED)
+    running = [_deployment_note(d) for d in queries.active()[:BELL_ITEMS]] + [
+        _backfilling_note(job)
+        for job in jobs.filter(state=EmbeddingJob.State.ACTIVE, backfill_done_at=None)[:BELL_ITEMS]
+    ]
+    backfilled = [
+        _backfilled_note(job) for job in jobs.filter(backfill_done_at__gte=since)[:BELL_ITEMS]
+    ]
     finished = [
         _deployment_note(d)
         for d in Deployment.objects.filter(
@@ -104,7 +148,9 @@ def notifications() -> list[Notification]:
         )
         for change in SettingChange.objects.filter(changed_at__gte=since)[:BELL_ITEMS]
     ]
-    recent = sorted(finished + changes + tuned, key=lambda note: note.when, reverse=True)
+    recent = sorted(
+        finished + backfilled + changes + tuned, key=lambda note: note.when, reverse=True
+    )
     return (running + recent)[:BELL_ITEMS]
 
 

@@ -17,6 +17,12 @@ from console.deployments.models import MANAGE_DEPLOYMENTS
 from console.inference_settings.models import CHANGE_SETTINGS
 from serverparams.models import EDIT_PARAMETERS
 
+# Creating, pausing, resuming, deleting and retrying embedding jobs. A permission exists only
+# once a model's Meta declares it (EmbeddingJob.Meta.permissions); until then the group sync
+# below finds none to give, and the Jobs page gates its writes on MANAGE_DEPLOYMENTS (see
+# can_manage_jobs).
+MANAGE_JOBS = "jobs.manage_jobs"
+
 READER = "reader"
 SETTINGS_MANAGER = "settings manager"
 ADMIN = "admin"
@@ -27,7 +33,7 @@ ROLES: tuple[str, ...] = (READER, SETTINGS_MANAGER, ADMIN)
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     READER: (),
     SETTINGS_MANAGER: (CHANGE_SETTINGS,),
-    ADMIN: (EDIT_PARAMETERS, MANAGE_DEPLOYMENTS, CHANGE_SETTINGS),
+    ADMIN: (EDIT_PARAMETERS, MANAGE_DEPLOYMENTS, CHANGE_SETTINGS, MANAGE_JOBS),
 }
 
 User = AbstractBaseUser | AnonymousUser
@@ -56,6 +62,12 @@ def can_edit_parameters(user: User) -> bool:
 def can_change_settings(user: User) -> bool:
     """Inference settings: settings managers and admins."""
     return user.has_perm(CHANGE_SETTINGS)
+
+
+def can_manage_jobs(user: User) -> bool:
+    """Embedding jobs: admins only (the admins' deployments permission stands in for
+    MANAGE_JOBS while EmbeddingJob does not declare it)."""
+    return user.has_perm(MANAGE_DEPLOYMENTS)
 
 
 def role_label(user: User) -> str:

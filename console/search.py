@@ -1,9 +1,11 @@
-"""The top bar's search: pages, server parameters, models and deployments that match a query.
+"""The top bar's search: pages, server parameters, models, deployments and embedding jobs that
+match a query.
 
 Each kind of result is found where it lives: the menu (pages), the managed server's
-``pg_settings`` (parameters, opening the blade filtered on the name), the model catalog and
-the deployments table. The managed server is asked with the short timeout of a page render;
-when it cannot answer, the other groups are still returned and the parameters group says so.
+``pg_settings`` (parameters, opening the blade filtered on the name), the model catalog, the
+deployments table and the embedding jobs table. The managed server is asked with the short
+timeout of a page render; when it cannot answer, the other groups are still returned and the
+parameters group says so.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import psycopg
+from django.db.models import Q
 from django.urls import reverse
 
 from console.deployments.models import Deployment
+from console.jobs.models import EmbeddingJob
 from console.navigation import menu
 from console.overview import RENDER_TIMEOUT_S
 from inference import catalog as model_catalog
@@ -54,7 +58,7 @@ def _pages(needle: str) -> Group:
     hits = [
         Hit(item.label, "Page", item.url)
         for item in menu()
-        if needle in item.label.lower() or needle in item.key
+        if needle in item.label.lower() or needle in item.key or needle in item.keywords
     ]
     return Group("Pages", hits[:PER_GROUP])
 
@@ -103,11 +107,39 @@ def _deployments(needle: str) -> Group:
     return Group("Deployments", hits)
 
 
+def _jobs(needle: str) -> Group:
+    rows = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED)
+    number = needle.lstrip("#")
+    if number.isdigit():
+        rows = rows.filter(pk=int(number))
+    else:
+        rows = rows.filter(
+            Q(table_name__icontains=needle)
+            | Q(destination_column__icontains=needle)
+            | Q(model_uri__icontains=needle)
+        )
+    hits = [
+        Hit(
+            f"#{job.pk} {job.qualified_table} → {job.destination_column}",
+            f"Embedding job, {job.model_uri}, {job.get_state_display().lower()}",
+            reverse("jobs:detail", args=[job.pk]),
+        )
+        for job in rows[:PER_GROUP]
+    ]
+    return Group("Embedding jobs", hits)
+
+
 def search(query: str) -> list[Group]:
     """The groups with hits (or a problem) for ``query``; none for an empty query."""
     query = query.strip()[:MAX_QUERY]
     if not query:
         return []
     needle = query.lower()
-    groups = [_pages(needle), _parameters(query), _models(needle), _deployments(needle)]
+    groups = [
+        _pages(needle),
+        _parameters(query),
+        _models(needle),
+        _deployments(needle),
+        _jobs(needle),
+    ]
     return [group for group in groups if group.hits or group.problem]
