@@ -14,11 +14,17 @@ the failing row gets an attempt and a backoff, or after ``max_attempts`` moves t
 table with the reason; the others commit. Any other failure (the sidecar unreachable, the
 model not deployed, a timeout) is the job's, not the rows': the batch rolls back untouched and
 ``JobBlocked`` tells the runner to wait.
+
+With chunking, each text is split by the model's tokens (the sidecar's ``/chunks``), and the
+key's chunk rows are replaced. During a model change every key is embedded with the new model
+into the shadow destination, and a key a write queued also with the current one, so that the
+vectors queries use now stay current until the shadow replaces them (``finish_model_change``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +33,10 @@ from psycopg import sql
 
 from console.jobs import objects
 from console.jobs.models import EmbeddingJob
+from console.sidecar import sidecar_client
+from inference.client import InferenceError
 
+CHUNK_TIMEOUT_S = 60.0
 BUSY_RETRY_S = 1.0  # a row a writer holds is tried again after this
 
 
@@ -69,7 +78,7 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
         conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
         entries = conn.execute(
             sql.SQL(
-                "SELECT id, key, attempts FROM {} WHERE next_attempt_at <= now()"
+                "SELECT id, key, attempts, reembed FROM {} WHERE next_attempt_at <= now()"
                 " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
             ).format(n.queue),
             [job.batch_size],
@@ -79,9 +88,12 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
         result.taken = len(entries)
         ids: dict[Any, list[int]] = defaultdict(list)
         attempts: dict[Any, int] = defaultdict(int)
-        for entry_id, entry_key, tries in entries:
+        written_to: set[Any] = set()  # keys a write queued (not only a model change)
+        for entry_id, entry_key, tries, reembed in entries:
             ids[entry_key].append(entry_id)
             attempts[entry_key] = max(attempts[entry_key], tries)
+            if not reembed:
+                written_to.add(entry_key)
         keys = list(ids)
         texts = dict(
             conn.execute(
@@ -89,7 +101,10 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
                     "SELECT {k}, {text} FROM {t} WHERE {k} = ANY({keys})"
                     " FOR NO KEY UPDATE SKIP LOCKED"
                 ).format(
-                    k=key, text=objects.text_expression(job), t=target, keys=objects.key_array(job)
+                    k=key,
+                    text=objects.text_expression(job, prefix=""),
+                    t=target,
+                    keys=objects.key_array(job),
                 ),
                 [keys],
             ).fetchall()
@@ -119,31 +134,30 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
         if not locked:
             return result
         failures: dict[Any, str] = {}
-        try:
-            with conn.transaction():
-                written = _embed_and_write(conn, job, locked, [texts[k] for k in locked])
-        except psycopg.Error as exc:
-            if not row_error(exc):
-                raise JobBlocked(describe(exc)) from exc
-            written = []
-            for k in locked:
-                try:
-                    with conn.transaction():
-                        written += _embed_and_write(conn, job, [k], [texts[k]])
-                except psycopg.Error as one:
-                    if not row_error(one):
-                        raise JobBlocked(describe(one)) from one
-                    failures[k] = describe(one)
+        written: list[Any] = []
+        for plan in _plans(conn, job, locked, written_to):
+            todo = [k for k in plan.keys if k not in failures]
+            try:
+                with conn.transaction():
+                    done = plan.write(conn, job, todo, texts)
+            except psycopg.Error as exc:
+                if not row_error(exc):
+                    raise JobBlocked(describe(exc)) from exc
+                done = []
+                for k in todo:
+                    try:
+                        with conn.transaction():
+                            done += plan.write(conn, job, [k], texts)
+                    except psycopg.Error as one:
+                        if not row_error(one):
+                            raise JobBlocked(describe(one)) from one
+                        failures[k] = describe(one)
+            if done:
+                plan.stamp(conn, job, done)
+            if plan.first:
+                written = done
+        written = [k for k in written if k not in failures]
         if written:
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {s} (key, model, embedded_at)"
-                    " SELECT unnest({keys}), %s, clock_timestamp()"
-                    " ON CONFLICT (key) DO UPDATE SET model = excluded.model,"
-                    " embedded_at = excluded.embedded_at, embeddings = {s}.embeddings + 1"
-                ).format(s=n.stamps, keys=objects.key_array(job)),
-                [written, job.model_uri],
-            )
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE key = ANY({})").format(
                     n.failed, objects.key_array(job)
@@ -179,24 +193,155 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
     return result
 
 
-def _embed_and_write(
-    conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any], texts: list[str | None]
+@dataclass(frozen=True)
+class Plan:
+    """Embedding some keys of a batch with one model into one destination."""
+
+    keys: list[Any]
+    model_uri: str
+    prefix: str
+    destination: objects.Destination
+    precision: str
+    shadow: bool  # stamps go to next_model
+    first: bool  # its keys are the batch's (the others' are a subset)
+
+    def write(self, conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any],
+              texts: dict[Any, str | None]) -> list[Any]:  # fmt: skip
+        """Embed and write ``keys``; returns those written."""
+        if not keys:
+            return []
+        if self.destination.chunked:
+            return _write_chunks(conn, job, self, keys, [texts[k] for k in keys])
+        prefixed = [None if texts[k] is None else self.prefix + texts[k] for k in keys]
+        rows = conn.execute(
+            sql.SQL(
+                "UPDATE {t} SET {dest} = e.embedding::vector"
+                " FROM unnest({keys}) WITH ORDINALITY AS k(key, ord)"
+                " JOIN azure_local_ai.create_embeddings(%s, %s::text[], %s) WITH ORDINALITY"
+                " AS e(embedding, ord) USING (ord)"
+                " WHERE {t}.{k} = k.key RETURNING {t}.{k}"
+            ).format(
+                t=self.destination.table,
+                dest=self.destination.column,
+                keys=objects.key_array(job),
+                k=sql.Identifier(job.key_column),
+            ),
+            [keys, self.model_uri, prefixed, job.batch_size],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def stamp(self, conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any]) -> None:
+        n = objects.Names(job.pk)
+        model, precision = (
+            (sql.Identifier("next_model"), sql.Identifier("next_precision"))
+            if self.shadow
+            else (sql.Identifier("model"), sql.Identifier("precision"))
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {s} (key, {m}, {p}, embedded_at)"
+                " SELECT unnest({keys}), %s, %s, clock_timestamp()"
+                " ON CONFLICT (key) DO UPDATE SET {m} = excluded.{m}, {p} = excluded.{p},"
+                " embedded_at = excluded.embedded_at, embeddings = {s}.embeddings + 1"
+            ).format(s=n.stamps, m=model, p=precision, keys=objects.key_array(job)),
+            [keys, self.model_uri, self.precision],
+        )
+
+
+def _plans(
+    conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any], written_to: set[Any]
+) -> list[Plan]:
+    """What a batch embeds: every key with the job's model, or during a model change every
+    key with the new model into the shadow, and keys a write queued with the current one."""
+    current = objects.destination(job)
+    if not job.next_model_uri:
+        return [
+            Plan(keys, job.model_uri, job.text_prefix, current,
+                 _precision(conn, job.model_uri), shadow=False, first=True)
+        ]  # fmt: skip
+    plans = [
+        Plan(keys, job.next_model_uri, job.next_text_prefix, objects.destination(job, shadow=True),
+             _precision(conn, job.next_model_uri), shadow=True, first=True)
+    ]  # fmt: skip
+    also = [k for k in keys if k in written_to]
+    if also:
+        plans.append(
+            Plan(also, job.model_uri, job.text_prefix, current,
+                 _precision(conn, job.model_uri), shadow=False, first=False)
+        )  # fmt: skip
+    return plans
+
+
+def _precision(conn: psycopg.Connection, model_uri: str) -> str:
+    """The precision the sidecar serves ``model_uri`` at, as the server's module sees it."""
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT azure_local_ai.model_metadata(%s) ->> 'precision'", [model_uri]
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise JobBlocked(describe(exc)) from exc
+    return (row[0] if row else None) or "fp32"
+
+
+def _write_chunks(
+    conn: psycopg.Connection,
+    job: EmbeddingJob,
+    plan: Plan,
+    keys: list[Any],
+    texts: Sequence[str | None],
 ) -> list[Any]:
-    """Embed ``texts`` in one call of the array overload and write each vector to the row of
-    the key at the same position; returns the keys written."""
-    rows = conn.execute(
-        sql.SQL(
-            "UPDATE {t} SET {dest} = e.embedding::vector"
-            " FROM unnest({keys}) WITH ORDINALITY AS k(key, ord)"
-            " JOIN azure_local_ai.create_embeddings(%s, %s::text[], %s) WITH ORDINALITY"
-            " AS e(embedding, ord) USING (ord)"
-            " WHERE {t}.{k} = k.key RETURNING {t}.{k}"
-        ).format(
-            t=objects.table(job),
-            dest=sql.Identifier(job.destination_column),
-            keys=objects.key_array(job),
-            k=sql.Identifier(job.key_column),
-        ),
-        [keys, job.model_uri, texts, job.batch_size],
-    ).fetchall()
-    return [row[0] for row in rows]
+    """Replace the chunk rows of ``keys``: split each text by the model's tokens, embed every
+    chunk (with the input type's prefix) in one call, write one row per chunk."""
+    pieces = _chunks(job, plan.model_uri, texts)
+    where = plan.destination
+    key_type = sql.SQL(job.key_type)
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE key = ANY({})").format(where.table, objects.key_array(job)),
+        [keys],
+    )
+    owners, numbers, chunks = [], [], []
+    for k, parts in zip(keys, pieces, strict=True):
+        for number, chunk in enumerate(parts):
+            owners.append(k)
+            numbers.append(number)
+            chunks.append(chunk)
+    if chunks:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (key, chunk_no, chunk, {col})"
+                " SELECT c.key, c.no, c.chunk, e.embedding::vector"
+                " FROM unnest(%s::{kt}[], %s::integer[], %s::text[]) WITH ORDINALITY"
+                " AS c(key, no, chunk, ord)"
+                " JOIN azure_local_ai.create_embeddings(%s, %s::text[], %s) WITH ORDINALITY"
+                " AS e(embedding, ord) USING (ord)"
+            ).format(t=where.table, col=where.column, kt=key_type),
+            [owners, numbers, chunks, plan.model_uri,
+             [plan.prefix + c for c in chunks], job.batch_size],
+        )  # fmt: skip
+    return list(keys)
+
+
+def _chunks(job: EmbeddingJob, model_uri: str, texts: Sequence[str | None]) -> list[list[str]]:
+    """The chunks of each text (none for NULL; an empty text stays one chunk, for the model
+    to refuse), split by the sidecar that knows the model's tokenizer."""
+    wanted = [i for i, t in enumerate(texts) if t]
+    split: list[list[str]] = [[] if t is None else [t] for t in texts]
+    if not wanted:
+        return split
+    assert job.chunk_tokens is not None
+    input_type = None if job.input_type == EmbeddingJob.InputType.NONE else job.input_type
+    try:
+        with sidecar_client(CHUNK_TIMEOUT_S) as client:
+            answer = client.chunks(
+                model_uri,
+                [texts[i] or "" for i in wanted],
+                job.chunk_tokens,
+                job.chunk_overlap,
+                input_type,
+            )
+    except InferenceError as exc:
+        raise JobBlocked(f"splitting texts into chunks with {model_uri} failed: {exc}") from exc
+    for i, parts in zip(wanted, answer, strict=True):
+        split[i] = parts
+    return split

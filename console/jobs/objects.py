@@ -1,9 +1,16 @@
 """What a job owns in the user's database, and the SQL that reads and writes it.
 
 Per job, in schema ``embedding_jobs``: ``job_<id>_queue`` (keys waiting to be embedded, with
-attempts, next attempt time and last error), ``job_<id>_failed`` (keys given up on, with the
-reason) and ``job_<id>_stamps`` (which model embedded each key, when, and how many times),
-plus one trigger function and three triggers on the user's table. Every name is derived from
+attempts, next attempt time, last error, and whether a write or a model change queued them),
+``job_<id>_failed`` (keys given up on, with the reason) and ``job_<id>_stamps`` (which model
+and precision embedded each key, when, and how many times; during a model change, also which
+did so into the shadow), plus one trigger function and three triggers on the user's table.
+
+The vectors go to the job's destination: a column of the table, or with chunking a chunk
+table beside it (``key, chunk_no, chunk, embedding``). During a model change the new vectors
+go to a shadow of the destination (a column, or a chunk table, named after it with
+``__next``), which replaces it in one transaction once every row is embedded again: until
+then the old vectors stay where queries find them. Every name is derived from
 the job id and passed through ``sql.Identifier``; the only text taken from the server as SQL
 is the key column's type, as ``format_type()`` spells it.
 """
@@ -52,6 +59,42 @@ def table(job: EmbeddingJob) -> sql.Identifier:
     return sql.Identifier(job.schema_name, job.table_name)
 
 
+SHADOW_SUFFIX = "__next"
+
+
+def shadow_name(name: str) -> str:
+    """The shadow of a destination column or chunk table, within PostgreSQL's 63 bytes."""
+    room = 63 - len(SHADOW_SUFFIX.encode())
+    return name.encode()[:room].decode(errors="ignore") + SHADOW_SUFFIX
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one model's vectors of a job go: a column of the job's table, or a chunk table."""
+
+    table: sql.Identifier  # the table holding the vectors
+    column: sql.Identifier  # their column there
+    chunked: bool
+    name: str  # the column's (or chunk table's) own name
+
+
+def destination(job: EmbeddingJob, *, shadow: bool = False) -> Destination:
+    if job.chunking:
+        name = shadow_name(job.chunk_table) if shadow else job.chunk_table
+        return Destination(
+            sql.Identifier(job.schema_name, name),
+            sql.Identifier(job.destination_column),
+            True,
+            name,
+        )
+    name = shadow_name(job.destination_column) if shadow else job.destination_column
+    return Destination(table(job), sql.Identifier(name), False, name)
+
+
+def index_name(job: EmbeddingJob) -> str:
+    return f"embedding_job_{job.pk}_hnsw"
+
+
 def key_array(job: EmbeddingJob) -> sql.Composable:
     """``%s::<key type>[]``: the keys of a batch as one parameter."""
     return sql.SQL("%s::{}[]").format(sql.SQL(job.key_type))
@@ -72,10 +115,11 @@ def format_fields(text_format: str) -> list[str]:
     return fields
 
 
-def text_expression(job: EmbeddingJob) -> sql.Composable:
+def text_expression(job: EmbeddingJob, *, prefix: str | None = None) -> sql.Composable:
     """The text a row is embedded from: the format (or the columns, one per line) with the
-    input type's prefix. A row whose text columns are all NULL has NULL text, and so a NULL
-    embedding; an empty text is the model's to refuse."""
+    input type's prefix (``prefix``: another one, "" for none). A row whose text columns are
+    all NULL has NULL text, and so a NULL embedding; an empty text is the model's to refuse."""
+    prefix = job.text_prefix if prefix is None else prefix
     columns = [sql.Identifier(name) for name in job.text_columns]
     if job.text_format:
         parts: list[sql.Composable] = []
@@ -86,25 +130,26 @@ def text_expression(job: EmbeddingJob) -> sql.Composable:
                 parts.append(sql.SQL("{}::text").format(sql.Identifier(field)))
         body: sql.Composable = sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
     elif len(columns) == 1:
-        return _prefixed(job, sql.SQL("{}::text").format(columns[0]))
+        return _prefixed(prefix, sql.SQL("{}::text").format(columns[0]))
     else:
         body = sql.SQL("concat_ws(E'\\n', {})").format(sql.SQL(", ").join(columns))
     guarded = sql.SQL("CASE WHEN num_nonnulls({}) = 0 THEN NULL ELSE {} END").format(
         sql.SQL(", ").join(columns), body
     )
-    return _prefixed(job, guarded)
+    return _prefixed(prefix, guarded)
 
 
-def _prefixed(job: EmbeddingJob, expression: sql.Composable) -> sql.Composable:
-    if not job.text_prefix:
+def _prefixed(prefix: str, expression: sql.Composable) -> sql.Composable:
+    if not prefix:
         return expression
-    return sql.SQL("({} || {})").format(sql.Literal(job.text_prefix), expression)
+    return sql.SQL("({} || {})").format(sql.Literal(prefix), expression)
 
 
 def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
-    """Create the job's tables and triggers and queue every existing key (the backfill), in
-    the caller's transaction; returns how many keys were queued. Creating the triggers locks
-    out writers until the transaction ends, so no row is missed and none is queued twice."""
+    """Create the job's tables and triggers (and its chunk table) and queue every existing
+    key (the backfill), in the caller's transaction; returns how many keys were queued.
+    Creating the triggers locks out writers until the transaction ends, so no row is missed
+    and none is queued twice."""
     n = Names(job.pk)
     key = sql.Identifier(job.key_column)
     key_type = sql.SQL(job.key_type)
@@ -114,7 +159,8 @@ def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
             "CREATE TABLE {q} (id bigserial PRIMARY KEY, key {t} NOT NULL,"
             " attempts integer NOT NULL DEFAULT 0,"
             " next_attempt_at timestamptz NOT NULL DEFAULT now(),"
-            " last_error text, queued_at timestamptz NOT NULL DEFAULT now())"
+            " last_error text, queued_at timestamptz NOT NULL DEFAULT now(),"
+            " reembed boolean NOT NULL DEFAULT false)"
         ).format(q=n.queue, t=key_type)
     )
     conn.execute(sql.SQL("CREATE INDEX ON {} (key)").format(n.queue))
@@ -126,41 +172,15 @@ def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
     )
     conn.execute(
         sql.SQL(
-            "CREATE TABLE {} (key {} PRIMARY KEY, model text NOT NULL,"
-            " embedded_at timestamptz NOT NULL, embeddings integer NOT NULL DEFAULT 1)"
+            "CREATE TABLE {} (key {} PRIMARY KEY, model text, precision text,"
+            " embedded_at timestamptz NOT NULL, embeddings integer NOT NULL DEFAULT 1,"
+            " next_model text, next_precision text)"
         ).format(n.stamps, key_type)
     )
     conn.execute(sql.SQL("CREATE INDEX ON {} (embedded_at)").format(n.stamps))  # the rate
-    # A pending entry that no worker holds is reused (and locked until this write commits,
-    # so no worker reads the text before it); one a worker holds is left to it, and a new
-    # entry follows, so the change is embedded after that batch. Writers never wait on a
-    # worker, and workers skip rows writers hold: no deadlock either way.
-    body = sql.SQL(
-        """
-BEGIN
-  IF TG_OP = 'TRUNCATE' THEN
-    DELETE FROM {q}; DELETE FROM {f}; DELETE FROM {s};
-  ELSIF TG_OP = 'DELETE' THEN
-    DELETE FROM {q} WHERE key = OLD.{k};
-    DELETE FROM {f} WHERE key = OLD.{k};
-    DELETE FROM {s} WHERE key = OLD.{k};
-  ELSE
-    UPDATE {q} SET attempts = 0, next_attempt_at = now(), last_error = NULL
-     WHERE id = (SELECT id FROM {q} WHERE key = NEW.{k} LIMIT 1 FOR UPDATE SKIP LOCKED);
-    IF NOT FOUND THEN
-      INSERT INTO {q} (key) VALUES (NEW.{k});
-    END IF;
-  END IF;
-  RETURN NULL;
-END
-"""
-    ).format(q=n.queue, f=n.failed, s=n.stamps, k=key)
-    conn.execute(
-        sql.SQL(
-            "CREATE FUNCTION {} () RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
-            " SET search_path = pg_catalog, pg_temp AS {}"
-        ).format(n.function, sql.Literal(body.as_string(conn)))
-    )
+    if job.chunking:
+        create_chunk_table(conn, job, job.dimensions)
+    write_trigger_function(conn, job, replace=False)
     target = table(job)
     conn.execute(
         sql.SQL(
@@ -188,8 +208,74 @@ END
     return cursor.rowcount
 
 
+def create_chunk_table(conn: psycopg.Connection, job: EmbeddingJob, dimensions: int, *,
+                       shadow: bool = False) -> None:  # fmt: skip
+    where = destination(job, shadow=shadow)
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (key {} NOT NULL, chunk_no integer NOT NULL, chunk text NOT NULL,"
+            " {} vector({}), PRIMARY KEY (key, chunk_no))"
+        ).format(where.table, sql.SQL(job.key_type), where.column, sql.Literal(dimensions))
+    )
+
+
+def write_trigger_function(
+    conn: psycopg.Connection, job: EmbeddingJob, *, replace: bool, shadow: bool = False
+) -> None:
+    """(Re)write the trigger function for the job's destinations: with ``shadow`` (while the
+    model changes), deletes and TRUNCATE clear the shadow chunk table too."""
+    n = Names(job.pk)
+    key = sql.Identifier(job.key_column)
+    chunk_tables = []
+    if job.chunking:
+        chunk_tables.append(destination(job).table)
+        if shadow:
+            chunk_tables.append(destination(job, shadow=True).table)
+    clear = sql.SQL(" ").join(sql.SQL("DELETE FROM {};").format(c) for c in chunk_tables)
+    forget = sql.SQL(" ").join(
+        sql.SQL("DELETE FROM {} WHERE key = OLD.{};").format(c, key) for c in chunk_tables
+    )
+    # A pending entry that no worker holds is reused (and locked until this write commits,
+    # so no worker reads the text before it); one a worker holds is left to it, and a new
+    # entry follows, so the change is embedded after that batch. Writers never wait on a
+    # worker, and workers skip rows writers hold: no deadlock either way. A write makes the
+    # entry a write's: during a model change, a write is embedded with both models.
+    body = sql.SQL(
+        """
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM {q}; DELETE FROM {f}; DELETE FROM {s}; {clear}
+  ELSIF TG_OP = 'DELETE' THEN
+    DELETE FROM {q} WHERE key = OLD.{k};
+    DELETE FROM {f} WHERE key = OLD.{k};
+    DELETE FROM {s} WHERE key = OLD.{k};
+    {forget}
+  ELSE
+    UPDATE {q} SET attempts = 0, next_attempt_at = now(), last_error = NULL, reembed = false
+     WHERE id = (SELECT id FROM {q} WHERE key = NEW.{k} LIMIT 1 FOR UPDATE SKIP LOCKED);
+    IF NOT FOUND THEN
+      INSERT INTO {q} (key) VALUES (NEW.{k});
+    END IF;
+  END IF;
+  RETURN NULL;
+END
+"""
+    ).format(q=n.queue, f=n.failed, s=n.stamps, k=key, clear=clear, forget=forget)
+    conn.execute(
+        sql.SQL(
+            "CREATE {} FUNCTION {} () RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+            " SET search_path = pg_catalog, pg_temp AS {}"
+        ).format(
+            sql.SQL("OR REPLACE") if replace else sql.SQL(""),
+            n.function,
+            sql.Literal(body.as_string(conn)),
+        )
+    )
+
+
 def drop(conn: psycopg.Connection, job: EmbeddingJob, *, drop_column: bool = False) -> None:
-    """Remove the job's triggers and tables (and with ``drop_column``, its vectors)."""
+    """Remove the job's triggers, tables and shadow (and with ``drop_column``, its vectors:
+    the destination column, or the chunk table)."""
     n = Names(job.pk)
     target = table(job)
     # The user's table first, as a batch takes it: a batch in flight ends before, and the next
@@ -200,9 +286,115 @@ def drop(conn: psycopg.Connection, job: EmbeddingJob, *, drop_column: bool = Fal
     conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} ()").format(n.function))
     for name in (n.queue, n.failed, n.stamps):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
+    drop_destination(conn, job, shadow=True)
     if drop_column:
+        drop_destination(conn, job)
+
+
+def drop_destination(conn: psycopg.Connection, job: EmbeddingJob, *, shadow: bool = False) -> None:
+    where = destination(job, shadow=shadow)
+    if where.chunked:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(where.table))
+    else:
         conn.execute(
-            sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(
-                target, sql.Identifier(job.destination_column)
+            sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(where.table, where.column)
+        )
+
+
+def exists(conn: psycopg.Connection, where: Destination) -> bool:
+    """Whether a destination (a column, or a chunk table) is there."""
+    relation = where.table.as_string(conn)
+    if where.chunked:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [relation]).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = %s AND NOT attisdropped)",
+            [relation, where.name],
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def start_model_change(conn: psycopg.Connection, job: EmbeddingJob, dimensions: int) -> int:
+    """In the caller's transaction: create the shadow destination for vectors of
+    ``dimensions``, make deletes reach it, and queue every key to be embedded again; returns
+    how many. The current vectors stay as they are."""
+    n = Names(job.pk)
+    drop_destination(conn, job, shadow=True)  # what an interrupted change may have left
+    shadow = destination(job, shadow=True)
+    if shadow.chunked:
+        create_chunk_table(conn, job, dimensions, shadow=True)
+    else:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN {} vector({})").format(
+                shadow.table, shadow.column, sql.Literal(dimensions)
             )
         )
+    write_trigger_function(conn, job, replace=True, shadow=True)
+    conn.execute(sql.SQL("UPDATE {} SET next_model = NULL, next_precision = NULL").format(n.stamps))
+    conn.execute(sql.SQL("UPDATE {} SET reembed = false").format(n.queue))
+    return conn.execute(
+        sql.SQL("INSERT INTO {} (key, reembed) SELECT {}, true FROM {} ORDER BY 1").format(
+            n.queue, sql.Identifier(job.key_column), table(job)
+        )
+    ).rowcount
+
+
+def finish_model_change(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
+    """In the caller's transaction, once the queue is empty: the shadow replaces the
+    destination (its index goes with it), the stamps' next model becomes theirs, and deletes
+    forget the shadow. False (nothing done) if writes queued keys meanwhile."""
+    n = Names(job.pk)
+    current, shadow = destination(job), destination(job, shadow=True)
+    # Writers wait from here to the commit, so no key is queued between the check and the swap.
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table(job)))
+    waiting = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(n.queue)).fetchone()
+    if waiting and waiting[0]:
+        return False
+    drop_destination(conn, job)
+    if current.chunked:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                shadow.table, sql.Identifier(current.name)
+            )
+        )
+    else:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+                current.table, shadow.column, current.column
+            )
+        )
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET model = next_model, precision = next_precision,"
+            " next_model = NULL, next_precision = NULL"
+        ).format(n.stamps)
+    )
+    write_trigger_function(conn, job, replace=True, shadow=False)
+    return True
+
+
+def queue_empty(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
+    row = conn.execute(
+        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(Names(job.pk).queue)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def build_index(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    """Build the HNSW (cosine) index on the destination's vectors without blocking writes;
+    ``conn`` must be in autocommit. An invalid index a failed build left is dropped first."""
+    name = index_name(job)
+    where = destination(job)
+    qualified = sql.Identifier(job.schema_name, name)
+    row = conn.execute(
+        "SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+        [qualified.as_string(conn)],
+    ).fetchone()
+    if row and row[0]:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(qualified))
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING hnsw ({} vector_cosine_ops)"
+        ).format(sql.Identifier(name), where.table, where.column)
+    )

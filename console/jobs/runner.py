@@ -20,6 +20,11 @@ starts, and by any runner that finds a slot whose handed-over task never started
 worker): a nudge waits up to ``NUDGE_WAIT_S`` for the slot's lock (long enough for a dead
 worker's connection to go, and for a live runner to hand over) and, if it gets it, becomes
 the slot's chain; the superseded successor then finds itself no longer expected and ends.
+
+When a runner finds the queue empty it finishes what waits for that: the first time, the
+backfill is done (the bell says so); during a model change, the shadow replaces the
+destination; and where the job asks for it, slot 0 builds the HNSW index, concurrently, so
+writes go on meanwhile.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
-from console.jobs import batches
+from console.jobs import batches, objects
 from console.jobs.models import EmbeddingJob, JobRunner
 from console.jobs.service import JobError, connect
 
@@ -50,6 +55,8 @@ IDLE_RECHECK_S = 2.0
 NUDGE_WAIT_S = 15.0
 BLOCKED_WAIT_S = 5.0  # between tries while the sidecar or the model is unavailable
 ABANDONED_AFTER = timedelta(seconds=60)  # a handover no task took up in this long
+INDEX_RETRY_AFTER = timedelta(seconds=60)  # after a failed index build
+SWAP_LOCK_TIMEOUT = "5s"  # a model change's swap waits this long for the table
 
 
 def worker_name() -> str:
@@ -138,11 +145,15 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
     last_work = time.monotonic()
     conn.autocommit = False
     while time.monotonic() < deadline:
-        state = EmbeddingJob.objects.filter(pk=job.pk).values_list("state", flat=True).first()
-        if state != EmbeddingJob.State.ACTIVE:
-            return state or "deleted"
+        # Read again each time: pause, delete and a model change take effect at once.
+        current = EmbeddingJob.objects.filter(pk=job.pk).first()
+        if current is None or current.state != EmbeddingJob.State.ACTIVE:
+            return current.state if current else "deleted"
+        job = current
         try:
             result = batches.run_batch(conn, job)
+            if not result.taken and _caught_up(conn, job, runner.slot):
+                continue
         except batches.JobBlocked as exc:
             _blocked(job, str(exc))
             time.sleep(min(BLOCKED_WAIT_S, max(0.0, deadline - time.monotonic())))
@@ -169,6 +180,65 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
         )
         JobRunner.objects.filter(pk=runner.pk).update(batches=F("batches") + 1)
     return "active"
+
+
+def _caught_up(conn: psycopg.Connection, job: EmbeddingJob, slot: int) -> bool:
+    """Finish what waits for an empty queue; True when the job changed (a model change
+    ended), so the loop goes on with the job read again."""
+    with conn.transaction():
+        if not objects.queue_empty(conn, job):
+            return False
+    if job.next_model_uri:
+        return _finish_model_change(conn, job)
+    now = timezone.now()
+    if job.backfill_done_at is None:
+        EmbeddingJob.objects.filter(pk=job.pk, backfill_done_at__isnull=True).update(
+            backfill_done_at=now
+        )
+        log.info("job %s: backfill done", job.pk)
+    retry_after = job.last_error_at is None or now - job.last_error_at > INDEX_RETRY_AFTER
+    if job.build_index and job.index_built_at is None and slot == 0 and retry_after:
+        _build_index(conn, job)
+    return False
+
+
+def _finish_model_change(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
+    with conn.transaction():
+        pending = objects.exists(conn, objects.destination(job, shadow=True))
+    if pending:  # else the swap committed, and only this record of it was lost
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", [SWAP_LOCK_TIMEOUT])
+                if not objects.finish_model_change(conn, job):
+                    return False
+        except psycopg.errors.LockNotAvailable:
+            log.info("job %s: the table is busy; the model change ends at the next try", job.pk)
+            return False
+    EmbeddingJob.objects.filter(pk=job.pk).update(
+        model_uri=job.next_model_uri,
+        dimensions=job.next_dimensions,
+        text_prefix=job.next_text_prefix,
+        next_model_uri="",
+        next_dimensions=None,
+        next_text_prefix="",
+        backfill_done_at=timezone.now(),
+        index_built_at=None,
+    )
+    log.info("job %s: now embedded with %s", job.pk, job.next_model_uri)
+    return True
+
+
+def _build_index(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    conn.autocommit = True  # CREATE INDEX CONCURRENTLY runs in no transaction
+    try:
+        objects.build_index(conn, job)
+    except psycopg.Error as exc:
+        _blocked(job, f"building the HNSW index failed: {batches.describe(exc)}")
+        return
+    finally:
+        conn.autocommit = False
+    EmbeddingJob.objects.filter(pk=job.pk).update(index_built_at=timezone.now())
+    log.info("job %s: HNSW index %s built", job.pk, objects.index_name(job))
 
 
 def _blocked(job: EmbeddingJob, reason: str) -> None:

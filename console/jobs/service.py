@@ -11,13 +11,16 @@ from typing import Any
 import psycopg
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
+from django.utils import timezone
 from psycopg import sql
 
 from console.jobs import objects
 from console.jobs.batches import describe
 from console.jobs.models import EmbeddingJob
+from console.sidecar import sidecar_client
 from inference import catalog as model_catalog
 from inference.catalog import CatalogError
+from inference.client import InferenceError, InferenceUnavailable
 from serverparams.server import ServerError, get_managed_server
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 User = AbstractBaseUser | AnonymousUser
 EXTENSIONS = ("vector", "azure_local_ai")
 DDL_LOCK_TIMEOUT = "10s"
+CHECK_TIMEOUT_S = 10.0
 RATE_WINDOW_S = 60
 
 
@@ -74,13 +78,21 @@ def create(
     text_format: str = "",
     input_type: str = EmbeddingJob.InputType.NONE,
     user: User | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 0,
+    chunk_table: str = "",
+    build_index: bool = False,
     **tuning: Any,
 ) -> EmbeddingJob:
     """Check the request against the server, create the job, its tables and triggers, queue
-    every row, and start its runners once committed. ``tuning``: batch_size, workers,
+    every row, and start its runners once committed. With ``chunk_tokens``, texts are split
+    into chunks of that many tokens (``chunk_overlap`` shared) and ``column`` is the vector
+    column of the chunk table ``chunk_table`` (default ``<table>_chunks``), created beside the
+    table. ``build_index``: an HNSW index once backfilled. ``tuning``: batch_size, workers,
     max_attempts, retry_backoff_s."""
     if input_type not in EmbeddingJob.InputType.values:
         raise JobError(f"the input type must be one of {', '.join(EmbeddingJob.InputType.values)}")
+    _check_tuning(tuning)
     columns = [c.strip() for c in columns if c.strip()]
     if not columns:
         raise JobError("name at least one text column")
@@ -102,20 +114,30 @@ def create(
     prefix = entry.prefixes.get(input_type, "") if input_type != "none" else ""
     schema, _, name = table.rpartition(".")
     schema = schema or "public"
+    if chunk_tokens is not None:
+        chunk_table = chunk_table.strip() or f"{name}_chunks"
+        _check_chunking(model_uri, input_type, chunk_tokens, chunk_overlap)
+    elif chunk_table or chunk_overlap:
+        raise JobError("a chunk table and an overlap need chunking: give the chunk size too")
     clash = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED).filter(
-        database=database, schema_name=schema, table_name=name, destination_column=column
+        database=database,
+        schema_name=schema,
+        table_name=name,
+        chunk_table=chunk_table,
+        destination_column=column,
     )
     if clash.exists():
-        raise JobError(
-            f"job #{clash[0].pk} already fills {schema}.{name}.{column}: delete it first"
-        )
+        raise JobError(f"job #{clash[0].pk} already fills {clash[0].destination}: delete it first")
     with connect(database, autocommit=False) as conn:
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
         _ensure_extensions(conn, database)
         _check_model(conn, model_uri)
         key_type, destination_exists = _check_table(
-            conn, schema, name, key, columns, column, entry.dimensions
-        )
+            conn, schema, name, key, columns, "" if chunk_tokens is not None else column,
+            entry.dimensions,
+        )  # fmt: skip
+        if chunk_tokens is not None:
+            _check_chunk_table(conn, schema, chunk_table)
         conn.commit()
         with transaction.atomic():
             job = EmbeddingJob.objects.create(
@@ -131,6 +153,11 @@ def create(
                 text_prefix=prefix,
                 destination_column=column,
                 dimensions=entry.dimensions,
+                chunk_tokens=chunk_tokens,
+                chunk_overlap=chunk_overlap,
+                chunk_table=chunk_table,
+                build_index=build_index,
+                backfill_started_at=timezone.now(),
                 created_by=user if user is not None and user.is_authenticated else None,
                 created_by_name=(user.get_username() if user is not None else "") or "system",
                 **tuning,
@@ -138,7 +165,7 @@ def create(
             try:
                 with conn.transaction():
                     conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
-                    if not destination_exists:
+                    if not destination_exists and chunk_tokens is None:
                         conn.execute(
                             sql.SQL("ALTER TABLE {} ADD COLUMN {} vector({})").format(
                                 objects.table(job),
@@ -160,6 +187,44 @@ def create(
             job.save(update_fields=["backfill_rows"])
             transaction.on_commit(lambda: start_runners(job))
     return job
+
+
+def _check_tuning(tuning: dict[str, Any]) -> None:
+    limits = {"batch_size": (1, 2048), "workers": (1, 32), "max_attempts": (1, 100)}
+    for name, value in tuning.items():
+        if name not in (*limits, "retry_backoff_s"):
+            raise TypeError(f"unknown job setting {name}")
+        low, high = limits.get(name, (0, 86400))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise JobError(f"{name.replace('_', ' ')} must be a number from {low} to {high}")
+
+
+def _check_chunking(model_uri: str, input_type: str, size: int, overlap: int) -> None:
+    """Ask the sidecar, which knows the model's tokenizer, whether such chunks fit."""
+    try:
+        with sidecar_client(CHECK_TIMEOUT_S) as client:
+            client.chunks(
+                model_uri, ["a"], size, overlap, None if input_type == "none" else input_type
+            )
+    except InferenceUnavailable as exc:
+        raise JobError(f"cannot check the chunk size with the inference sidecar: {exc}") from None
+    except InferenceError as exc:
+        raise JobError(f"chunking: {exc.message}") from None
+
+
+def _check_chunk_table(conn: psycopg.Connection, schema: str, name: str) -> None:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL",
+        [sql.Identifier(schema, name).as_string(conn)],
+    ).fetchone()
+    if row and row[0]:
+        raise JobError(
+            f"{schema}.{name} exists already; name another chunk table (the job creates it)"
+        )
 
 
 def _ensure_extensions(conn: psycopg.Connection, database: str) -> None:
@@ -235,6 +300,8 @@ def _check_table(
             f"{key} is not the primary key or a unique column of {schema}.{name}: "
             "the job needs a key that names one row"
         )
+    if not destination:  # the vectors go to a chunk table
+        return types[key], False
     if destination in [key, *columns]:
         raise JobError(f"the destination column {destination} cannot be the key or a text column")
     wanted = f"vector({dimensions})"
@@ -272,9 +339,58 @@ def resume(job: EmbeddingJob) -> None:
     start_runners(job)
 
 
+def change_model(job: EmbeddingJob, model_uri: str) -> int:
+    """Embed every row again with ``model_uri``, in the background, into a shadow of the
+    destination that replaces it once done: queries keep the current vectors until then.
+    Returns how many rows were queued."""
+    if job.state == EmbeddingJob.State.DELETED:
+        raise JobError(f"job #{job.pk} is deleted")
+    if job.next_model_uri:
+        raise JobError(
+            f"job #{job.pk} is already being embedded again with {job.next_model_uri}; "
+            "wait until that ends"
+        )
+    if model_uri == job.model_uri:
+        raise JobError(f"job #{job.pk} embeds with {model_uri} already")
+    try:
+        entry = model_catalog.catalog().get(model_uri)
+    except CatalogError as exc:
+        raise JobError(str(exc)) from None
+    prefix = entry.prefixes.get(job.input_type, "") if job.input_type != "none" else ""
+    if job.chunking:
+        assert job.chunk_tokens is not None
+        _check_chunking(model_uri, job.input_type, job.chunk_tokens, job.chunk_overlap)
+    try:
+        with connect(job.database, autocommit=False) as conn:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+            _check_model(conn, model_uri)
+            queued = objects.start_model_change(conn, job, entry.dimensions)
+            conn.commit()
+    except psycopg.errors.LockNotAvailable:
+        raise JobError(
+            f"{job.qualified_table} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
+            "try again when it is free"
+        ) from None
+    except psycopg.Error as exc:
+        raise JobError(
+            f"starting the model change of job #{job.pk} failed: {describe(exc)}"
+        ) from None
+    EmbeddingJob.objects.filter(pk=job.pk).update(
+        next_model_uri=model_uri,
+        next_dimensions=entry.dimensions,
+        next_text_prefix=prefix,
+        backfill_started_at=timezone.now(),
+        backfill_done_at=None,
+    )
+    job.refresh_from_db()
+    if job.state == EmbeddingJob.State.ACTIVE:
+        start_runners(job)
+    return queued
+
+
 def delete(job: EmbeddingJob, *, drop_column: bool = False) -> None:
-    """Stop the job and drop its triggers and tables (and with ``drop_column`` its vectors);
-    the job's row stays, deleted, as history."""
+    """Stop the job and drop its triggers and tables (and with ``drop_column`` its vectors:
+    the destination column, or the chunk table); the job's row stays, deleted, as history."""
     if job.state == EmbeddingJob.State.DELETED:
         raise JobError(f"job #{job.pk} is deleted already")
     # Dropped first, in one transaction: a failure leaves the job as it was. A runner's batch
@@ -315,28 +431,47 @@ def progress(job: EmbeddingJob) -> Progress:
         except psycopg.Error as exc:
             raise JobError(f"cannot count job #{job.pk}'s progress: {describe(exc)}") from None
     return Progress(
-        total=row[0], done=row[1], pending=row[2], failed=row[3], rows_per_s=float(row[4] or 0)
+        total=row[0],
+        done=row[1],
+        pending=row[2],
+        failed=row[3],
+        rows_per_s=float(row[4] or 0),
+        chunks=row[5] if job.chunking else None,
+        chunked=row[6] if job.chunking else None,
+        reembedding=job.next_model_uri,
     )
 
 
 def _counts(conn: psycopg.Connection, job: EmbeddingJob, n: objects.Names) -> tuple[Any, ...]:
+    # During a model change, done counts the rows the new model embedded.
+    model_column = sql.Identifier("next_model" if job.next_model_uri else "model")
+    chunks: sql.Composable = sql.SQL("NULL, NULL")
+    if job.chunking:
+        chunk_table = objects.destination(job).table
+        chunks = sql.SQL(
+            "(SELECT count(*) FROM {c}),"
+            " (SELECT count(*) FROM {c} WHERE chunk_no = 1)"  # keys with a second chunk
+        ).format(c=chunk_table)
     row = conn.execute(
         sql.SQL(
             "SELECT (SELECT count(*) FROM {t}),"
-            " (SELECT count(*) FROM {s} WHERE model = %s"
+            " (SELECT count(*) FROM {s} WHERE {m} = %s"
             "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE q.key = {s}.key)"
             "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE f.key = {s}.key)),"
             " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f}),"
             " (SELECT count(*) / greatest(extract(epoch FROM clock_timestamp()"
             "   - min(embedded_at)), 1) FROM {s}"
-            "   WHERE embedded_at > clock_timestamp() - make_interval(secs => %s))"
+            "   WHERE embedded_at > clock_timestamp() - make_interval(secs => %s)),"
+            " {chunks}"
         ).format(
             t=objects.table(job),
             s=n.stamps,
+            m=model_column,
             q=_aliased(n.queue, "q"),
             f=_aliased(n.failed, "f"),
+            chunks=chunks,
         ),
-        [job.model_uri, RATE_WINDOW_S],
+        [job.next_model_uri or job.model_uri, RATE_WINDOW_S],
     ).fetchone()
     assert row is not None
     return tuple(row)

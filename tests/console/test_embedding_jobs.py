@@ -34,7 +34,9 @@ from tests.console.stack import (
 )
 from tests.fixtures.pg import allow_extensions
 from tests.fixtures.realmodel import tiny_entry
-from tests.fixtures.sidecar import TINY_URI, SidecarProcess
+from tests.fixtures.sidecar import TINY_URI, SidecarProcess, make_store_dir
+
+CLS_URI = "tiny-cls:v1"  # the second model of these tests: same size, other vectors
 
 
 @dataclass
@@ -146,7 +148,11 @@ def jobs(
     """A scratch database on the managed server with vector and azure_local_ai allowed, a
     catalog that knows ``tiny:v1``, and a fresh Celery queue; ``jobs.worker()`` starts a worker
     on it. Afterwards the workers stop, the database goes and the allowlist is put back."""
-    catalog_path = deploy_catalog(tmp_path / "catalog.json", tiny_entry(uri=TINY_URI))
+    catalog_path = deploy_catalog(
+        tmp_path / "catalog.json",
+        tiny_entry(uri=TINY_URI),
+        tiny_entry(uri=CLS_URI, pooling="cls", title="Tiny test model, CLS pooling"),
+    )
     queue = configure_like_the_worker(managed_pg, sidecar, catalog_path, settings, monkeypatch)
     database = f"jobs_{uuid.uuid4().hex[:8]}"
     with managed_pg.connect() as conn:
@@ -296,15 +302,15 @@ def test_pause_stops_batches_and_resume_catches_up(jobs: Jobs) -> None:
 def test_a_worker_killed_mid_backfill_loses_nothing_and_embeds_nothing_twice(
     jobs: Jobs,
 ) -> None:
-    jobs.table("docs", 600)
+    jobs.table("docs", 3000)
     worker = jobs.worker()
-    job = jobs.create(batch_size=4)
+    job = jobs.create(batch_size=16)
     with jobs.connect() as holder:
-        # An uncommitted stamp for row 300 makes the batch that embedded and wrote it wait
+        # An uncommitted stamp for row 1500 makes the batch that embedded and wrote it wait
         # on its own stamp: the SIGKILL lands inside that batch's transaction, half-way.
         holder.execute("BEGIN")
         holder.execute(
-            sql.SQL("INSERT INTO {} (key, model, embedded_at) VALUES (300, 'held', now())").format(
+            sql.SQL("INSERT INTO {} (key, model, embedded_at) VALUES (1500, 'held', now())").format(
                 objects.Names(job.pk).stamps
             )
         )
@@ -321,12 +327,12 @@ def test_a_worker_killed_mid_backfill_loses_nothing_and_embeds_nothing_twice(
         killed_at = service.progress(job)
         worker.kill()
         holder.execute("ROLLBACK")
-    assert 290 <= killed_at.done < 300 and killed_at.pending > 300
+    assert 1500 - 16 <= killed_at.done < 1500 and killed_at.pending > 1500
     worker.restart()
     progress = jobs.wait_synced(job, timeout=120)
-    assert progress == service.Progress(total=600, done=600, pending=0, failed=0)
+    assert progress == service.Progress(total=3000, done=3000, pending=0, failed=0)
     counts = jobs.stamps(job)
-    assert len(counts) == 600 and set(counts.values()) == {1}
+    assert len(counts) == 3000 and set(counts.values()) == {1}
     assert jobs.mismatches(job) == 0
 
 
@@ -513,3 +519,241 @@ def test_quoted_names_a_text_key_and_an_input_type(jobs: Jobs) -> None:
     )
     assert far == [(0,)]
     assert set(jobs.stamps(job)) == {f"k{i}" for i in range(1, 21)}
+
+
+# -- chunking, model changes, the index -----------------------------------------------------
+
+LONG = "the cat is on the house and a red car drives to the vector search in postgres"
+
+
+def chunk_rows(jobs: Jobs, table: str = "docs_chunks") -> dict[int, list[str]]:
+    rows = jobs.sql(
+        sql.SQL("SELECT key, chunk FROM {} ORDER BY key, chunk_no")
+        .format(sql.Identifier(table))
+        .as_string()
+    )
+    out: dict[int, list[str]] = {}
+    for key, chunk in rows:
+        out.setdefault(key, []).append(chunk)
+    return out
+
+
+def test_chunking_splits_long_texts_by_tokens_and_follows_writes(
+    jobs: Jobs, sidecar: SidecarProcess
+) -> None:
+    # Rows 1-10 are long (several chunks at 10 tokens), 11-20 short; 21 has no text at all.
+    jobs.table("docs", 20, body=lambda i: " ".join([LONG] * (i % 3 + 1)) if i <= 10 else "short")
+    jobs.sql("INSERT INTO docs (id) VALUES (21)")
+    jobs.worker()
+    job = jobs.create(
+        columns=["body"], text_format="", chunk_tokens=10, chunk_overlap=3, input_type="passage"
+    )
+    assert job.chunk_table == "docs_chunks" and job.destination == "public.docs_chunks.embedding"
+    progress = jobs.wait_synced(job)
+    assert (progress.total, progress.done, progress.chunked) == (21, 21, 10)
+    rows = chunk_rows(jobs)
+    bodies = dict(jobs.sql("SELECT id, body FROM docs WHERE body IS NOT NULL"))
+    assert set(rows) == set(bodies) and progress.chunks == sum(map(len, rows.values()))
+    # The sidecar's split of each text, and nothing past the model's limit was cut.
+    expected = sidecar.client.chunks(TINY_URI, [bodies[k] for k in sorted(bodies)], 10, 3,
+                                     "passage")  # fmt: skip
+    assert [rows[k] for k in sorted(bodies)] == expected
+    pieces = [chunk for parts in expected for chunk in parts]
+    details = sidecar.client.embed_detailed(TINY_URI, pieces, "passage", truncate=False)
+    assert max(details.prompt_tokens) <= 10 + 2 + 2  # [CLS] [SEP] and "passage: "
+    assert not any(details.truncated)
+    # Each chunk's vector is create_embeddings of the chunk with the input type's prefix.
+    far = jobs.sql(
+        "SELECT count(*) FROM docs_chunks WHERE embedding IS NULL OR (embedding <=>"
+        " azure_local_ai.create_embeddings(%s, 'passage: ' || chunk)::vector) > 1e-5",
+        [TINY_URI],
+    )
+    assert far == [(0,)]
+
+    jobs.sql("UPDATE docs SET body = 'now short' WHERE id = 1")
+    jobs.sql("DELETE FROM docs WHERE id = 2")
+    jobs.sql("INSERT INTO docs (id, body) VALUES (30, %s)", [" ".join([LONG] * 2)])
+    jobs.wait("the writes followed", lambda: chunk_rows(jobs).get(1) == ["now short"]
+              and 30 in chunk_rows(jobs))  # fmt: skip
+    jobs.wait_synced(job)
+    assert 2 not in chunk_rows(jobs) and len(chunk_rows(jobs)[30]) > 1
+    jobs.sql("TRUNCATE docs")
+    assert chunk_rows(jobs) == {}
+
+    service.delete(job, drop_column=True)
+    assert jobs.sql("SELECT to_regclass('docs_chunks')") == [(None,)]
+
+
+def test_chunk_sizes_the_model_cannot_take_are_refused_before_anything_is_created(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 3)
+    with pytest.raises(service.JobError, match="at most 30 tokens remain"):
+        jobs.create(columns=["body"], text_format="", chunk_tokens=31)
+    with pytest.raises(service.JobError, match="less than the chunk size"):
+        jobs.create(columns=["body"], text_format="", chunk_tokens=8, chunk_overlap=8)
+    jobs.sql("CREATE TABLE docs_chunks (x int)")
+    with pytest.raises(service.JobError, match="exists already"):
+        jobs.create(columns=["body"], text_format="", chunk_tokens=8)
+    assert not EmbeddingJob.objects.exists()
+    assert jobs.sql("SELECT to_regnamespace('embedding_jobs')") == [(None,)]
+
+
+@pytest.fixture
+def cls_model(sidecar: SidecarProcess, tiny_cls_model_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """The second model, deployed to the sidecar for one test."""
+    store = make_store_dir(tiny_cls_model_dir, tmp_path / "cls-store", uri=CLS_URI)
+    sidecar.client.register(CLS_URI, str(store))
+    try:
+        yield CLS_URI
+    finally:
+        sidecar.client.unregister(CLS_URI)
+
+
+def vectors_far_from(jobs: Jobs, model: str, column: str = "embedding") -> int:
+    """Rows whose ``column`` is not ``model``'s embedding of their text."""
+    return jobs.sql(
+        sql.SQL(
+            "SELECT count(*) FROM docs WHERE {c} IS NULL OR ({c} <=>"
+            " azure_local_ai.create_embeddings(%s, title || ': ' || body)::vector) > 1e-5"
+        )
+        .format(c=sql.Identifier(column))
+        .as_string(),
+        [model],
+    )[0][0]
+
+
+def test_a_model_change_embeds_again_while_the_old_vectors_stay_queryable(
+    jobs: Jobs, cls_model: str
+) -> None:
+    jobs.table("docs", 60)
+    jobs.worker()
+    job = jobs.create(batch_size=8)
+    jobs.wait_synced(job)
+    assert vectors_far_from(jobs, cls_model) == 60  # the two models differ
+    with pytest.raises(service.JobError, match="already"):
+        service.change_model(job, TINY_URI)
+
+    service.pause(job)  # so the change cannot end before the holder below is in place
+    assert service.change_model(job, cls_model) == 60
+    job.refresh_from_db()
+    assert job.next_model_uri == cls_model and job.backfill_done_at is None
+    with pytest.raises(service.JobError, match="already being embedded again"):
+        service.change_model(job, TINY_URI)
+    jobs.sql("INSERT INTO docs (id, title, body) VALUES (61, 'new', 'written meanwhile')")
+    with jobs.connect() as holder:
+        # A session holding the table as a writer does: batches go on, the swap waits.
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE docs IN ROW EXCLUSIVE MODE")
+        service.resume(job)
+
+        def reembedded() -> bool:
+            p = service.progress(job)
+            return p.reembedding == cls_model and p.pending == 0 and p.done == p.total == 61
+
+        jobs.wait("every row embedded again", reembedded)
+        # Until the swap, queries see the old model's vectors, the new row's included.
+        assert vectors_far_from(jobs, TINY_URI) == 0
+        assert vectors_far_from(jobs, cls_model, "embedding__next") == 0
+        holder.execute("ROLLBACK")
+
+    def swapped() -> bool:
+        job.refresh_from_db()
+        return job.model_uri == cls_model and not job.next_model_uri
+
+    jobs.wait("the new vectors in place", swapped, timeout=30)
+    assert vectors_far_from(jobs, cls_model) == 0
+    columns = jobs.sql(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0"
+        " AND NOT attisdropped ORDER BY attnum"
+    )
+    assert [c for (c,) in columns] == ["id", "title", "body", "views", "embedding"]
+    stamps = jobs.sql(
+        sql.SQL("SELECT DISTINCT model, precision, next_model FROM {}")
+        .format(objects.Names(job.pk).stamps)
+        .as_string()
+    )
+    assert stamps == [(cls_model, "fp32", None)]
+    # The row written during the change was embedded by both models, the others twice in all.
+    assert set(jobs.stamps(job).values()) == {2}
+    assert job.backfill_done_at is not None
+    assert service.progress(job) == service.Progress(total=61, done=61, pending=0, failed=0)
+    jobs.sql("UPDATE docs SET body = 'after the change' WHERE id = 1")
+    jobs.wait("writes follow with the new model", lambda: jobs.stamps(job)[1] == 3)
+    assert vectors_far_from(jobs, cls_model) == 0
+
+
+def test_a_model_change_of_a_chunking_job_swaps_its_chunk_table(jobs: Jobs, cls_model: str) -> None:
+    jobs.table("docs", 12, body=lambda i: " ".join([LONG] * 2))
+    jobs.worker()
+    job = jobs.create(chunk_tokens=12, chunk_overlap=2)
+    jobs.wait_synced(job)
+    before = chunk_rows(jobs)
+    service.change_model(job, cls_model)
+
+    def swapped() -> bool:
+        job.refresh_from_db()
+        return job.model_uri == cls_model
+
+    jobs.wait("the new chunk table in place", swapped)
+    assert chunk_rows(jobs) == before  # the same tokenizer: the same chunks
+    far = jobs.sql(
+        "SELECT count(*) FROM docs_chunks WHERE (embedding <=>"
+        " azure_local_ai.create_embeddings(%s, chunk)::vector) > 1e-5",
+        [cls_model],
+    )
+    assert far == [(0,)]
+    assert jobs.sql("SELECT to_regclass('docs_chunks__next')") == [(None,)]
+    jobs.sql("DELETE FROM docs WHERE id = 1")
+    assert 1 not in chunk_rows(jobs)
+
+
+def test_the_hnsw_index_is_built_once_the_backfill_is_done(jobs: Jobs) -> None:
+    jobs.table("docs", 50)
+    jobs.worker()
+    job = jobs.create(build_index=True)
+
+    def built() -> bool:
+        job.refresh_from_db()
+        return job.index_built_at is not None
+
+    jobs.wait("the index built", built)
+    assert job.backfill_done_at is not None and job.backfill_done_at <= job.index_built_at
+    index = jobs.sql(
+        "SELECT i.indisvalid, am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = c.relam WHERE c.relname = %s",
+        [f"embedding_job_{job.pk}_hnsw"],
+    )
+    assert index == [(True, "hnsw")]
+    with jobs.connect() as conn:
+        conn.execute("SET enable_seqscan = off")
+        query = jobs.sql("SELECT embedding::text FROM docs WHERE id = 1")[0][0]
+        plan = conn.execute(
+            "EXPLAIN SELECT id FROM docs ORDER BY embedding <=> %s::vector LIMIT 5", [query]
+        ).fetchall()
+    assert any(f"embedding_job_{job.pk}_hnsw" in line for (line,) in plan), plan
+
+
+def test_embedjob_chunks_and_changes_models(jobs: Jobs, cls_model: str) -> None:
+    jobs.table("docs", 5, body=lambda i: " ".join([LONG] * 2))
+    jobs.worker()
+    out = StringIO()
+    call_command(
+        "embedjob", "create", "--database", jobs.database, "--table", "docs", "--key", "id",
+        "--columns", "body", "--model", TINY_URI, "--column", "vec", "--chunk-tokens", "16",
+        "--chunk-overlap", "4", "--chunk-table", "pieces", "--build-index", stdout=out,
+    )  # fmt: skip
+    assert "public.pieces.vec vector(32)" in out.getvalue()
+    job = EmbeddingJob.objects.get()
+    jobs.wait_synced(job)
+    call_command("embedjob", "change-model", str(job.pk), cls_model, stdout=out)
+    assert "5 row(s) queued to embed again" in out.getvalue()
+    with pytest.raises(CommandError, match="already being embedded again"):
+        call_command("embedjob", "change-model", str(job.pk), TINY_URI)
+    call_command("embedjob", "status", str(job.pk), stdout=out)
+    assert "chunk(s); 5 row(s) split in several" in out.getvalue()
+    with pytest.raises(CommandError, match="at most 30 tokens remain"):
+        call_command(
+            "embedjob", "create", "--database", jobs.database, "--table", "docs", "--key", "id",
+            "--columns", "title", "--model", TINY_URI, "--column", "v2", "--chunk-tokens", "40",
+        )  # fmt: skip

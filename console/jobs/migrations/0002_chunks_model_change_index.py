@@ -5,69 +5,78 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0001_initial'),
+        ("jobs", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='embeddingjob',
-            name='one_job_per_destination',
+            model_name="embeddingjob",
+            name="one_job_per_destination",
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='backfill_done_at',
+            model_name="embeddingjob",
+            name="backfill_done_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='backfill_started_at',
+            model_name="embeddingjob",
+            name="backfill_started_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='build_index',
+            model_name="embeddingjob",
+            name="build_index",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='chunk_overlap',
+            model_name="embeddingjob",
+            name="chunk_overlap",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='chunk_table',
+            model_name="embeddingjob",
+            name="chunk_table",
             field=models.CharField(blank=True, max_length=63),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='chunk_tokens',
+            model_name="embeddingjob",
+            name="chunk_tokens",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='index_built_at',
+            model_name="embeddingjob",
+            name="index_built_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='next_dimensions',
+            model_name="embeddingjob",
+            name="next_dimensions",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='next_model_uri',
+            model_name="embeddingjob",
+            name="next_model_uri",
             field=models.CharField(blank=True, max_length=200),
         ),
         migrations.AddField(
-            model_name='embeddingjob',
-            name='next_text_prefix',
+            model_name="embeddingjob",
+            name="next_text_prefix",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddConstraint(
-            model_name='embeddingjob',
-            constraint=models.UniqueConstraint(condition=models.Q(('state', 'deleted'), _negated=True), fields=('database', 'schema_name', 'table_name', 'chunk_table', 'destination_column'), name='one_job_per_destination'),
+            model_name="embeddingjob",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("state", "deleted"), _negated=True),
+                fields=(
+                    "database",
+                    "schema_name",
+                    "table_name",
+                    "chunk_table",
+                    "destination_column",
+                ),
+                name="one_job_per_destination",
+            ),
         ),
     ]

@@ -1,5 +1,5 @@
-"""``manage.py embedjob create|list|pause|resume|delete|retry-failed|status``: embedding jobs
-from the command line, through the same service as the console."""
+"""``manage.py embedjob create|list|pause|resume|delete|retry-failed|change-model|status``:
+embedding jobs from the command line, through the same service as the console."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ class Command(BaseCommand):
         create.add_argument(
             "--column", required=True, help="the vector column to fill (created if missing)"
         )
+        create.add_argument(
+            "--chunk-tokens",
+            type=int,
+            default=None,
+            help="split texts into chunks of this many of the model's tokens (a chunk table)",
+        )
+        create.add_argument("--chunk-overlap", type=int, default=0, help="tokens chunks share")
+        create.add_argument(
+            "--chunk-table", default="", help="the chunk table to create (default TABLE_chunks)"
+        )
+        create.add_argument(
+            "--build-index", action="store_true", help="build an HNSW index once backfilled"
+        )
         create.add_argument("--batch-size", type=int, default=64)
         create.add_argument("--workers", type=int, default=1, help="batches run at once")
         create.add_argument("--max-attempts", type=int, default=5)
@@ -51,8 +64,15 @@ class Command(BaseCommand):
             sub.add_argument("job", type=int, metavar="JOB_ID")
             if name == "delete":
                 sub.add_argument(
-                    "--drop-column", action="store_true", help="drop the vector column too"
+                    "--drop-column",
+                    action="store_true",
+                    help="drop the vector column (or the chunk table) too",
                 )
+        change = actions.add_parser(
+            "change-model", help="embed every row again with another model, in the background"
+        )
+        change.add_argument("job", type=int, metavar="JOB_ID")
+        change.add_argument("model", help="a deployed model")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -72,6 +92,12 @@ class Command(BaseCommand):
                 elif action == "delete":
                     service.delete(job, drop_column=options["drop_column"])
                     self.stdout.write(f"job #{job.pk} deleted")
+                elif action == "change-model":
+                    queued = service.change_model(job, options["model"])
+                    self.stdout.write(
+                        f"job #{job.pk}: {queued} row(s) queued to embed again with "
+                        f"{options['model']}; the current vectors stay until every row is done"
+                    )
                 elif action == "retry-failed":
                     moved = service.retry_failed(job)
                     self.stdout.write(f"job #{job.pk}: {moved} failed row(s) queued again")
@@ -93,9 +119,13 @@ class Command(BaseCommand):
                 user = get_user_model().objects.get(username=options["user"])
             except get_user_model().DoesNotExist:
                 raise CommandError(f"no console user {options['user']!r}") from None
-        for name in ("batch_size", "workers", "max_attempts"):
-            if options[name] < 1:
-                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        chunking: dict[str, Any] = {"build_index": options["build_index"]}
+        if options["chunk_tokens"] is not None:
+            chunking.update(
+                chunk_tokens=options["chunk_tokens"],
+                chunk_overlap=options["chunk_overlap"],
+                chunk_table=options["chunk_table"],
+            )
         job = service.create(
             database=options["database"],
             table=options["table"],
@@ -109,10 +139,11 @@ class Command(BaseCommand):
             batch_size=options["batch_size"],
             workers=options["workers"],
             max_attempts=options["max_attempts"],
+            **chunking,
         )
         self.stdout.write(
-            f"job #{job.pk}: {job.qualified_table}.{job.destination_column} "
-            f"vector({job.dimensions}) from {', '.join(job.text_columns)} with {job.model_uri}; "
+            f"job #{job.pk}: {job.destination} vector({job.dimensions}) from "
+            f"{', '.join(job.text_columns)} with {job.model_uri}; "
             f"{job.backfill_rows} row(s) queued"
         )
 
@@ -121,10 +152,7 @@ class Command(BaseCommand):
         if not jobs:
             self.stdout.write("no embedding jobs")
         for job in jobs:
-            line = (
-                f"#{job.pk} {job.state:7} {job.database}:{job.qualified_table}."
-                f"{job.destination_column} {job.model_uri}"
-            )
+            line = f"#{job.pk} {job.state:7} {job.database}:{job.destination} {job.model_uri}"
             try:
                 p = service.progress(job)
                 line += f" {p.done}/{p.total} done, {p.pending} pending, {p.failed} failed"
@@ -141,6 +169,19 @@ class Command(BaseCommand):
             f"{p.done}/{p.total} rows done ({p.percent}%), {p.pending} pending, "
             f"{p.failed} failed, {job.embedded_rows} embeddings written"
         )
+        if p.reembedding:
+            self.stdout.write(
+                f"embedding every row again with {p.reembedding}; queries use the vectors of "
+                f"{job.model_uri} until it is done"
+            )
+        if p.chunks is not None:
+            self.stdout.write(f"{p.chunks} chunk(s); {p.chunked} row(s) split in several")
+        if job.build_index:
+            built = job.index_built_at
+            self.stdout.write(
+                f"HNSW index: built {built:%Y-%m-%d %H:%M:%S}" if built else
+                "HNSW index: built once the backfill is done"
+            )  # fmt: skip
         if p.pending:
             eta = "unknown" if p.eta_s is None else f"{p.eta_s:.0f} s"
             self.stdout.write(f"{p.rows_per_s:.1f} rows/s over the last minute, ETA {eta}")
