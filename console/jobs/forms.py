@@ -23,20 +23,21 @@ MAX_WORKERS = 16
 DEFAULT_CHUNK_TOKENS = 256
 CHUNK_TABLE_SUFFIX = "_chunks"
 
-# Which field a service.JobError is about, told by its wording, first match wins (the
-# destination's messages also say "text column", the format's "text columns"). Errors that
+# Which field a service.JobError is about, told by its wording, first match wins (chunking's
+# messages may name the input type, the destination's say "text column", the format's "text
+# columns"); the chunking and index rules apply only when those were asked for. Errors that
 # match none are shown above the form.
 _ERROR_FIELDS: tuple[tuple[str, str], ...] = (
+    ("chunk table", "chunk_table"),
+    ("overlap", "chunk_overlap"),
+    ("chunk", "chunk_tokens"),
+    ("hnsw", "build_index"),
     ("the input type", "input_type"),
     ("destination column", "column"),
     ("name another column", "column"),
     ("already fills", "column"),
     ("the format", "text_format"),
     ("text column", "columns"),
-    ("chunk table", "chunk_table"),
-    ("overlap", "chunk_overlap"),
-    ("chunk", "chunk_tokens"),
-    ("hnsw", "build_index"),
     ("batch size", "batch_size"),
     ("workers", "workers"),
     ("not in the catalog", "model"),
@@ -164,7 +165,10 @@ class JobForm(forms.Form):
         model = self.fields["model"]
         assert isinstance(database, forms.ChoiceField) and isinstance(model, forms.ChoiceField)
         database.choices = [(name, name) for name in databases]
-        model.choices = [(m.uri, f"{m.uri} ({m.dimensions} dimensions)") for m in models]
+        model.choices = [
+            (m.uri, f"{m.uri} ({m.dimensions} dimensions, up to {m.max_tokens} tokens)")
+            for m in models
+        ]
         self.job_error = ""  # a server's answer about no one field, shown above the form
 
     def clean_columns(self) -> list[str]:

@@ -121,12 +121,16 @@ class Watch:
 
     @property
     def eta(self) -> str:
-        if self.progress is None or self.job.state != EmbeddingJob.State.ACTIVE:
+        if self.progress is None:
             return "-"
+        if self.job.state == EmbeddingJob.State.PAUSED:
+            return "paused"
         if not self.progress.pending:
             return "done"
         eta = self.progress.eta_s
-        return "waiting" if eta is None else _duration(eta)
+        if eta is None:  # nothing embedded in the last minute
+            return "waiting" if self.job.last_error else "estimating"
+        return _duration(eta)
 
 
 def _watch(job: EmbeddingJob) -> Watch:
@@ -268,7 +272,7 @@ def _act(
 def job_pause(request: HttpRequest, pk: int) -> HttpResponse:
     def pause(job: EmbeddingJob) -> str:
         service.pause(job)
-        return f"Job #{job.pk} paused: changes to {job.qualified_table} are queued meanwhile."
+        return f"Job #{job.pk} paused."
 
     return _act(request, pk, pause)
 

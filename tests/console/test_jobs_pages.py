@@ -87,6 +87,7 @@ def test_an_admin_creates_a_job_with_the_form_and_the_pages_follow_it_to_the_end
     assert 'hx-trigger="every' not in body  # idle: the fragment stops polling
     assert 'id="job-done" data-value="120"' in body and 'id="job-total" data-value="120"' in body
     assert 'aria-valuenow="100"' in body and "In sync" in body
+    assert "Finished <time" in body and ">just now</time>: 120 rows" in body
     table = admin_client.get("/jobs/", **HTMX_TABLE).content.decode()
     assert "120 / 120 (100%)" in table and "every 2s" not in table
 
