@@ -307,7 +307,9 @@ def test_a_change_the_sidecar_does_not_confirm_in_time_shows_what_it_holds(
             super().update_settings(updates)
             raise InferenceUnavailable(self.base_url, "no answer in time")
 
-    monkeypatch.setattr(service, "sidecar_client", lambda timeout: AnswerLost(live.url, "", timeout))
+    monkeypatch.setattr(
+        service, "sidecar_client", lambda timeout: AnswerLost(live.url, "", timeout)
+    )
     response = manager_client.post(URL, posted(live, max_batch_size=24))
     assert response.status_code == 200
     page = response.content.decode()
