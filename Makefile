@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 VAR_DIR ?= var
 export VAR_DIR
 
-.PHONY: run test lint format bench venv sysdeps sysdeps-test migrate clean
+.PHONY: run test lint format bench venv sysdeps sysdeps-lint sysdeps-test migrate clean
 
 ## Python environment ----------------------------------------------------------------------
 # The CPU build of PyTorch goes in first so that nothing resolves to a CUDA build.
@@ -22,6 +22,7 @@ venv: $(VENV)/.installed
 ## System packages (Debian), installed with apt when running as root ---------------------------
 APT_RUN := libcurl4-openssl-dev
 APT_TEST := chromium
+APT_LINT := docker-compose
 
 define apt_ensure
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -38,6 +39,9 @@ endef
 sysdeps:
 	$(call apt_ensure,$(APT_RUN))
 
+sysdeps-lint:
+	$(call apt_ensure,$(APT_LINT))
+
 sysdeps-test: sysdeps
 	$(call apt_ensure,$(APT_TEST))
 
@@ -46,11 +50,12 @@ migrate: venv
 	$(PY) manage.py migrate --noinput
 
 ## Checks -------------------------------------------------------------------------------------
-lint: venv
+lint: venv sysdeps-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
+	SECRET_KEY=lint POSTGRES_PASSWORD=lint INFERENCE_TOKEN=lint docker-compose -f docker-compose.yml config -q
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

@@ -27,8 +27,10 @@ no meaning to embed, and OpenAI's API refuses it too.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -305,6 +307,28 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     return app
 
 
+class ExposureError(SystemExit):
+    """The sidecar would listen beyond this machine without a token."""
+
+
+def check_exposure(host: str, token: str) -> None:
+    """Refuse to listen on an address other machines can reach without ``INFERENCE_TOKEN``:
+    anyone who reaches the port could otherwise load, unload and use the models."""
+    if token:
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise ExposureError(f"cannot resolve the address to listen on, {host!r}: {exc}") from None
+    exposed = sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if exposed:
+        raise ExposureError(
+            f"refusing to listen on {host} ({', '.join(exposed)}) without a token: set "
+            "INFERENCE_TOKEN (and the same token in the console's settings and in "
+            "azure_local_ai.service_token), or listen on 127.0.0.1 or a Unix socket (--uds)"
+        )
+
+
 def serve(host: str | None = None, port: int | None = None, uds: str | None = None) -> None:
     """Run the sidecar with uvicorn on ``host:port`` (defaults: ``INFERENCE_HOST`` or
     127.0.0.1, ``INFERENCE_PORT`` or 8090), or on the Unix socket ``uds``."""
@@ -314,9 +338,11 @@ def serve(host: str | None = None, port: int | None = None, uds: str | None = No
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    app = create_app()
     host = host or env.env_str("INFERENCE_HOST", DEFAULT_HOST)
     port = port or env.env_int("INFERENCE_PORT", DEFAULT_PORT)
+    if uds is None:
+        check_exposure(host, env.inference_token())
+    app = create_app()
     where = f"unix:{uds}" if uds else f"http://{host}:{port}"
     log.info("inference sidecar %s listening on %s (state in %s)", VERSION, where, env.var_dir())
     uvicorn.run(app, host=host, port=port, uds=uds, access_log=False, timeout_graceful_shutdown=10)

@@ -16,6 +16,7 @@ import numpy as np
 import openai
 import pytest
 
+from inference.app import ExposureError, check_exposure
 from inference.client import InferenceClient, InferenceError, InferenceUnavailable
 from tests.fixtures.sidecar import PROJECT_ROOT, TINY_URI, free_port, start_sidecar
 from tests.fixtures.tinymodel import HIDDEN
@@ -164,3 +165,28 @@ def test_client_names_the_url_when_the_sidecar_is_away() -> None:
     assert url in str(excinfo.value)
     assert "python -m inference serve" in str(excinfo.value)
     assert excinfo.value.status is None
+
+
+def test_the_sidecar_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "inference", "serve", "--host", "0.0.0.0", "--port", "0"],
+        cwd=PROJECT_ROOT,
+        env={**environ_without_token(), "VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in refused.stderr and "INFERENCE_TOKEN" in refused.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_needs_no_token(host: str) -> None:
+    check_exposure(host, "")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_any_other_address_needs_a_token(host: str) -> None:
+    with pytest.raises(ExposureError, match="INFERENCE_TOKEN"):
+        check_exposure(host, "")
+    check_exposure(host, "a-token")
