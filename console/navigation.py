@@ -86,13 +86,18 @@ def _job_target(job: EmbeddingJob) -> str:
 
 
 def _backfilling_note(job: EmbeddingJob) -> Notification:
-    # From the job's own counters: the bell is on every page and must not visit the job's
+    # From the job's own row: the bell is on every page and must not visit the job's
     # database; the job's page has the exact counts.
-    done = min(job.embedded_rows, job.backfill_rows)
+    if job.next_model_uri:
+        title = f"Re-embedding {_job_target(job)} with {job.next_model_uri}"
+        detail = f"The vectors of {job.model_uri} stay queryable until it is done"
+    else:
+        title = f"Backfilling {_job_target(job)}"
+        done = min(job.embedded_rows, job.backfill_rows)
+        detail = f"{done:,} of {job.backfill_rows:,} rows embedded with {job.model_uri}"
     return Notification(
-        title=f"Backfilling {_job_target(job)}",
-        detail=job.last_error
-        or f"{done:,} of {job.backfill_rows:,} rows embedded with {job.model_uri}",
+        title=title,
+        detail=job.last_error or detail,
         when=job.backfill_started_at or job.created_at,
         url=reverse("jobs:detail", args=[job.pk]),
         state="running",

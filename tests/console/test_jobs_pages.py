@@ -280,6 +280,11 @@ def test_the_bell_and_the_search_know_the_jobs(
         backfill_done_at=timezone.now() - timedelta(days=2)
     )
     assert "Backfill finished" not in admin_client.get("/jobs/").content.decode()
+    # A model change embeds every row again: the bell and the job's page say with which model.
+    EmbeddingJob.objects.filter(pk=running.pk).update(next_model_uri="other-model:v1")
+    page = admin_client.get(f"/jobs/{running.pk}/").content.decode()
+    assert "Re-embedding public.docs → embedding with other-model:v1" in page
+    assert "Re-embedding with <code>other-model:v1</code>" in page
 
     def search(query: str) -> str:
         return admin_client.get("/search/", {"q": query}, HTTP_HX_REQUEST="true").content.decode()
