@@ -103,6 +103,8 @@ class Watch:
             return "Catching up", "warn"
         if self.index_pending:
             return "Building index", "warn"
+        if progress.failed:
+            return f"In sync, {progress.failed:,} failed", "warn"
         return "In sync", "ok"
 
     @property

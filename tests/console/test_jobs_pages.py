@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
@@ -224,6 +225,7 @@ def test_failed_rows_pause_resume_retry_and_delete_from_the_pages(
     detail = admin_client.get(f"/jobs/{job.pk}/").content.decode()
     assert "Failed rows (1)" in detail and "<td><code>7</code></td>" in detail
     assert "22023" in detail and 'id="retry-failed"' in detail
+    assert ">In sync, 1 failed</span>" in detail
 
     response = admin_client.post(f"/jobs/{job.pk}/retry/")
     assert response.status_code == 302
@@ -293,3 +295,29 @@ def test_the_bell_and_the_search_know_the_jobs(
     assert 'href="/jobs/"' in search("embedding")
     assert f'href="/jobs/{running.pk}/"' in search("docs")
     assert f'href="/jobs/{finished.pk}/"' in search(f"#{finished.pk}")
+
+
+def test_the_pages_say_what_cannot_be_reached(
+    admin_client: Client, settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MANAGED_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/postgres")
+    settings.INFERENCE_URL = "http://127.0.0.1:9"  # type: ignore[attr-defined]
+    form = admin_client.get("/jobs/new/").content.decode()
+    assert "The managed server's databases cannot be listed" in form
+    assert "The inference sidecar cannot be reached" in form
+    job = EmbeddingJob.objects.create(
+        database="docs",
+        schema_name="public",
+        table_name="docs",
+        key_column="id",
+        key_type="bigint",
+        text_columns=["body"],
+        model_uri=TINY_URI,
+        destination_column="embedding",
+        dimensions=32,
+    )
+    listing = admin_client.get("/jobs/").content.decode()
+    assert "unknown: the job's database cannot be read" in listing
+    detail = admin_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "The job's progress cannot be counted now." in detail
+    assert "Cannot connect to the managed server" in detail
