@@ -219,7 +219,8 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
         model's max tokens less its special tokens and the ``input_type``'s prefix: 400 says
         the limit), ``overlap`` (tokens shared with the chunk before, less than ``size``),
         ``input_type``. Answer: ``data``: per input, ``index`` and ``chunks``, each
-        ``{text, tokens}``, slices of the input in order."""
+        ``{text, tokens, start}``: slices of the input in order, ``start`` their offset in it
+        (characters)."""
         asked = await read_chunks_request(request, sidecar.values)
         split = await sidecar.chunk(
             asked.model,
@@ -231,7 +232,12 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
         return {
             "model": asked.model,
             "data": [
-                {"index": i, "chunks": [{"text": c.text, "tokens": c.tokens} for c in parts]}
+                {
+                    "index": i,
+                    "chunks": [
+                        {"text": c.text, "tokens": c.tokens, "start": c.start} for c in parts
+                    ],
+                }
                 for i, parts in enumerate(split)
             ],
         }

@@ -28,6 +28,7 @@ class ChunkingError(ValueError):
 class Chunk:
     text: str
     tokens: int  # without special tokens and prefix
+    start: int  # where it starts in the text (characters)
 
 
 def budget(tokenizer: Tokenizer, max_tokens: int, prefix: str = "") -> int:
@@ -64,7 +65,7 @@ def _split_one(
 ) -> list[Chunk]:
     count = len(encoding.ids)
     if count <= size:
-        return [Chunk(text, count)]
+        return [Chunk(text, count, 0)]
     offsets = encoding.offsets
     words = encoding.word_ids
     chunks: list[Chunk] = []
@@ -73,8 +74,8 @@ def _split_one(
         end = min(start + size, count)
         if end < count:
             end = _word_start(words, end, floor=start + 1)
-        piece, tokens = _fitting(tokenizer, text, offsets, start, end, size)
-        chunks.append(Chunk(piece, tokens))
+        piece, tokens, end = _fitting(tokenizer, text, offsets, start, end, size)
+        chunks.append(Chunk(piece, tokens, offsets[start][0]))
         if end >= count:
             return chunks
         following = max(end - overlap, start + 1)
@@ -101,12 +102,12 @@ def _fitting(
     start: int,
     end: int,
     size: int,
-) -> tuple[str, int]:
+) -> tuple[str, int, int]:
     """The slice of ``text`` for tokens ``start:end``, shortened until it tokenizes to at
-    most ``size`` tokens."""
+    most ``size`` tokens; with its token count and the end it was shortened to."""
     while True:
         piece = text[offsets[start][0] : offsets[end - 1][1]]
         tokens = len(tokenizer.encode(piece, add_special_tokens=False).ids)
         if tokens <= size or end - start <= 1:
-            return piece, tokens
+            return piece, tokens, end
         end -= 1
