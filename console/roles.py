@@ -15,13 +15,8 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from console.deployments.models import MANAGE_DEPLOYMENTS
 from console.inference_settings.models import CHANGE_SETTINGS
+from console.jobs.models import MANAGE_JOBS
 from serverparams.models import EDIT_PARAMETERS
-
-# Creating, pausing, resuming, deleting and retrying embedding jobs. A permission exists only
-# once a model's Meta declares it (EmbeddingJob.Meta.permissions); until then the group sync
-# below finds none to give, and the Jobs page gates its writes on MANAGE_DEPLOYMENTS (see
-# can_manage_jobs).
-MANAGE_JOBS = "jobs.manage_jobs"
 
 READER = "reader"
 SETTINGS_MANAGER = "settings manager"
@@ -65,9 +60,8 @@ def can_change_settings(user: User) -> bool:
 
 
 def can_manage_jobs(user: User) -> bool:
-    """Embedding jobs: admins only (the admins' deployments permission stands in for
-    MANAGE_JOBS while EmbeddingJob does not declare it)."""
-    return user.has_perm(MANAGE_DEPLOYMENTS)
+    """Embedding jobs: admins only."""
+    return user.has_perm(MANAGE_JOBS)
 
 
 def role_label(user: User) -> str:

@@ -9,6 +9,7 @@ import psycopg
 from django.http import HttpRequest
 from django.urls import reverse
 
+from console.databases import managed_databases
 from console.deployments import queries, service
 from console.deployments.models import Deployment
 from console.overview import RENDER_TIMEOUT_S
@@ -29,15 +30,7 @@ def databases_with_extension(extension: str = EXTENSION) -> list[str]:
     """Databases of the managed server that have ``extension`` installed."""
     server = get_managed_server()
     found = []
-    with server.connect(connect_timeout=RENDER_TIMEOUT_S) as conn:
-        names = [
-            row[0]
-            for row in conn.execute(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
-                "ORDER BY datname"
-            ).fetchall()
-        ]
-    for name in names:
+    for name in managed_databases():
         try:
             with server.connect(name, connect_timeout=RENDER_TIMEOUT_S) as conn:
                 if conn.execute(

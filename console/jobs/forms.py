@@ -13,6 +13,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from console.jobs.service import JobError
 from console.playground.embedding import INPUT_TYPES
 from inference.client import ModelFacts
 
@@ -23,35 +24,9 @@ MAX_WORKERS = 16
 DEFAULT_CHUNK_TOKENS = 256
 CHUNK_TABLE_SUFFIX = "_chunks"
 
-# Which field a service.JobError is about, told by its wording, first match wins (chunking's
-# messages may name the input type, the destination's say "text column", the format's "text
-# columns"); the chunking and index rules apply only when those were asked for. Errors that
-# match none are shown above the form.
-_ERROR_FIELDS: tuple[tuple[str, str], ...] = (
-    ("chunk table", "chunk_table"),
-    ("overlap", "chunk_overlap"),
-    ("chunk", "chunk_tokens"),
-    ("hnsw", "build_index"),
-    ("the input type", "input_type"),
-    ("destination column", "column"),
-    ("name another column", "column"),
-    ("already fills", "column"),
-    ("the format", "text_format"),
-    ("text column", "columns"),
-    ("batch size", "batch_size"),
-    ("workers", "workers"),
-    ("not in the catalog", "model"),
-    ("is not deployed", "model"),
-    ("not loaded", "model"),
-    ("inference sidecar", "model"),
-    ("there is no table", "table"),
-    ("stayed locked", "table"),
-    ("is not the primary key", "key"),
-    ("extension", "database"),
-)
-# "public.docs has no column id, tilte (its columns: ...)": the names the key and the text
-# columns fields are told about.
-_MISSING_COLUMNS = re.compile(r" has no columns? (?P<names>.+?) \(its columns")
+# The form field of each argument of service.create a JobError may name (the others share
+# their name).
+_ARGUMENT_FIELDS = {"model_uri": "model"}
 
 
 def split_columns(text: str) -> list[str]:
@@ -220,26 +195,10 @@ class JobForm(forms.Form):
             arguments["build_index"] = True
         return arguments
 
-    def add_job_error(self, message: str) -> None:
+    def add_job_error(self, error: JobError) -> None:
         """Show the server's refusal next to the field it is about, or above the form."""
-        lowered = message.lower()
-        missing = _MISSING_COLUMNS.search(message)
-        if missing:
-            names = [name.strip() for name in missing.group("names").split(",")]
-            key = self.cleaned_data.get("key", "").strip()
-            if key in names:
-                self.add_error("key", message)
-            if any(name != key for name in names):
-                self.add_error("columns", message)
-            return
-        for words, name in _ERROR_FIELDS:
-            if words in lowered:
-                if name in ("chunk_table", "chunk_overlap", "chunk_tokens") and not (
-                    self.cleaned_data.get("chunking")
-                ):
-                    continue
-                if name == "build_index" and not self.cleaned_data.get("build_index"):
-                    continue
-                self.add_error(name, message)
-                return
-        self.job_error = message
+        name = _ARGUMENT_FIELDS.get(error.field or "", error.field)
+        if name in self.fields:
+            self.add_error(name, str(error))
+        else:
+            self.job_error = str(error)

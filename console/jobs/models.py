@@ -11,6 +11,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# Creating, pausing, resuming, changing the model of, retrying and deleting embedding jobs.
+MANAGE_JOBS = "jobs.manage_jobs"
+
 
 class EmbeddingJob(models.Model):
     class InputType(models.TextChoices):
@@ -70,6 +73,9 @@ class EmbeddingJob(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [
+            ("manage_jobs", "Can create, pause, resume, retry and delete embedding jobs"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=[

@@ -33,7 +33,12 @@ RATE_WINDOW_S = 60
 
 
 class JobError(ValueError):
-    """A job cannot be created or changed as asked; the message says why and what to do."""
+    """A job cannot be created or changed as asked; the message says why and what to do, and
+    ``field`` names the argument of ``create`` it is about (None: the request as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -91,26 +96,30 @@ def create(
     table. ``build_index``: an HNSW index once backfilled. ``tuning``: batch_size, workers,
     max_attempts, retry_backoff_s."""
     if input_type not in EmbeddingJob.InputType.values:
-        raise JobError(f"the input type must be one of {', '.join(EmbeddingJob.InputType.values)}")
+        raise JobError(
+            f"the input type must be one of {', '.join(EmbeddingJob.InputType.values)}",
+            "input_type",
+        )
     _check_tuning(tuning)
     columns = [c.strip() for c in columns if c.strip()]
     if not columns:
-        raise JobError("name at least one text column")
+        raise JobError("name at least one text column", "columns")
     if text_format:
         try:
             fields = objects.format_fields(text_format)
         except ValueError as exc:
-            raise JobError(str(exc)) from None
+            raise JobError(str(exc), "text_format") from None
         strangers = [f for f in fields if f not in columns]
         if strangers or not fields:
             raise JobError(
                 f"the format must name only the text columns ({', '.join(columns)}); "
-                f"it names {', '.join(strangers) or 'none'}"
+                f"it names {', '.join(strangers) or 'none'}",
+                "text_format",
             )
     try:
         entry = model_catalog.catalog().get(model_uri)
     except CatalogError as exc:
-        raise JobError(str(exc)) from None
+        raise JobError(str(exc), "model_uri") from None
     prefix = entry.prefixes.get(input_type, "") if input_type != "none" else ""
     schema, _, name = table.rpartition(".")
     schema = schema or "public"
@@ -118,7 +127,9 @@ def create(
         chunk_table = chunk_table.strip() or f"{name}_chunks"
         _check_chunking(model_uri, input_type, chunk_tokens, chunk_overlap)
     elif chunk_table or chunk_overlap:
-        raise JobError("a chunk table and an overlap need chunking: give the chunk size too")
+        raise JobError(
+            "a chunk table and an overlap need chunking: give the chunk size too", "chunk_tokens"
+        )
     clash = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED).filter(
         database=database,
         schema_name=schema,
@@ -127,7 +138,10 @@ def create(
         destination_column=column,
     )
     if clash.exists():
-        raise JobError(f"job #{clash[0].pk} already fills {clash[0].destination}: delete it first")
+        raise JobError(
+            f"job #{clash[0].pk} already fills {clash[0].destination}: delete it first",
+            "chunk_table" if chunk_tokens is not None else "column",
+        )
     with connect(database, autocommit=False) as conn:
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
         _ensure_extensions(conn, database)
@@ -177,7 +191,8 @@ def create(
             except psycopg.errors.LockNotAvailable:
                 raise JobError(
                     f"{schema}.{name} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
-                    "try again when it is free"
+                    "try again when it is free",
+                    "table",
                 ) from None
             except psycopg.Error as exc:
                 raise JobError(
@@ -200,7 +215,7 @@ def _check_tuning(tuning: dict[str, Any]) -> None:
             or not isinstance(value, int | float)
             or not low <= value <= high
         ):
-            raise JobError(f"{name.replace('_', ' ')} must be a number from {low} to {high}")
+            raise JobError(f"{name.replace('_', ' ')} must be a number from {low} to {high}", name)
 
 
 def _check_chunking(model_uri: str, input_type: str, size: int, overlap: int) -> None:
@@ -211,9 +226,12 @@ def _check_chunking(model_uri: str, input_type: str, size: int, overlap: int) ->
                 model_uri, ["a"], size, overlap, None if input_type == "none" else input_type
             )
     except InferenceUnavailable as exc:
-        raise JobError(f"cannot check the chunk size with the inference sidecar: {exc}") from None
+        raise JobError(
+            f"cannot check the chunk size with the inference sidecar: {exc}", "chunk_tokens"
+        ) from None
     except InferenceError as exc:
-        raise JobError(f"chunking: {exc.message}") from None
+        field = "chunk_overlap" if exc.message.find("overlap") >= 0 else "chunk_tokens"
+        raise JobError(f"chunking: {exc.message}", field) from None
 
 
 def _check_chunk_table(conn: psycopg.Connection, schema: str, name: str) -> None:
@@ -223,7 +241,8 @@ def _check_chunk_table(conn: psycopg.Connection, schema: str, name: str) -> None
     ).fetchone()
     if row and row[0]:
         raise JobError(
-            f"{schema}.{name} exists already; name another chunk table (the job creates it)"
+            f"{schema}.{name} exists already; name another chunk table (the job creates it)",
+            "chunk_table",
         )
 
 
@@ -238,7 +257,8 @@ def _ensure_extensions(conn: psycopg.Connection, database: str) -> None:
             raise JobError(
                 f"the managed server does not allow the extension {name} in database "
                 f"{database}: add it to azure.extensions (Server parameters), or deploy a model, "
-                "which allows vector and azure_local_ai"
+                "which allows vector and azure_local_ai",
+                "database",
             ) from None
 
 
@@ -248,15 +268,17 @@ def _check_model(conn: psycopg.Connection, model_uri: str) -> None:
             row = conn.execute("SELECT azure_local_ai.model_loaded(%s)", [model_uri]).fetchone()
     except psycopg.errors.UndefinedObject:
         raise JobError(
-            f"{model_uri} is not deployed: deploy it first (manage.py deploy {model_uri})"
+            f"{model_uri} is not deployed: deploy it first (manage.py deploy {model_uri})",
+            "model_uri",
         ) from None
     except psycopg.Error as exc:
         raise JobError(
             f"the server cannot ask the inference sidecar about {model_uri}: "
-            f"{(exc.diag.message_primary or str(exc)).strip()}"
+            f"{(exc.diag.message_primary or str(exc)).strip()}",
+            "model_uri",
         ) from None
     if not row or not row[0]:
-        raise JobError(f"{model_uri} is registered but not loaded: deploy it again")
+        raise JobError(f"{model_uri} is registered but not loaded: deploy it again", "model_uri")
 
 
 def _check_table(
@@ -275,7 +297,7 @@ def _check_table(
         [schema, name],
     ).fetchone()
     if row is None:
-        raise JobError(f"there is no table {schema}.{name} in this database")
+        raise JobError(f"there is no table {schema}.{name} in this database", "table")
     oid = row[0]
     types = dict(
         conn.execute(
@@ -287,7 +309,8 @@ def _check_table(
     missing = [c for c in [key, *columns] if c not in types]
     if missing:
         raise JobError(
-            f"{schema}.{name} has no column {', '.join(missing)} (its columns: {', '.join(types)})"
+            f"{schema}.{name} has no column {', '.join(missing)} (its columns: {', '.join(types)})",
+            "key" if key in missing else "columns",
         )
     unique = conn.execute(
         "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
@@ -298,18 +321,22 @@ def _check_table(
     if unique is None:
         raise JobError(
             f"{key} is not the primary key or a unique column of {schema}.{name}: "
-            "the job needs a key that names one row"
+            "the job needs a key that names one row",
+            "key",
         )
     if not destination:  # the vectors go to a chunk table
         return types[key], False
     if destination in [key, *columns]:
-        raise JobError(f"the destination column {destination} cannot be the key or a text column")
+        raise JobError(
+            f"the destination column {destination} cannot be the key or a text column", "column"
+        )
     wanted = f"vector({dimensions})"
     current = types.get(destination)
     if current is not None and current != wanted:
         raise JobError(
             f"{schema}.{name}.{destination} is {current}; the model gives {wanted}: "
-            "name another column (it is created when missing)"
+            "name another column (it is created when missing)",
+            "column",
         )
     return types[key], current is not None
 

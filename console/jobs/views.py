@@ -16,13 +16,13 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from console.databases import managed_databases
 from console.jobs import service
 from console.jobs.forms import JobForm
 from console.jobs.models import EmbeddingJob
-from console.overview import RENDER_TIMEOUT_S
 from console.playground.embedding import deployed_models
 from console.roles import can_manage_jobs
-from serverparams.server import ServerError, get_managed_server
+from serverparams.server import ServerError
 
 LIST_ROWS = 100
 FAILURES_SHOWN = 20
@@ -172,14 +172,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def _databases() -> tuple[list[str], str]:
     """The managed server's databases a job may use, or why they are unknown."""
     try:
-        with get_managed_server().connect(connect_timeout=RENDER_TIMEOUT_S) as conn:
-            rows = conn.execute(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
-                " ORDER BY datname"
-            ).fetchall()
+        return managed_databases(), ""
     except (ServerError, psycopg.Error) as exc:
         return [], str(exc).strip()
-    return [row[0] for row in rows], ""
 
 
 @require_http_methods(["GET", "POST"])
@@ -203,7 +198,7 @@ def job_create(request: HttpRequest) -> HttpResponse:
             try:
                 job = service.create(**form.create_arguments(), user=request.user)
             except service.JobError as exc:
-                form.add_job_error(str(exc))
+                form.add_job_error(exc)
             except psycopg.Error as exc:
                 form.job_error = f"the managed server failed while checking the table: {exc}"
             else:
@@ -234,12 +229,17 @@ def _detail_context(request: HttpRequest, job: EmbeddingJob, **extra: Any) -> di
             failures = service.failures(job, FAILURES_SHOWN)
         except service.JobError as exc:
             failures_problem = str(exc)
+    can_manage = can_manage_jobs(request.user)
+    other_models: list[str] = []
+    if can_manage and job.state != EmbeddingJob.State.DELETED and not job.next_model_uri:
+        other_models = [m.uri for m in deployed_models().models if m.uri != job.model_uri]
     return {
         "job": job,
         "watch": watch,
         "failures": failures,
         "failures_problem": failures_problem,
-        "can_manage": can_manage_jobs(request.user),
+        "can_manage": can_manage,
+        "other_models": other_models,
         **extra,
     }
 
@@ -297,6 +297,23 @@ def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
         return f"{moved:,} failed row{'' if moved == 1 else 's'} queued again."
 
     return _act(request, pk, retry)
+
+
+@require_POST
+@_managers_only
+def job_change_model(request: HttpRequest, pk: int) -> HttpResponse:
+    model_uri = request.POST.get("model_uri", "").strip()
+
+    def change(job: EmbeddingJob) -> str:
+        if not model_uri:
+            raise service.JobError("choose the model to embed the rows with")
+        queued = service.change_model(job, model_uri)
+        return (
+            f"Embedding {queued:,} row{'' if queued == 1 else 's'} again with {model_uri}. "
+            f"Queries keep the vectors of {job.model_uri} until every row is done."
+        )
+
+    return _act(request, pk, change)
 
 
 @require_http_methods(["GET", "POST"])

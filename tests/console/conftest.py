@@ -16,6 +16,7 @@ from django.test import Client
 
 from console.roles import ADMIN, READER, SETTINGS_MANAGER
 from serverparams.server import ManagedServer
+from tests.console.jobstack import cls_model, jobs  # noqa: F401  (fixtures)
 from tests.console.servers import (
     auto_conf,
     console_pg,  # noqa: F401  (the fixture)

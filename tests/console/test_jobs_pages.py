@@ -14,17 +14,14 @@ from django.utils import timezone
 
 from console.jobs import service
 from console.jobs.models import EmbeddingJob
-from tests.console.test_embedding_jobs import (
-    Jobs,
-    jobs,  # noqa: F401  (the fixture)
-)
+from tests.console.jobstack import Jobs
 from tests.fixtures.sidecar import TINY_URI
 
 HTMX_BODY = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "job-body"}
 HTMX_TABLE = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "job-table"}
 
 
-def _form(jobs: Jobs, **changes: str) -> dict[str, str]:  # noqa: F811
+def _form(jobs: Jobs, **changes: str) -> dict[str, str]:
     data = {
         "database": jobs.database,
         "table": "public.docs",
@@ -50,7 +47,7 @@ def _field(page: str, name: str) -> str:
     return found.group(0)
 
 
-def _columns(jobs: Jobs, table: str = "docs") -> set[str]:  # noqa: F811
+def _columns(jobs: Jobs, table: str = "docs") -> set[str]:
     rows = jobs.sql(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
         " AND NOT attisdropped",
@@ -60,7 +57,7 @@ def _columns(jobs: Jobs, table: str = "docs") -> set[str]:  # noqa: F811
 
 
 def test_an_admin_creates_a_job_with_the_form_and_the_pages_follow_it_to_the_end(
-    jobs: Jobs,  # noqa: F811
+    jobs: Jobs,
     admin_client: Client,
 ) -> None:
     jobs.table("docs", 120)
@@ -81,8 +78,12 @@ def test_an_admin_creates_a_job_with_the_form_and_the_pages_follow_it_to_the_end
     assert "public.docs &rarr; embedding" in page
 
     jobs.wait_synced(job)
-    job.refresh_from_db()
-    assert job.backfill_done_at is not None
+
+    def backfilled() -> bool:
+        job.refresh_from_db()
+        return job.backfill_done_at is not None
+
+    jobs.wait("the backfill noted as done", backfilled)
     body = admin_client.get(f"/jobs/{job.pk}/", **HTMX_BODY).content.decode()
     assert "<html" not in body and 'data-live="0"' in body
     assert 'hx-trigger="every' not in body  # idle: the fragment stops polling
@@ -105,7 +106,7 @@ def test_an_admin_creates_a_job_with_the_form_and_the_pages_follow_it_to_the_end
 
 
 def test_the_servers_objections_are_shown_next_to_the_field_keeping_what_was_typed(
-    jobs: Jobs,  # noqa: F811
+    jobs: Jobs,
     admin_client: Client,
 ) -> None:
     jobs.table("docs", 5)
@@ -148,7 +149,7 @@ def test_the_servers_objections_are_shown_next_to_the_field_keeping_what_was_typ
 
 
 def test_readers_see_every_page_without_write_buttons_and_every_write_is_refused(
-    jobs: Jobs,  # noqa: F811
+    jobs: Jobs,
     reader_client: Client,
     admin_client: Client,
 ) -> None:
@@ -181,6 +182,7 @@ def test_readers_see_every_page_without_write_buttons_and_every_write_is_refused
         ("post", f"/jobs/{job.pk}/retry/", {}),
         ("post", f"/jobs/{job.pk}/delete/", {"drop_column": "on"}),
         ("get", f"/jobs/{job.pk}/delete/", {}),
+        ("post", f"/jobs/{job.pk}/model/", {"model_uri": TINY_URI}),
     ]
     for method, url, data in writes:
         response = getattr(reader_client, method)(url, data)
@@ -192,14 +194,15 @@ def test_readers_see_every_page_without_write_buttons_and_every_write_is_refused
 
 
 def test_every_write_needs_the_csrf_token(
-    jobs: Jobs,  # noqa: F811
+    jobs: Jobs,
     admin_client: Client,
 ) -> None:
     jobs.table("docs", 3)
     job = jobs.create()
     guarded = Client(enforce_csrf_checks=True)
     guarded.force_login(User.objects.get(username="ada"))
-    for url in ("new/", f"{job.pk}/pause/", f"{job.pk}/resume/", f"{job.pk}/retry/"):
+    for url in ("new/", f"{job.pk}/pause/", f"{job.pk}/resume/", f"{job.pk}/retry/",
+                f"{job.pk}/model/"):  # fmt: skip
         assert guarded.post(f"/jobs/{url}", _form(jobs)).status_code == 403, url
     assert guarded.post(f"/jobs/{job.pk}/delete/").status_code == 403
     job.refresh_from_db()
@@ -214,7 +217,7 @@ def test_every_write_needs_the_csrf_token(
 
 
 def test_failed_rows_pause_resume_retry_and_delete_from_the_pages(
-    jobs: Jobs,  # noqa: F811
+    jobs: Jobs,
     admin_client: Client,
 ) -> None:
     jobs.table("docs", 20, body=lambda i: "" if i == 7 else f"body {i}")
@@ -263,7 +266,7 @@ def test_failed_rows_pause_resume_retry_and_delete_from_the_pages(
 
 
 def test_the_bell_and_the_search_know_the_jobs(
-    jobs: Jobs,  # noqa: F811
+    jobs: Jobs,
     admin_client: Client,
 ) -> None:
     jobs.table("docs", 4)
@@ -321,3 +324,34 @@ def test_the_pages_say_what_cannot_be_reached(
     detail = admin_client.get(f"/jobs/{job.pk}/").content.decode()
     assert "The job's progress cannot be counted now." in detail
     assert "Cannot connect to the managed server" in detail
+
+
+def test_an_admin_changes_the_model_from_the_page(
+    jobs: Jobs, admin_client: Client, cls_model: str
+) -> None:
+    jobs.table("docs", 20)
+    jobs.worker()
+    job = jobs.create()
+    jobs.wait_synced(job)
+    page = admin_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="change-model"' in page and f'<option value="{cls_model}">' in page
+    assert f'<option value="{TINY_URI}">' not in page.split('id="change-model"')[1]
+
+    refused = admin_client.post(f"/jobs/{job.pk}/model/", {"model_uri": "nope:v1"})
+    assert refused.status_code == 409 and "nope:v1" in refused.content.decode()
+    job.refresh_from_db()
+    assert not job.next_model_uri
+
+    response = admin_client.post(f"/jobs/{job.pk}/model/", {"model_uri": cls_model})
+    assert response.status_code == 302
+    page = admin_client.get(response["Location"]).content.decode()
+    assert f"Embedding 20 rows again with {cls_model}" in page
+    assert 'id="change-model"' not in page  # one change at a time
+
+    def changed() -> bool:
+        job.refresh_from_db()
+        return job.model_uri == cls_model and not job.next_model_uri
+
+    jobs.wait("the model changed", changed)
+    body = admin_client.get(f"/jobs/{job.pk}/", **HTMX_BODY).content.decode()
+    assert f"rows embedded with <code>{cls_model}</code>" in body
