@@ -34,6 +34,7 @@ from inference.registry import (
     check_uri,
     resolve_model,
 )
+from inference.store import verify_for_load
 
 log = logging.getLogger("inference.sidecar")
 
@@ -219,12 +220,20 @@ class Sidecar:
             source = await asyncio.to_thread(
                 resolve_model, entry["model_path"], entry["tokenizer_path"], entry["precision"]
             )
+            problems = await asyncio.to_thread(verify_for_load, Path(entry["model_path"]))
+            if problems:
+                raise ModelLoadError(
+                    f"refusing to load model {uri}: its files in {entry['model_path']} are not "
+                    f"those deployed ({'; '.join(problems)}); deploy it again"
+                )
             # Building the session takes a while for real models: keep the event loop serving.
             model = await asyncio.to_thread(
                 EmbeddingModel, source.onnx_path, source.tokenizer_dir, source.config, values
             )
         except ModelPathError as exc:
             raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
+        except ModelLoadError:
+            raise
         except Exception as exc:  # ONNX Runtime and tokenizer errors come in many classes
             log.warning("loading %s failed", uri, exc_info=True)
             raise ModelLoadError(

@@ -194,6 +194,14 @@ def verify_directory(
     return problems
 
 
+def verify_for_load(directory: Path) -> list[str]:
+    """Before a model-store directory is loaded: its files against the manifest's sha256, so
+    that a file changed since it was deployed is refused rather than served (empty: all good,
+    or not a model-store directory)."""
+    manifest = _read_manifest(directory) if directory.is_dir() else None
+    return [] if manifest is None else verify_directory(directory, manifest)
+
+
 def _read_manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / MANIFEST
     if not path.is_file():

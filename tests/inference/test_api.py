@@ -279,6 +279,35 @@ def test_registered_but_not_loaded_model_is_409_saying_how_to_load(
         sidecar.client.unregister(uri)
 
 
+def test_a_stored_model_whose_file_was_changed_is_refused_at_load_saying_which(
+    http: httpx.Client, sidecar: SidecarProcess, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    uri = "tiny-tampered:v1"
+    store_dir = make_store_dir(tiny_model_dir, tmp_path / "v1", uri=uri)
+    sidecar.client.register(uri, str(store_dir))
+    try:
+        vectors_of(http.post("/v1/embeddings", json={"model": uri, "input": "cat"}))
+        assert http.post(f"/models/{uri}/unload").json()["loaded"] is False
+        onnx = next(store_dir.rglob("*.onnx"))
+        data = bytearray(onnx.read_bytes())
+        data[-1] ^= 0xFF  # one flipped bit in the weights: still a loadable model
+        onnx.write_bytes(bytes(data))
+        response = http.post(f"/models/{uri}/load")
+        assert response.status_code == 422, response.text
+        message = response.json()["error"]["message"]
+        assert f"refusing to load model {uri}" in message
+        assert f"{onnx.relative_to(store_dir).as_posix()} does not match its sha256" in message
+        assert "deploy it again" in message
+        error_of(http.post("/v1/embeddings", json={"model": uri, "input": "cat"}), 409,
+                 "model_not_loaded")  # fmt: skip
+        (tmp_path / "v1" / "stray.txt").write_text("not deployed")
+        onnx.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0xFF]))  # the file restored
+        response = http.post(f"/models/{uri}/load")
+        assert response.status_code == 422 and "stray.txt is not listed" in response.text
+    finally:
+        sidecar.client.unregister(uri)
+
+
 def test_request_limits_follow_the_settings_live(http: httpx.Client) -> None:
     before = http.get("/settings").json()
     try:
