@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from inference.process import ChildProcess, http_ready
 from serverparams.server import ManagedServer
+from tests.console.jobstack import cls_model  # noqa: F401  (the fixture)
 from tests.console.servers import (
     auto_conf,
     console_pg,  # noqa: F401  (the fixture)

@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, expect
 
 from serverparams.server import ManagedServer
+from tests.console.jobstack import CLS_URI
 from tests.console.stack import (
     Worker,
     deploy_catalog,
@@ -55,7 +56,7 @@ class JobsConsole:
 
 @pytest.fixture
 def jobs_console(
-    managed_pg: ManagedServer, sidecar: SidecarProcess, tmp_path: Path
+    managed_pg: ManagedServer, sidecar: SidecarProcess, tmp_path: Path, cls_model: str
 ) -> Iterator[JobsConsole]:
     """The console and a worker configured alike, with a catalog that knows ``tiny:v1``,
     VECTOR and AZURE_LOCAL_AI allowed, and a scratch database holding ``docs`` (``ROWS``
@@ -64,7 +65,11 @@ def jobs_console(
     database = f"jobs_{uuid.uuid4().hex[:8]}"
     extra = {
         "INFERENCE_CATALOG": str(
-            deploy_catalog(tmp_path / "catalog.json", tiny_entry(uri=TINY_URI))
+            deploy_catalog(
+                tmp_path / "catalog.json",
+                tiny_entry(uri=TINY_URI),
+                tiny_entry(uri=CLS_URI, pooling="cls", title="Tiny test model, CLS pooling"),
+            )
         ),
         "CELERY_QUEUE": queue,
         "HF_HUB_OFFLINE": "1",
@@ -201,6 +206,17 @@ def test_a_job_created_in_the_form_fills_the_table_and_its_page_follows_it(
             "data-value", str(ROWS + 50), timeout=JOB_TIMEOUT_MS
         )
         expect(page.locator("#job-status")).to_have_text("In sync", timeout=JOB_TIMEOUT_MS)
+
+        # Another model: every row is embedded again, and the page says with which.
+        card = page.locator("#change-model")
+        card.get_by_label("New model").select_option(CLS_URI)
+        card.get_by_role("button", name="Embed again with this model").click()
+        expect(page.locator(".job-messages")).to_contain_text(f"again with {CLS_URI}")
+        expect(page.locator("#job-status")).to_have_text("In sync", timeout=JOB_TIMEOUT_MS)
+        expect(page.locator(".job-summary")).to_contain_text(f"rows embedded with {CLS_URI}")
+        page.reload()
+        expect(page.locator("#change-model")).to_contain_text(TINY_URI)  # and back again
+        page.screenshot(path=str(screenshots / "jobs-8-model-changed.png"), full_page=True)
 
         # Delete asks first, offering to drop the vectors too; cancelled, nothing happens.
         page.locator("#cmd-delete").click()
