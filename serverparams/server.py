@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psutil
 import psycopg
@@ -94,11 +94,18 @@ def _conf_quote(value: str) -> str:
 
 
 def display_uri(uri: str) -> str:
-    """``uri`` with its password, if any, masked: safe to show in a page or a message."""
+    """``uri`` with its password, if any, masked: safe to show in a page or a message.
+
+    libpq takes the password in either place: ``user:password@host`` or ``?password=``.
+    """
     parts = urlsplit(uri)
     if parts.password:
         netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
         parts = parts._replace(netloc=netloc)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _value in query):
+        masked = [(key, "***" if key == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
     return urlunsplit(parts)
 
 
@@ -206,7 +213,8 @@ class ManagedServer:
                 row = conn.execute(
                     "SELECT current_setting('server_version'),"
                     " current_setting('port')::int,"
-                    " pg_postmaster_start_time(),"
+                    # A number: psycopg reads timestamps only in the ISO DateStyle.
+                    " extract(epoch FROM pg_postmaster_start_time())::float8,"
                     " EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)"
                 ).fetchone()
         except (ServerError, psycopg.Error) as exc:
@@ -231,7 +239,7 @@ class ManagedServer:
             version=version.split()[0],
             port=port,
             data_dir=data_dir,
-            uptime=datetime.now(UTC) - started,
+            uptime=datetime.now(UTC) - datetime.fromtimestamp(started, UTC),
             pending_restart=bool(pending),
             controls_process=self.controls_process,
         )
