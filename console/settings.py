@@ -3,17 +3,66 @@
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
-from inference.config import env_bool, env_str, inference_token, inference_url, var_dir
+from django.core.exceptions import ImproperlyConfigured
+
+from inference.config import env_bool, env_int, env_str, inference_token, inference_url, var_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = var_dir()
 
-SECRET_KEY = env_str("SECRET_KEY", "insecure-development-key-set-SECRET_KEY-in-production")
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
-CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# -- Served over HTTPS -------------------------------------------------------------------------
+# HTTPS=true: cookies travel over HTTPS only, plain HTTP is redirected, and browsers are told
+# to use nothing but HTTPS for this host and its subdomains (HSTS) for a year.
+HTTPS = env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+# Not preloaded: the preload list takes the registrable domain (all of example.com, not
+# console.example.com) and months to leave, a decision for whoever owns the domain, not
+# for one console on it.
+SECURE_HSTS_PRELOAD = False
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Only behind a proxy that sets X-Forwarded-Proto itself, replacing what a client sent:
+# anywhere else a client could claim HTTPS with that header.
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# The session cookie is out of JavaScript's reach (Django's default, stated) and lasts a
+# working day rather than Django's two weeks.
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600)
+
+# Anyone who knows the built-in key can forge what Django signs with it: refuse it once the
+# console is served to others. DEBUG=true stays a
+# developer's own choice, and so do the loopback defaults of `make run` and the tests.
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "testserver"}
+if (
+    SECRET_KEY == DEVELOPMENT_SECRET_KEY
+    and not DEBUG
+    and (HTTPS or not set(ALLOWED_HOSTS) <= _LOCAL_HOSTS)
+):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is the built-in development key, which anyone can read, while the console "
+        f"is served {'over HTTPS' if HTTPS else 'to ' + ', '.join(ALLOWED_HOSTS)}. Set "
+        "SECRET_KEY to a long random value of your own, e.g. the output of: python -c "
+        "'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -29,6 +78,7 @@ INSTALLED_APPS = [
     "console.inference_settings",
     "console.playground",
     "console.jobs",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -44,6 +94,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -107,6 +159,24 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
+
+# Sign-in attempts are counted by django-axes: after AXES_FAILURE_LIMIT failures for one user
+# name from one address, that pair is locked out for AXES_COOLOFF_TIME (each further attempt
+# starts it again). An admin can lift a lockout early: manage.py axes_reset_username NAME.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "console.views.locked_out"
+# The log names the user and the address (never the password, which django-axes always
+# masks), so that whoever reads it knows whom to unlock.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+# Without the greeting every manage.py command would print.
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

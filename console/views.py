@@ -1,7 +1,9 @@
-"""The portal shell's own pages: the overview and the bell."""
+"""The portal shell's own pages: the overview, the bell, and the sign-in lockout."""
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -35,3 +37,19 @@ def search(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "")
     context = {"groups": find(query), "q": query.strip()}
     return render(request, "console/_search_results.html", context)
+
+
+def locked_out(
+    request: HttpRequest,
+    response: HttpResponse | None = None,
+    credentials: dict[str, object] | None = None,
+) -> HttpResponse:
+    """The sign-in page saying why it refuses, for django-axes (AXES_LOCKOUT_CALLABLE) to
+    answer with once a user name has failed too often from one address."""
+    username = request.POST.get("username", "")
+    context = {
+        "form": AuthenticationForm(request, initial={"username": username}),
+        "next": request.POST.get("next", ""),
+        "locked_out_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
+    }
+    return render(request, "registration/login.html", context, status=429)
