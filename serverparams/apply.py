@@ -85,7 +85,8 @@ def write_back(conn: psycopg.Connection, snapshot: dict[str, str], names: Iterab
 
 def _reload(conn: psycopg.Connection) -> None:
     """Reload the configuration and wait until this backend has read it."""
-    query = "SELECT pg_conf_load_time()"
+    # As a number: psycopg reads timestamps only in the ISO DateStyle, which users may change.
+    query = "SELECT extract(epoch FROM pg_conf_load_time())"
     before = conn.execute(query).fetchone()
     conn.execute("SELECT pg_reload_conf()")
     deadline = time.monotonic() + _RELOAD_WAIT_S
