@@ -1,5 +1,9 @@
 """Applying parameter changes: validate all, then ``ALTER SYSTEM`` each, reload, record.
 
+A value set back to its default is applied with ``ALTER SYSTEM RESET`` (see ``validation``),
+which returns the parameter to the server's own configuration files, not to PostgreSQL's
+built-in boot value.
+
 A save is all or nothing: when the server refuses one value (its own checks can go beyond the
 console's validation), the entries already written are put back before the configuration is
 reloaded, so none of the batch ever takes effect.
@@ -22,7 +26,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from psycopg import sql
 
-from serverparams.catalog import Catalog, Parameter, read_catalog
+from serverparams.catalog import IN_AUTO_CONF, Catalog, Parameter, read_catalog
 from serverparams.models import ParameterChange
 from serverparams.server import ServerError, get_managed_server
 from serverparams.validation import Edit, check_edits
@@ -30,10 +34,7 @@ from serverparams.validation import Edit, check_edits
 # pg_advisory_lock key of parameter saves ("prms" in ASCII).
 SAVE_LOCK_KEY = 0x70726D73
 _RELOAD_WAIT_S = 5.0
-_AUTO_CONF_QUERY = """
-SELECT name, setting FROM pg_file_settings
-WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno
-"""
+_AUTO_CONF_QUERY = f"SELECT name, setting FROM pg_file_settings WHERE {IN_AUTO_CONF} ORDER BY seqno"
 
 
 class Restart(enum.Enum):
@@ -61,10 +62,18 @@ class SaveResult:
         return not self.errors and not self.failed and not self.needs_decision
 
 
-def _alter_system(conn: psycopg.Connection, name: str, value: str) -> None:
+def _identifier(name: str) -> sql.Identifier:
     # Custom parameters such as azure.extensions are written as qualified names.
-    identifier = sql.Identifier(*name.split("."))
-    conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(identifier, sql.Literal(value)))
+    return sql.Identifier(*name.split("."))
+
+
+def _alter_system(conn: psycopg.Connection, name: str, value: str) -> None:
+    conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(_identifier(name), sql.Literal(value)))
+
+
+def _alter_system_reset(conn: psycopg.Connection, name: str) -> None:
+    """Remove ``name``'s ALTER SYSTEM entry: the configuration files decide its value again."""
+    conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(_identifier(name)))
 
 
 def auto_conf(conn: psycopg.Connection) -> dict[str, str]:
@@ -77,8 +86,7 @@ def write_back(conn: psycopg.Connection, snapshot: dict[str, str], names: Iterab
     for name in names:
         previous = snapshot.get(name.lower())
         if previous is None:
-            identifier = sql.Identifier(*name.split("."))
-            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(identifier))
+            _alter_system_reset(conn, name)
         else:
             _alter_system(conn, name, previous)
 
@@ -147,7 +155,10 @@ def _save_locked(
     written = auto_conf(conn)
     for name in names:
         try:
-            _alter_system(conn, name, checked.values[name])
+            if name in checked.resets:
+                _alter_system_reset(conn, name)
+            else:
+                _alter_system(conn, name, checked.values[name])
         except psycopg.Error as exc:
             # Nothing is reloaded yet: putting back what this batch wrote undoes all of it.
             write_back(conn, written, result.applied)
@@ -231,11 +242,13 @@ def restart_instructions(*, controls_process: bool) -> str:
 def reset_all_edits(catalog: Catalog) -> list[Edit]:
     """Edits that set every modified, editable parameter back to its default.
 
+    The default is the server's own configuration (``Parameter.default``), so what initdb or
+    the configuration files set stays as it is; saving the edits runs ``ALTER SYSTEM RESET``.
     Parameters whose value comes from the connecting client (``client_encoding``) are left
     alone: every client sets its own, so a server-wide value would change nothing but the log.
     """
     return [
-        Edit(name=p.name, value=p.boot_val, base=p.value)
+        Edit(name=p.name, value=p.default, base=p.value)
         for p in catalog.parameters
         if p.is_modified and not p.is_read_only and p.source != "client"
     ]

@@ -16,20 +16,44 @@ from serverparams import policy
 from serverparams.machine import unmet_needs
 from serverparams.units import UnitError, parse_number
 
+# ALTER SYSTEM writes postgresql.auto.conf; every other configuration file (postgresql.conf as
+# initdb wrote it, its includes) is the server's own configuration.
+IN_AUTO_CONF = "sourcefile LIKE '%/postgresql.auto.conf'"
+
 # A parameter waiting for a restart shows the value that will take effect (the last entry of
-# the configuration files), not the running one, so that two people editing it compare
-# against the same value.
-PARAMETERS_QUERY = """
+# the configuration files, or the boot value once no file sets it), not the running one, so
+# that two people editing it compare against the same value.
+#
+# A parameter's default is what it has without ALTER SYSTEM's entries, which is what
+# ALTER SYSTEM RESET returns it to: the running value while that does not come from
+# postgresql.auto.conf (in the server's own canonical form, e.g. "ISO, MDY" for initdb's
+# 'iso, mdy'), else the last entry of the other configuration files, else the boot value.
+PARAMETERS_QUERY = f"""
 WITH file_values AS (
     SELECT DISTINCT ON (lower(name)) lower(name) AS lname, setting
     FROM pg_file_settings
+    WHERE name IS NOT NULL
+    ORDER BY lower(name), seqno DESC
+), configured_values AS (
+    SELECT DISTINCT ON (lower(name)) lower(name) AS lname, setting
+    FROM pg_file_settings
+    WHERE name IS NOT NULL AND NOT {IN_AUTO_CONF}
     ORDER BY lower(name), seqno DESC
 )
 SELECT s.name, s.setting, s.unit, s.category, s.short_desc, s.extra_desc, s.context,
        s.vartype, s.source, s.min_val, s.max_val, s.enumvals, s.boot_val, s.reset_val,
-       s.pending_restart, CASE WHEN s.pending_restart THEN f.setting END AS pending_value
+       s.pending_restart,
+       CASE WHEN s.pending_restart THEN COALESCE(f.setting, s.boot_val) END AS pending_value,
+       CASE
+           WHEN NOT s.pending_restart
+                AND (s.source IN ('default', 'override', 'environment variable', 'command line')
+                     OR (s.source = 'configuration file' AND NOT {IN_AUTO_CONF}))
+           THEN s.setting
+           ELSE COALESCE(c.setting, s.boot_val)
+       END AS default_value
 FROM pg_settings s
 LEFT JOIN file_values f ON f.lname = lower(s.name)
+LEFT JOIN configured_values c ON c.lname = lower(s.name)
 ORDER BY lower(s.name)
 """
 
@@ -70,6 +94,7 @@ class Parameter:
     reset_val: str
     pending_restart: bool
     pending_value: str | None
+    default: str  # what ALTER SYSTEM RESET returns it to (see PARAMETERS_QUERY)
     choices: tuple[str, ...] = field(default=())  # set parameters: the allowed entries
 
     @property
@@ -101,10 +126,14 @@ class Parameter:
 
     @property
     def is_modified(self) -> bool:
-        """The value differs from the built-in default, and someone configured it so."""
+        """The value differs from the server's configured default (see ``default``)."""
         if not self.pending_restart and self.source in policy.COMPUTED_SOURCES:
             return False
-        return normalise(self, self.value) != normalise(self, self.boot_val)
+        return not self.is_default(self.value)
+
+    def is_default(self, value: str) -> bool:
+        """``value`` is the default, however it is written (``on``/``true``, ``4MB``/``4096``)."""
+        return normalise(self, value) == normalise(self, self.default)
 
     @property
     def description(self) -> str:
@@ -218,7 +247,8 @@ def read_parameters(
     parameters = []
     for row in rows:
         (name, setting, unit, category, short_desc, extra_desc, context, vartype, source) = row[:9]
-        (min_val, max_val, enumvals, boot_val, reset_val, pending_restart, pending_value) = row[9:]
+        (min_val, max_val, enumvals, boot_val, reset_val, pending_restart) = row[9:15]
+        (pending_value, default) = row[15:]
         source_of_choices = policy.SET_PARAMETERS.get(name)
         if source_of_choices == policy.EXTENSIONS_SOURCE:
             choices = extension_names
@@ -244,6 +274,7 @@ def read_parameters(
                 reset_val=reset_val or "",
                 pending_restart=bool(pending_restart),
                 pending_value=pending_value,
+                default=default or "",
                 choices=choices,
             )
         )

@@ -4,6 +4,12 @@ Every edit is checked: the name against ``pg_settings`` (unknown and read-only p
 refused), the value against the parameter's data type, range (with units, see ``units``),
 enumeration values or set entries. The result is the value in the text form PostgreSQL
 stores, to be passed to ``ALTER SYSTEM`` as a literal.
+
+A value equal to the parameter's default (the server's own configuration, see
+``Parameter.default``) is a reset, however it is written: it is applied with
+``ALTER SYSTEM RESET``, so that the parameter follows the configuration files again rather than
+pinning a copy of their value. The per-row "Reset to default", "Reset all to default" and a
+value typed by hand all end the same way.
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ class Checked:
     errors: dict[str, str]  # the name as submitted -> message
     parameters: dict[str, Parameter]  # canonical name -> parameter, for the edited ones
     conflicts: list[str] = field(default_factory=list)  # changed by someone since read
+    resets: list[str] = field(default_factory=list)  # canonical names set to their default
 
 
 def check_edits(edits: list[Edit], catalog: Catalog, *, check_base: bool = True) -> Checked:
@@ -135,6 +142,12 @@ def check_edits(edits: list[Edit], catalog: Catalog, *, check_base: bool = True)
                 f"{parameter.value!r}. Refresh to see the newer value, then edit again"
             )
             checked.conflicts.append(parameter.name)
+            continue
+        if parameter.is_default(edit.value):
+            # The server's files already hold this value; nothing of the user's is stored.
+            checked.values[parameter.name] = parameter.default
+            checked.resets.append(parameter.name)
+            checked.parameters[parameter.name] = parameter
             continue
         try:
             checked.values[parameter.name] = clean_value(parameter, edit.value, catalog.extensions)

@@ -1,4 +1,5 @@
-"""Saving parameters on the real managed server: apply, reload, pending restart, audit, locks."""
+"""Saving parameters on the real managed server: apply, reload, pending restart, reset to the
+server's configured defaults, audit, locks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import psycopg
 import pytest
 from django.contrib.auth.models import User
 
-from serverparams.apply import SAVE_LOCK_KEY, Restart, auto_conf, reset_all_edits, save_changes
+from serverparams.apply import (
+    SAVE_LOCK_KEY,
+    Restart,
+    auto_conf,
+    reset_all_edits,
+    restart_pending,
+    save_changes,
+)
 from serverparams.catalog import read_catalog
 from serverparams.models import ParameterChange
 from serverparams.server import ManagedServer
@@ -181,16 +189,90 @@ def test_saves_wait_for_each_other(
     assert show(server, "work_mem") == "12MB"
 
 
-def test_reset_all_sets_modified_parameters_back_to_default(
-    server: ManagedServer, ada: User
+# What initdb writes into postgresql.conf (locale, time zone, date style, text search), which
+# PostgreSQL's built-in boot values would all undo.
+INITDB_PARAMETERS = [
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "TimeZone",
+    "log_timezone",
+    "DateStyle",
+    "default_text_search_config",
+    "dynamic_shared_memory_type",
+    "max_connections",
+    "shared_buffers",
+]
+
+
+def test_reset_all_undoes_the_users_changes_and_keeps_what_initdb_wrote(
+    server: ManagedServer, pg: psycopg.Connection, ada: User
 ) -> None:
-    save_changes([Edit("work_mem", "8MB"), Edit("enable_seqscan", "off")], ada)
+    in_postgresql_conf = {
+        name.lower()
+        for (name,) in pg.execute(
+            "SELECT name FROM pg_file_settings WHERE sourcefile LIKE '%/postgresql.conf'"
+        ).fetchall()
+    }
+    assert {name.lower() for name in INITDB_PARAMETERS} <= in_postgresql_conf
+    initdb_wrote = {name: show(server, name) for name in INITDB_PARAMETERS}
+    assert initdb_wrote["lc_messages"] == "C.UTF-8" and initdb_wrote["DateStyle"] == "ISO, MDY"
+    # The user's own changes, three of them to parameters postgresql.conf sets too.
+    mine = {
+        "work_mem": "8MB",
+        "enable_seqscan": "off",
+        "TimeZone": "Asia/Tokyo",
+        "DateStyle": "German, DMY",
+        "lc_monetary": "C",
+        "max_connections": str(int(initdb_wrote["max_connections"]) + 10),
+    }
+    changed = save_changes([Edit(n, v) for n, v in mine.items()], ada, restart=Restart.NO)
+    assert changed.ok and show(server, "TimeZone") == "Asia/Tokyo"
+
     with server.connect() as conn:
-        edits = reset_all_edits(read_catalog(conn))
-    by_name = {edit.name: edit for edit in edits}
-    assert by_name["work_mem"].value == "4096" and by_name["work_mem"].base == "8192"
-    assert by_name["enable_seqscan"].value == "on"
-    assert "port" not in by_name and "shared_preload_libraries" not in by_name
-    result = save_changes([by_name["work_mem"], by_name["enable_seqscan"]], ada, restart=Restart.NO)
-    assert result.ok
+        edits = {edit.name: edit for edit in reset_all_edits(read_catalog(conn))}
+    assert set(edits) == set(mine)
+    assert edits["TimeZone"].value == initdb_wrote["TimeZone"]
+    assert edits["lc_monetary"].value == initdb_wrote["lc_monetary"] == "C.UTF-8"
+    assert edits["work_mem"].value == "4096"  # no file sets it: the boot value
+    result = save_changes(list(edits.values()), ada, restart=Restart.NO)
+
+    assert result.ok and set(result.applied) == set(mine)
+    assert {name: show(server, name) for name in INITDB_PARAMETERS} == initdb_wrote
     assert show(server, "work_mem") == "4MB" and show(server, "enable_seqscan") == "on"
+    assert not {name.lower() for name in mine} & set(auto_conf(pg))  # reset, not copied
+    by_name = result.catalog.by_name()
+    assert not by_name["max_connections"].pending_restart
+    assert [p.name for p in result.catalog.parameters if p.is_modified] == []
+
+
+def test_a_value_equal_to_the_default_is_reset_however_it_is_written(
+    server: ManagedServer, pg: psycopg.Connection, ada: User
+) -> None:
+    configured = show(server, "TimeZone")
+    save_changes([Edit("TimeZone", "Asia/Tokyo"), Edit("work_mem", "8MB")], ada)
+    assert {"timezone", "work_mem"} <= set(auto_conf(pg))
+    # What the row's "Reset to default" sends, and the default typed in another unit.
+    result = save_changes([Edit("TimeZone", configured), Edit("work_mem", "4MB")], ada)
+    assert result.ok and result.applied == ["TimeZone", "work_mem"]
+    assert not {"timezone", "work_mem"} & set(auto_conf(pg))
+    assert show(server, "TimeZone") == configured and show(server, "work_mem") == "4MB"
+    recorded = ParameterChange.objects.filter(old_value="8192").get()
+    assert (recorded.parameter, recorded.new_value) == ("work_mem", "4096")
+
+
+def test_resetting_a_static_parameter_no_file_sets_returns_it_to_the_boot_value(
+    restartable_server: ManagedServer, ada: User
+) -> None:
+    raised = save_changes([Edit("max_worker_processes", "9")], ada, restart=Restart.YES)
+    assert raised.restarted and show(restartable_server, "max_worker_processes") == "9"
+    with restartable_server.connect() as conn:
+        edits = reset_all_edits(read_catalog(conn))
+    assert edits == [Edit("max_worker_processes", "8", base="9")]
+    result = save_changes(edits, ada, restart=Restart.NO)
+    parameter = result.catalog.by_name()["max_worker_processes"]
+    assert parameter.pending_restart and parameter.value == "8" and not parameter.is_modified
+    assert ParameterChange.objects.latest("id").status == ParameterChange.Status.PENDING_RESTART
+    restart_pending(result)
+    assert result.restarted and show(restartable_server, "max_worker_processes") == "8"

@@ -6,6 +6,7 @@ import psycopg
 import pytest
 
 from serverparams import policy
+from serverparams.apply import auto_conf
 from serverparams.catalog import Catalog, read_catalog
 from serverparams.server import ManagedServer
 
@@ -96,15 +97,17 @@ def test_extensions_are_the_choices_of_azure_extensions(catalog: Catalog) -> Non
 
 def test_modified_compares_normalised_values(pg: psycopg.Connection, server: ManagedServer) -> None:
     pg.execute("ALTER SYSTEM SET work_mem = '8MB'")
+    pg.execute("ALTER SYSTEM SET log_file_mode = 384")
     pg.execute("SELECT pg_reload_conf()")
     with server.connect() as fresh:
         by_name = read_catalog(fresh).by_name()
     assert by_name["work_mem"].value == "8192"
     assert by_name["work_mem"].is_modified
-    # Same value as the default written differently is not "modified" (0600 is octal 384),
+    # Same value as the default written differently is not "modified" (0600 is octal 384: set
+    # by ALTER SYSTEM, compared with the boot value as no other file sets it),
     # nor is a value the server computed itself (client_encoding from the database).
     assert not by_name["enable_seqscan"].is_modified
-    assert by_name["log_file_mode"].setting == "0600" and by_name["log_file_mode"].boot_val == "384"
+    assert by_name["log_file_mode"].setting == "0600" and by_name["log_file_mode"].default == "384"
     assert not by_name["log_file_mode"].is_modified
     assert by_name["client_encoding"].setting != by_name["client_encoding"].boot_val
     assert not by_name["client_encoding"].is_modified
@@ -121,3 +124,34 @@ def test_pending_restart_shows_the_value_that_will_take_effect(
     assert parameter.pending_restart
     assert parameter.setting == running
     assert parameter.value == str(int(running) + 7)
+
+
+def test_defaults_are_the_servers_own_configuration(
+    pg: psycopg.Connection, catalog: Catalog
+) -> None:
+    by_name = catalog.by_name()
+    # initdb's postgresql.conf (and the console's included managed.conf), not the boot values.
+    assert by_name["lc_messages"].default == "C.UTF-8" and by_name["lc_messages"].boot_val == ""
+    assert by_name["timezone"].default == by_name["timezone"].setting != "GMT"
+    assert by_name["datestyle"].default == "ISO, MDY"  # the server's form of 'iso, mdy'
+    assert by_name["default_text_search_config"].default == "pg_catalog.english"
+    assert by_name["shared_preload_libraries"].default == "azure_local_ai"
+    # No file sets work_mem: its default is the boot value.
+    assert by_name["work_mem"].default == by_name["work_mem"].boot_val == "4096"
+    # Only what ALTER SYSTEM wrote can differ from the default.
+    modified = {p.name.lower() for p in catalog.parameters if p.is_modified}
+    assert modified <= set(auto_conf(pg))
+
+
+def test_a_parameter_also_set_by_alter_system_defaults_to_the_configuration_file(
+    pg: psycopg.Connection, server: ManagedServer
+) -> None:
+    pg.execute("ALTER SYSTEM SET lc_monetary = 'C'")
+    pg.execute("ALTER SYSTEM SET datestyle = 'SQL, DMY'")
+    pg.execute("SELECT pg_reload_conf()")
+    with server.connect() as fresh:
+        by_name = read_catalog(fresh).by_name()
+    assert by_name["lc_monetary"].value == "C" and by_name["lc_monetary"].default == "C.UTF-8"
+    assert by_name["datestyle"].value == "SQL, DMY"
+    assert by_name["datestyle"].default == "iso, mdy"  # as postgresql.conf writes it
+    assert by_name["lc_monetary"].is_modified and by_name["datestyle"].is_modified

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import pytest
 from django.http import HttpResponse
@@ -196,6 +198,49 @@ def test_reset_all_dialog_lists_modified_parameters(
     assert "Reset all to default?" in dialog
     assert 'name="value:enable_seqscan" value="on"' in dialog
     assert 'name="base:enable_seqscan" value="off"' in dialog
+
+
+def test_reset_all_keeps_what_initdb_wrote_and_empties_the_modified_tab(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    initdb_wrote = {name: show(server, name) for name in ("TimeZone", "lc_messages", "DateStyle")}
+    save(
+        admin_client,
+        {
+            "name": ["TimeZone", "DateStyle", "work_mem"],
+            "value:TimeZone": "Asia/Tokyo",
+            "value:DateStyle": "SQL, DMY",
+            "value:work_mem": "6MB",
+        },
+    )
+    dialog = admin_client.get("/parameters/reset-all/").content.decode()
+    assert f'name="value:TimeZone" value="{initdb_wrote["TimeZone"]}"' in dialog
+    assert "lc_messages" not in dialog  # never changed: nothing to reset
+    # Submit the dialog's form as the browser does.
+    fields: dict[str, list[str]] = {"restart": ["no"], "tab": ["modified"]}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', dialog):
+        fields.setdefault(name, []).append(html.unescape(value))
+    assert sorted(fields["name"]) == ["DateStyle", "TimeZone", "work_mem"]
+    response = save(admin_client, fields)
+    assert response.status_code == 200
+    assert {name: show(server, name) for name in initdb_wrote} == initdb_wrote
+    assert show(server, "work_mem") == "4MB"
+    page = admin_client.get("/parameters/", {"tab": "modified"}).content.decode()
+    assert 'Modified <span class="count">(0)</span>' in page
+    assert 'class="param-row' not in page
+
+
+def test_a_rows_reset_goes_back_to_the_configured_default(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    def row(name: str) -> str:
+        page = admin_client.get("/parameters/", {"q": name}, **HTMX).content.decode()
+        start = page.index(f'data-param="{name}"')
+        return page[start : page.index("</tr>", start)]
+
+    assert 'data-default="C.UTF-8"' in row("lc_messages")  # initdb's, not the boot value ''
+    assert "Reset lc_messages to default (C.UTF-8)" in row("lc_messages")
+    assert 'data-default="4096"' in row("work_mem")  # no file sets it: the boot value
 
 
 def test_history_panel_shows_who_changed_what(server: ManagedServer, admin_client: Client) -> None:
