@@ -70,6 +70,7 @@ bench: venv server
 	$(PY) bench/sql.py
 	$(PY) bench/console.py
 	$(PY) bench/deployments.py
+	$(PY) bench/jobs.py
 
 ## Managed PostgreSQL server and the azure_local_ai module -----------------------------------
 # The module is built against the embedded PostgreSQL (pgserver, inside the venv) and

