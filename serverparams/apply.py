@@ -12,18 +12,23 @@ Saves are serialised with a session-level advisory lock on the managed server (`
 cannot run inside a transaction, so a transaction-scoped lock would not cover it): the rows are
 re-read, checked against the values the editor showed, validated and applied while the lock is
 held, so two saves cannot interleave and nobody's change is silently overwritten.
+
+The audit rows are written in the console's database once the server has the change. When
+that write fails (the database is locked, read-only or gone), the change stays applied: the
+result says it could not be recorded, and the log has the details.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from psycopg import sql
 
 from serverparams.catalog import IN_AUTO_CONF, Catalog, Parameter, read_catalog
@@ -35,6 +40,8 @@ from serverparams.validation import Edit, check_edits
 SAVE_LOCK_KEY = 0x70726D73
 _RELOAD_WAIT_S = 5.0
 _AUTO_CONF_QUERY = f"SELECT name, setting FROM pg_file_settings WHERE {IN_AUTO_CONF} ORDER BY seqno"
+
+logger = logging.getLogger(__name__)
 
 
 class Restart(enum.Enum):
@@ -56,6 +63,7 @@ class SaveResult:
     pending_restart: list[str] = field(default_factory=list)
     restarted: bool = False
     restart_message: str = ""
+    unrecorded: list[str] = field(default_factory=list)  # history writes that failed, why
 
     @property
     def ok(self) -> bool:
@@ -185,23 +193,48 @@ def _record(
     user: AbstractBaseUser | AnonymousUser,
     on_behalf_of: str = "",
 ) -> None:
+    """One audit row per applied change; a failed write is reported, never undoes the change."""
     username = user.get_username() or "anonymous"
     if on_behalf_of:
         username = f"{username} ({on_behalf_of})"[:150]
-    with transaction.atomic():
-        for name in result.applied:
-            ParameterChange.objects.create(
-                user=user if getattr(user, "is_authenticated", False) else None,
-                username=username,
-                parameter=name,
-                old_value=before[name].value,
-                new_value=after[name.lower()].value,
-                status=(
-                    ParameterChange.Status.PENDING_RESTART
-                    if name in result.pending_restart
-                    else ParameterChange.Status.APPLIED
-                ),
-            )
+    changes = [
+        ParameterChange(
+            user=user if getattr(user, "is_authenticated", False) else None,
+            username=username,
+            parameter=name,
+            old_value=before[name].value,
+            new_value=after[name.lower()].value,
+            status=(
+                ParameterChange.Status.PENDING_RESTART
+                if name in result.pending_restart
+                else ParameterChange.Status.APPLIED
+            ),
+        )
+        for name in result.applied
+    ]
+    try:
+        with transaction.atomic():
+            for change in changes:
+                change.save()
+    except DatabaseError as exc:
+        logger.exception(
+            "Applied to the managed server but not recorded in the change history: %s",
+            "; ".join(str(change) for change in changes),
+        )
+        names = ", ".join(result.applied)
+        were = "was" if len(result.applied) == 1 else "were"
+        result.unrecorded.append(
+            f"{names} {were} applied to the server, but could not be recorded in the change "
+            f"history: {_reason(exc)}. Nothing was undone: the server keeps the new values, "
+            "and the console's log lists what is missing from the history. Check the "
+            "console's database."
+        )
+
+
+def _reason(exc: DatabaseError) -> str:
+    """The first line of a database error, for a message beside what it stopped."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def restart_pending(result: SaveResult) -> None:
@@ -217,9 +250,18 @@ def restart_pending(result: SaveResult) -> None:
         return
     result.restarted = True
     # A restart applies every pending change, including earlier saves'.
-    ParameterChange.objects.filter(status=ParameterChange.Status.PENDING_RESTART).update(
-        status=ParameterChange.Status.RESTARTED
-    )
+    try:
+        with transaction.atomic():  # a failure leaves an enclosing transaction usable
+            ParameterChange.objects.filter(status=ParameterChange.Status.PENDING_RESTART).update(
+                status=ParameterChange.Status.RESTARTED
+            )
+    except DatabaseError as exc:
+        logger.exception("The managed server restarted; the change history could not say so")
+        result.unrecorded.append(
+            "The server was restarted and the pending changes are in effect, but the change "
+            f"history could not be updated to say so: {_reason(exc)}. The console's log has "
+            "the details. Check the console's database."
+        )
     with server.connect() as conn:
         result.catalog = read_catalog(conn)
     result.pending_restart = []

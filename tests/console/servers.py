@@ -1,4 +1,5 @@
-"""A managed server for the console's tests (pytest-django and browser tests)."""
+"""A managed server for the console's tests (pytest-django and browser tests), and a console
+database that refuses writes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.db import connection
 
 from serverparams.apply import auto_conf, write_back
 from serverparams.server import ManagedServer
@@ -62,3 +64,20 @@ def show(server: ManagedServer, name: str) -> str:
         row = conn.execute(f"SHOW {name}").fetchone()
     assert row is not None
     return row[0]
+
+
+@contextlib.contextmanager
+def read_only_console_db() -> Iterator[None]:
+    """The console's own database refuses every write (reads still work) while this lasts.
+
+    SQLite's ``query_only`` makes the test database itself refuse writes, on the connection
+    the code under test uses (the test's, in a pytest-django test)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("makes the console's SQLite database read-only")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA query_only = ON")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA query_only = OFF")

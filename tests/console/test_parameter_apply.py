@@ -3,6 +3,7 @@ server's configured defaults, audit, locks."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from serverparams.catalog import read_catalog
 from serverparams.models import ParameterChange
 from serverparams.server import ManagedServer
 from serverparams.validation import Edit
-from tests.console.servers import running_server, show
+from tests.console.servers import read_only_console_db, running_server, show
 
 pytestmark = pytest.mark.django_db
 
@@ -276,3 +277,34 @@ def test_resetting_a_static_parameter_no_file_sets_returns_it_to_the_boot_value(
     assert ParameterChange.objects.latest("id").status == ParameterChange.Status.PENDING_RESTART
     restart_pending(result)
     assert result.restarted and show(restartable_server, "max_worker_processes") == "8"
+
+
+def test_a_change_the_history_cannot_record_stays_applied_and_says_so(
+    server: ManagedServer, ada: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    with read_only_console_db():
+        result = save_changes([Edit("work_mem", "8MB", base="4096")], ada)
+    assert result.ok and result.applied == ["work_mem"]
+    assert show(server, "work_mem") == "8MB"  # applied, and not rolled back
+    (message,) = result.unrecorded
+    assert message.startswith(
+        "work_mem was applied to the server, but could not be recorded in the change history: "
+        "attempt to write a readonly database."
+    )
+    assert not ParameterChange.objects.exists()
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "work_mem: '4096' -> '8192' by ada" in logged.getMessage() and logged.exc_info
+
+
+def test_a_restart_the_history_cannot_record_still_takes_effect_and_says_so(
+    restartable_server: ManagedServer, ada: User
+) -> None:
+    wanted = str(int(show(restartable_server, "max_connections")) + 5)
+    result = save_changes([Edit("max_connections", wanted)], ada, restart=Restart.NO)
+    assert result.pending_restart == ["max_connections"]
+    with read_only_console_db():
+        restart_pending(result)
+    assert result.restarted and show(restartable_server, "max_connections") == wanted
+    (message,) = result.unrecorded
+    assert "restarted and the pending changes are in effect, but the change history" in message
+    assert ParameterChange.objects.get().status == ParameterChange.Status.PENDING_RESTART

@@ -13,7 +13,7 @@ from django.urls import URLResolver, get_resolver, reverse
 
 from serverparams.models import ParameterChange
 from serverparams.server import ManagedServer
-from tests.console.servers import show
+from tests.console.servers import read_only_console_db, show
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "param-results"}
@@ -241,6 +241,25 @@ def test_a_rows_reset_goes_back_to_the_configured_default(
     assert 'data-default="C.UTF-8"' in row("lc_messages")  # initdb's, not the boot value ''
     assert "Reset lc_messages to default (C.UTF-8)" in row("lc_messages")
     assert 'data-default="4096"' in row("work_mem")  # no file sets it: the boot value
+
+
+def test_a_save_the_history_cannot_record_is_applied_and_says_so(
+    server: ManagedServer, admin_client: Client
+) -> None:
+    with read_only_console_db():
+        response = save(
+            admin_client, {"name": "work_mem", "value:work_mem": "8MB", "base:work_mem": "4096"}
+        )
+    assert response.status_code == 200
+    assert json.loads(response["HX-Trigger"]) == {"parametersSaved": {"applied": ["work_mem"]}}
+    body = response.content.decode()
+    assert "Saved 1 parameter" in body
+    assert (
+        'class="message warning" role="alert">work_mem was applied to the server, but could not '
+        "be recorded in the change history: attempt to write a readonly database."
+    ) in body
+    assert show(server, "work_mem") == "8MB"
+    assert not ParameterChange.objects.exists()
 
 
 def test_history_panel_shows_who_changed_what(server: ManagedServer, admin_client: Client) -> None:
