@@ -32,3 +32,41 @@ def make_texts(count: int, *, seed: int = 1234, max_words: int = 120) -> list[st
             text = f"{rng.choice(_OTHER)} {text}"
         texts.append(text)
     return texts
+
+
+# Words of other scripts, for texts written wholly in one of them. CJK is written without
+# spaces; emoji stand between Latin words, as in chat messages.
+_CJK = (
+    "数据库 向量 搜索 模型 查询 速度 内存 文本 语言 结果 服务器 索引 "
+    "データベース 検索 文章 言語 速い 結果 東京 天気 音楽 料理"
+).split()
+_CYRILLIC = (
+    "база данных вектор поиск модель запрос скорость память текст язык результат сервер "
+    "индекс быстро медленно новый старый город река музыка погода история наука"
+).split()
+_EMOJI = "🚀 😀 🎉 📚 🔍 ⚡ 🌍 🍕 ❤️ 👍 🤖 ✅ 🐘 🔥 🎵 👩‍💻".split()
+SCRIPTS = ("latin", "cjk", "cyrillic", "emoji")
+
+
+def make_multiscript_texts(count: int, *, seed: int = 4321, max_words: int = 200) -> list[str]:
+    """Texts in turn in Latin, CJK, Cyrillic and emoji-laden Latin (``SCRIPTS``), with the
+    long-tailed lengths of ``make_texts``: most short, a few past a model's token limit."""
+    rng = random.Random(seed)
+    latin = make_texts(count, seed=seed, max_words=max_words)
+    texts = []
+    for i in range(count):
+        words = max(2, min(max_words, int(rng.lognormvariate(2.8, 0.8))))
+        script = SCRIPTS[i % len(SCRIPTS)]
+        if script == "cjk":
+            text = "".join(rng.choice(_CJK) for _ in range(words)) + "。"
+        elif script == "cyrillic":
+            text = " ".join(rng.choice(_CYRILLIC) for _ in range(words)).capitalize() + "."
+        elif script == "emoji":
+            text = " ".join(
+                rng.choice(_EMOJI) if rng.random() < 0.3 else rng.choice(_WORDS)
+                for _ in range(words)
+            )
+        else:
+            text = latin[i]
+        texts.append(text)
+    return texts
