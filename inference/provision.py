@@ -9,6 +9,8 @@ graph without fetching again.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,13 @@ from inference.modelconfig import ModelConfig, ModelConfigError, read_model_conf
 from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
 STEPS = ("fetch", "verify", "prepare", "install")
+# An OSError of these while writing into the store: its disk is full, or it may not be written.
+_STORE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_STORE_UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# Building int8 needs room for a while for a shape-inferred copy of the fp32 graph (the
+# quantiser writes it beside the graph) and then for the int8 graph, a quarter of the fp32 one.
+_INT8_ROOM = 1.3
+_MB = 1024 * 1024
 
 
 class ProvisionError(RuntimeError):
@@ -95,10 +104,22 @@ def _prepare_int8(
 ) -> dict[str, Any]:
     fp32 = staging / manifest["onnx"]["fp32"]
     int8 = staging / layout.INT8_ONNX
+    # A quantiser short of room fails in ways that look like a graph it refuses (it reads back
+    # a truncated file), and a refusal is recorded for good: make sure of the room first.
+    needed, free = int(fp32.stat().st_size * _INT8_ROOM), shutil.disk_usage(staging).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"{free // _MB} MB free where building the int8 variant needs about {needed // _MB} MB",
+            str(staging),
+        )
     report.emit("prepare", "log", "quantising to int8 (dynamic, uint8 weights per channel)")
     manifest["onnx"].pop("int8", None)
     try:
         quantize.quantize_int8(fp32, int8)
+    except OSError:  # the machine's fault, not the graph's: nothing to record
+        int8.unlink(missing_ok=True)
+        raise
     except Exception as exc:  # the quantiser refuses some graphs; fp32 still serves the model
         int8.unlink(missing_ok=True)
         figures = {
@@ -147,18 +168,44 @@ def deploy(
     entry = (catalog or catalog_module.catalog()).get(uri)
     store = store or ModelStore()
     report = _Reporter(progress)
-    with store.lock(uri):
-        existing = _existing(store, uri, force, report)
-        if existing is not None:
-            quality = existing.manifest.get("quality") or {}
-            if precision == "fp32" or "int8" in quality:
-                for step in ("prepare", "install"):
-                    report.skip(step, f"{uri} is already in the store, verified")
-                return DeployResult(existing, False, report.skipped, quality.get("int8"))
-            return _add_int8(entry, store, existing, report)
-        return _deploy_fresh(
-            entry, store, source or entry.default_source, precision, report, cache_dir
-        )
+    try:
+        with store.lock(uri):
+            existing = _existing(store, uri, force, report)
+            if existing is not None:
+                quality = existing.manifest.get("quality") or {}
+                if precision == "fp32" or "int8" in quality:
+                    for step in ("prepare", "install"):
+                        report.skip(step, f"{uri} is already in the store, verified")
+                    return DeployResult(existing, False, report.skipped, quality.get("int8"))
+                return _add_int8(entry, store, existing, report)
+            return _deploy_fresh(
+                entry, store, source or entry.default_source, precision, report, cache_dir
+            )
+    except OSError as exc:
+        problem = _store_write_problem(store, uri, exc)
+        if problem is None:
+            raise
+        raise ProvisionError(problem) from None
+
+
+def _store_write_problem(store: ModelStore, uri: str, exc: OSError) -> str | None:
+    """What to tell of ``exc`` if the store could not be written (full, read-only, not
+    permitted), else None. Staging and install are atomic, so nothing in it has changed."""
+    root = os.path.abspath(store.root)
+    # A failed copy names its source (filename) and its destination (filename2).
+    paths = [os.path.abspath(p) for p in (exc.filename2, exc.filename) if isinstance(p, str)]
+    inside = [p for p in paths if os.path.commonpath([p, root]) == root]
+    if exc.errno not in _STORE_FULL | _STORE_UNWRITABLE or (paths and not inside):
+        return None
+    if exc.errno in _STORE_FULL:
+        advice = f"Free space on its disk (df -h {root}) or move VAR_DIR to a larger one"
+    else:
+        advice = "Make it writable for the user that deploys"
+    where = f" ({inside[0]})" if inside else ""
+    return (
+        f"the model store {root} cannot take {uri}: {exc.strerror}{where}. {advice}, then "
+        "deploy again; the models already in the store are unchanged"
+    )
 
 
 def _existing(store: ModelStore, uri: str, force: bool, report: _Reporter) -> StoredModel | None:

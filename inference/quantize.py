@@ -55,6 +55,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     int8_path.parent.mkdir(parents=True, exist_ok=True)
+    # The quantiser writes a shape-inferred copy of the graph beside it and leaves it there when
+    # it fails (a full disk truncates it): in a staging directory it would reach the store.
+    inferred = fp32_path.with_name(f"{fp32_path.stem}-inferred{fp32_path.suffix}")
     root = logging.getLogger()
     root.addFilter(_drop_preprocessing_hint)
     try:
@@ -70,6 +73,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
         )
     finally:
         root.removeFilter(_drop_preprocessing_hint)
+        inferred.unlink(missing_ok=True)
 
 
 def _drop_preprocessing_hint(record: logging.LogRecord) -> bool:

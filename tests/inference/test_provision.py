@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime.quantization
 import pytest
 
 from inference import export
+from inference import store as store_module
 from inference.catalog import Catalog, load_catalog
 from inference.engine import EmbeddingModel
 from inference.export import ExportError, export_onnx
@@ -235,3 +238,90 @@ def test_optimised_graph_is_kept_only_when_accurate_and_clearly_faster(
     assert result["optimized"] is (kept == "optimized")
     assert (graph.read_bytes() == original) is (kept == "original")
     assert sorted(p.name for p in graph.parent.iterdir()) == ["model.onnx"]
+
+
+# -- a model store that cannot take more -------------------------------------------------------
+
+
+def _installed(tmp_path: Path, tiny_model_dir: Path, catalog: Catalog) -> ModelStore:
+    store = ModelStore(tmp_path / "models")
+    deploy(TINY_URI, source=str(tiny_model_dir), store=store, catalog=catalog)
+    return store
+
+
+def _unchanged_fp32(store: ModelStore) -> None:
+    stored = store.get(TINY_URI)
+    assert stored is not None and stored.verify() == []
+    assert stored.precisions == ["fp32"] and "quality" not in stored.manifest
+    assert _leftovers(store) == ["v1"]
+
+
+def test_a_full_store_fails_the_deployment_saying_so_and_keeps_the_installed_model(
+    tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _installed(tmp_path, tiny_model_dir, tiny_catalog)
+
+    def full(src: Path, dst: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(ProvisionError) as info:
+        deploy(TINY_URI, precision="int8", store=store, catalog=tiny_catalog)
+    message = str(info.value)
+    assert f"the model store {store.root} cannot take {TINY_URI}" in message
+    assert "No space left on device" in message and "Free space on its disk" in message
+    assert "the models already in the store are unchanged" in message
+    _unchanged_fp32(store)
+
+
+def test_too_little_room_for_int8_fails_before_quantising_and_records_no_gate(
+    tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _installed(tmp_path, tiny_model_dir, tiny_catalog)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1024))
+    with pytest.raises(ProvisionError, match="0 MB free where building the int8 variant"):
+        deploy(TINY_URI, precision="int8", store=store, catalog=tiny_catalog)
+    _unchanged_fp32(store)
+    monkeypatch.undo()
+    # The gate was never measured, so room made, int8 is built.
+    result = deploy(TINY_URI, precision="int8", store=store, catalog=tiny_catalog)
+    assert result.changed and result.stored.precisions == ["fp32", "int8"]
+
+
+def test_a_read_only_store_says_to_make_it_writable(
+    tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _installed(tmp_path, tiny_model_dir, tiny_catalog)
+    real_open = open
+
+    def read_only(path: object, *args: object, **kwargs: object) -> object:
+        if Path(str(path)).name.startswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(store_module, "open", read_only, raising=False)
+    with pytest.raises(ProvisionError, match=r"Read-only file system .*Make it writable"):
+        deploy(TINY_URI, precision="int8", store=store, catalog=tiny_catalog)
+    monkeypatch.undo()
+    _unchanged_fp32(store)
+
+
+def test_a_failed_quantisation_leaves_no_shape_inferred_copy_in_the_staged_files(
+    tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _installed(tmp_path, tiny_model_dir, tiny_catalog)
+
+    def truncated(model_input: str, *args: object, **kwargs: object) -> None:
+        # What the quantiser does on a full disk: a cut-off copy, then a failure reading it.
+        source = Path(model_input)
+        inferred = source.with_name(f"{source.stem}-inferred{source.suffix}")
+        inferred.write_bytes(source.read_bytes()[:100])
+        raise ValueError("Error parsing message with type 'onnx.ModelProto'")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", truncated)
+    result = deploy(TINY_URI, precision="int8", store=store, catalog=tiny_catalog)
+    assert result.stored.precisions == ["fp32"]
+    assert "quantisation failed" in result.stored.manifest["quality"]["int8"]["error"]
+    assert not any("inferred" in rel for rel in result.stored.manifest["files"])
+    assert result.stored.verify() == []
