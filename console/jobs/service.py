@@ -66,10 +66,15 @@ class Progress:
 
 
 def connect(database: str, *, autocommit: bool = True) -> psycopg.Connection:
+    """A connection to ``database`` of the managed server, in the date style psycopg reads
+    (a server whose DateStyle an admin set to another one would otherwise break it)."""
     try:
-        return get_managed_server().connect(database, autocommit=autocommit)
+        conn = get_managed_server().connect(database, autocommit=True)
     except ServerError as exc:
         raise JobError(str(exc)) from None
+    conn.execute("SET DateStyle = 'ISO, MDY'")
+    conn.autocommit = autocommit
+    return conn
 
 
 def create(

@@ -597,3 +597,18 @@ def test_embedjob_chunks_and_changes_models(jobs: Jobs, cls_model: str) -> None:
             "embedjob", "create", "--database", jobs.database, "--table", "docs", "--key", "id",
             "--columns", "title", "--model", TINY_URI, "--column", "v2", "--chunk-tokens", "40",
         )  # fmt: skip
+
+
+def test_a_timestamp_key_in_a_database_with_another_date_style(jobs: Jobs) -> None:
+    jobs.sql(f"ALTER DATABASE \"{jobs.database}\" SET DateStyle = 'German, DMY'")
+    jobs.sql("CREATE TABLE events (at timestamptz PRIMARY KEY, note text)")
+    jobs.sql(
+        "INSERT INTO events SELECT timestamptz '2026-01-01' + i * interval '1 hour',"
+        " CASE WHEN i = 3 THEN '' ELSE 'note ' || i END FROM generate_series(1, 12) i"
+    )
+    jobs.worker()
+    job = jobs.create(table="events", key="at", columns=["note"], text_format="", max_attempts=1)
+    progress = jobs.wait_synced(job)
+    assert (progress.done, progress.failed) == (11, 1)
+    [(key, reason, attempts)] = service.failures(job)
+    assert key.hour == 3 and attempts == 1 and "SQLSTATE 22" in reason
