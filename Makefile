@@ -71,6 +71,8 @@ bench: venv server
 	$(PY) bench/console.py
 	$(PY) bench/deployments.py
 	$(PY) bench/jobs.py
+	$(PY) bench/load.py
+	$(PY) bench/drills.py
 
 ## Managed PostgreSQL server and the azure_local_ai module -----------------------------------
 # The module is built against the embedded PostgreSQL (pgserver, inside the venv) and
