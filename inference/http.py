@@ -203,6 +203,12 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid(f"request body is not valid JSON: {exc}", status=400) from None
+    except RecursionError:
+        raise invalid(
+            "request body nests arrays or objects too deeply to read; no request of this API "
+            "nests more than a few levels",
+            status=400,
+        ) from None
     if not isinstance(payload, dict):
         raise invalid(f"request body must be a JSON object, got {type(payload).__name__}")
     return payload
