@@ -2,11 +2,15 @@
  * azure.extensions: which extensions CREATE EXTENSION may create.
  *
  * Two hooks enforce the list:
- *   - the ProcessUtility hook checks the extension named by CREATE EXTENSION before any work
- *     is done, so the error names what the user typed;
+ *   - the ProcessUtility hook checks the extension named by CREATE EXTENSION, and by ALTER
+ *     EXTENSION ... UPDATE, before any work is done, so the error names what the user typed;
  *   - the object-access hook checks every extension as it is created, which also covers the
  *     dependencies that CREATE EXTENSION ... CASCADE creates on the way.
- * Superusers are bound too: the list is a platform policy, not a privilege.
+ * An update runs the extension's update scripts, as a creation runs its install script: an
+ * extension taken off the list after it was created can still be used and dropped, but not
+ * updated. Other ALTER EXTENSION forms run no script of the extension and are left alone.
+ * Superusers are bound too: the list is a platform policy, not a privilege (a superuser can
+ * change the list itself, so it is no boundary against them).
  */
 #include "azure_local_ai.h"
 
@@ -60,7 +64,7 @@ allowlist_contains(const char *list, const char *name)
 }
 
 static void
-check_extension_allowed(const char *name)
+check_extension_allowed(const char *name, const char *action)
 {
 	char	   *upper;
 
@@ -72,9 +76,10 @@ check_extension_allowed(const char *name)
 		*p = pg_toupper((unsigned char) *p);
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("extension \"%s\" is not allow-listed for this server", name),
+			 errmsg("extension \"%s\" is not allow-listed for this server, so it cannot be %s",
+					name, action),
 			 errdetail("The server parameter azure.extensions lists the extensions that may be "
-					   "created; currently: \"%s\".",
+					   "created or updated; currently: \"%s\".",
 					   alai_allowed_extensions ? alai_allowed_extensions : ""),
 			 errhint("An administrator can allow it by ticking %s in the azure.extensions "
 					 "parameter of the console's Server parameters blade (or adding \"%s\" to "
@@ -114,8 +119,10 @@ alai_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 
 		/* IF NOT EXISTS on an existing extension creates nothing: nothing to refuse. */
 		if (!(stmt->if_not_exists && OidIsValid(get_extension_oid(stmt->extname, true))))
-			check_extension_allowed(stmt->extname);
+			check_extension_allowed(stmt->extname, "created");
 	}
+	else if (IsA(parsetree, AlterExtensionStmt) && !IsBinaryUpgrade)
+		check_extension_allowed(((AlterExtensionStmt *) parsetree)->extname, "updated");
 
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
@@ -161,7 +168,7 @@ alai_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId
 		char	   *name = new_extension_name(objectId);
 
 		if (name)
-			check_extension_allowed(name);
+			check_extension_allowed(name, "created");
 	}
 }
 

@@ -1,5 +1,5 @@
-"""Fixtures of the extension tests: a database with the extensions created, and helpers to
-point the module at another service for the length of a test."""
+"""Fixtures of the extension tests: a database with the extensions created, a fresh database,
+roles, and helpers to point the module at another service for the length of a test."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.fixtures.pg import allow_extensions, set_parameter, wait_for_setting
 TINY_URI = "tiny:v1"
 TINY_DIMS = 32
 EXT_DB = "ext_tests"
+FRESH_DB = "ext_fresh_tests"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,49 @@ def conn(managed_pg: ManagedServer, ext_db: str) -> Iterator[psycopg.Connection]
     """A superuser session in the extension database."""
     with managed_pg.connect(ext_db) as connection:
         yield connection
+
+
+@pytest.fixture
+def db(managed_pg: ManagedServer, ext_db: str) -> Iterator[psycopg.Connection]:
+    """A superuser session in a fresh database without extensions; azure.extensions is restored
+    afterwards."""
+    with managed_pg.connect() as admin:
+        previous = admin.execute("SHOW azure.extensions").fetchone()[0]
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(FRESH_DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(FRESH_DB)))
+        try:
+            with managed_pg.connect(FRESH_DB) as conn:
+                yield conn
+        finally:
+            allow_extensions(admin, *previous.split(","))
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(FRESH_DB)))
+
+
+def connect_as(managed_pg: ManagedServer, dbname: str, role: str) -> psycopg.Connection:
+    """A session of role (a LOGIN role without password: the test server trusts local
+    connections)."""
+    uri = managed_pg.uri(dbname).replace("postgres@", f"{role}@", 1)
+    return psycopg.connect(uri, autocommit=True)
+
+
+@contextmanager
+def login_roles(conn: psycopg.Connection, *specs: str) -> Iterator[None]:
+    """Create LOGIN roles for a test, e.g. ``login_roles(conn, "mallory CREATEROLE")``; they
+    are dropped afterwards with whatever they own or were granted in conn's database."""
+    names = [spec.split()[0] for spec in specs]
+    for spec in specs:
+        name, *options = spec.split()
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN " + " ".join(options)).format(sql.Identifier(name))
+        )
+    try:
+        yield
+    finally:
+        for name in names:
+            conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+        for name in names:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 @contextmanager
