@@ -14,23 +14,124 @@
 -- The embedding functions are IMMUTABLE (a model version always gives the same vector), which
 -- is what lets them appear in a GENERATED ALWAYS AS (...) STORED column.
 -- An empty string is sent to the sidecar like any text; the sidecar refuses it (22023).
+--
+-- search_path: every function is C, none is SECURITY DEFINER, and none resolves a name through
+-- search_path when called, so a caller's search_path cannot change what they do.
 
 \echo Use "CREATE EXTENSION azure_local_ai" to load this file. \quit
 
--- Roles of the cloud product. They are cluster-wide and outlive the extension.
-DO $roles$
+-- CREATE EXTENSION runs this script with search_path = @extschema@, pg_temp. Until the schema
+-- is checked below, it may hold objects of whoever made it: an operator =(oid, regclass) there
+-- would beat pg_catalog's for an oid = regclass comparison and run as the superuser running
+-- this script. So the script looks up names in pg_catalog only (pg_temp last), and names what
+-- it creates with @extschema@. CREATE EXTENSION restores the caller's search_path afterwards.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+-- The schema. CREATE EXTENSION creates it as the calling user, or uses one that already exists.
+-- Whoever owns it, or may create objects in it, could add look-alike overloads beside the
+-- functions and have them run by whoever calls azure_local_ai.* (a superuser, the console). So
+-- the schema ends up owned by the role running this script (a superuser) with USAGE for
+-- everyone and no other privilege, and a schema that already holds objects is refused. It is
+-- not a member of the extension: DROP EXTENSION leaves it, empty, for the next CREATE.
+DO $schema$
+DECLARE
+    ns pg_catalog.oid := '@extschema@'::pg_catalog.regnamespace;
+    objects pg_catalog.text;
+    grantee pg_catalog.oid;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'azure_pg_admin') THEN
-        CREATE ROLE azure_pg_admin NOLOGIN;
+    SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
+                                 ', ' ORDER BY 1)
+      INTO objects
+      FROM pg_catalog.pg_depend d
+     WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+       AND d.refobjid = ns
+       AND NOT (d.classid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+                AND d.objid = (SELECT e.oid FROM pg_catalog.pg_extension e
+                                WHERE e.extname = 'azure_local_ai'));
+    IF objects IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "@extschema@" already holds objects that are not part of '
+                        'extension azure_local_ai'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('It holds: %s.', objects),
+                  HINT = 'Their owners could shadow the extension''s functions. Move them to '
+                         'another schema or drop them, then create the extension again.';
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
-                   WHERE rolname = 'azure_local_ai_setting_manager') THEN
-        CREATE ROLE azure_local_ai_setting_manager NOLOGIN;
-    END IF;
+
+    ALTER SCHEMA @extschema@ OWNER TO CURRENT_USER;
+    FOR grantee IN
+        SELECT DISTINCT a.grantee
+          FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+         WHERE n.oid = ns AND a.grantee <> n.nspowner
+    LOOP
+        IF grantee = 0 THEN
+            REVOKE ALL ON SCHEMA @extschema@ FROM PUBLIC CASCADE;
+        ELSE
+            EXECUTE pg_catalog.format('REVOKE ALL ON SCHEMA @extschema@ FROM %s CASCADE',
+                                      grantee::pg_catalog.regrole);
+        END IF;
+    END LOOP;
 END
-$roles$;
+$schema$;
 
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+
+-- Roles of the cloud product: their members may change the sidecar's settings and models. They
+-- are cluster-wide and outlive the extension. A missing one is created NOLOGIN. One that exists
+-- (from an earlier CREATE EXTENSION, or made by an administrator) is used only if no one but
+-- superusers controls it: a role that can log in, or on which a non-superuser holds ADMIN
+-- OPTION (as a non-superuser who created it does), is refused, because whoever controls it
+-- could hand out the administration of the sidecar. It is not changed silently: a superuser
+-- decides what to keep.
+DO $roles$
+DECLARE
+    role_name pg_catalog.text;
+    role_oid pg_catalog.oid;
+    can_login pg_catalog.bool;
+    admins pg_catalog.text;
+    problems pg_catalog.text[];
+    fixes pg_catalog.text[];
+BEGIN
+    FOREACH role_name IN ARRAY ARRAY['azure_pg_admin', 'azure_local_ai_setting_manager'] LOOP
+        SELECT r.oid, r.rolcanlogin INTO role_oid, can_login
+          FROM pg_catalog.pg_roles r WHERE r.rolname = role_name;
+        IF NOT FOUND THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role_name);
+            CONTINUE;
+        END IF;
+
+        problems := ARRAY[]::pg_catalog.text[];
+        fixes := ARRAY[]::pg_catalog.text[];
+        IF can_login THEN
+            problems := problems || 'it can log in'::pg_catalog.text;
+            fixes := fixes || pg_catalog.format('ALTER ROLE %I NOLOGIN', role_name);
+        END IF;
+        SELECT pg_catalog.string_agg(m.member::pg_catalog.regrole::pg_catalog.text, ', '
+                                     ORDER BY 1)
+          INTO admins
+          FROM pg_catalog.pg_auth_members m
+          JOIN pg_catalog.pg_roles r ON r.oid = m.member
+         WHERE m.roleid = role_oid AND m.admin_option AND NOT r.rolsuper;
+        IF admins IS NOT NULL THEN
+            problems := problems || pg_catalog.format('non-superusers hold ADMIN OPTION on it (%s)',
+                                                      admins);
+            fixes := fixes || pg_catalog.format('REVOKE ADMIN OPTION FOR %I FROM %s CASCADE',
+                                                role_name, admins);
+        END IF;
+        IF pg_catalog.cardinality(problems) > 0 THEN
+            RAISE EXCEPTION 'role "%" already exists and is not safe to administer azure_local_ai',
+                            role_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = pg_catalog.format(
+                          'Members of %s may change the inference service''s settings and models, '
+                          'but %s.', role_name, pg_catalog.array_to_string(problems, ' and ')),
+                      HINT = pg_catalog.format(
+                          'A superuser should check who created it and its members, then drop it '
+                          '(DROP ROLE %I) or make it safe (%s), and create the extension again.',
+                          role_name, pg_catalog.array_to_string(fixes, '; '));
+        END IF;
+    END LOOP;
+END
+$roles$;
 
 -- Embeddings ----------------------------------------------------------------------------------
 
