@@ -25,6 +25,12 @@
 /* Requests stay well below the sidecar's default max_request_bytes (32 MB). */
 #define MAX_BATCH_BYTES (16 * 1024 * 1024)
 #define METADATA_TIMEOUT_MS 60000
+/*
+ * A model URI is name:version, each part a directory name in the sidecar's model store (at
+ * most 255 bytes). Longer ones are refused here: the sidecar's HTTP server would refuse such
+ * a request line without saying why.
+ */
+#define MAX_MODEL_URI_BYTES 511
 
 PG_FUNCTION_INFO_V1(alai_create_embeddings);
 PG_FUNCTION_INFO_V1(alai_create_embeddings_array);
@@ -64,6 +70,32 @@ check_batch_size(int64 batch_size)
 				 errmsg("batch_size must be a positive number of inputs, got " INT64_FORMAT,
 						batch_size)));
 	return batch_size > PG_INT32_MAX ? PG_INT32_MAX : (int) batch_size;
+}
+
+/* The sidecar is the judge of model URIs; this only keeps off what cannot be one. */
+static char *
+check_model_uri(char *model_uri)
+{
+	size_t		len = strlen(model_uri);
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model_uri must not be empty"),
+				 errhint("Give the model as name:version, e.g. multilingual-e5-small:v1.")));
+	if (len > MAX_MODEL_URI_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model_uri is %zu bytes long; a model URI has at most %d", len,
+						MAX_MODEL_URI_BYTES),
+				 errhint("Give the model as name:version, e.g. multilingual-e5-small:v1.")));
+	return model_uri;
+}
+
+static char *
+model_uri_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return check_model_uri(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
 }
 
 static char *
@@ -291,7 +323,7 @@ embed_request(const CallBudget *budget, const char *model_uri, const char *input
 static Datum
 embed_one(FunctionCallInfo fcinfo, const char *input_type)
 {
-	char	   *model_uri = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *model_uri = model_uri_arg(fcinfo, 0);
 	text	   *input = PG_GETARG_TEXT_PP(1);
 	int			timeout_ms = PG_NARGS() > 2 ? check_timeout(PG_GETARG_INT32(2)) : 3600000;
 	CallBudget	budget = budget_start(timeout_ms);
@@ -332,7 +364,7 @@ static Datum
 embed_array(FunctionCallInfo fcinfo, bool with_ids)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *model_uri = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *model_uri = model_uri_arg(fcinfo, 0);
 	ArrayType  *inputs = PG_GETARG_ARRAYTYPE_P(1);
 	int			argno = with_ids ? 3 : 2;
 	int			batch_size = check_batch_size(PG_GETARG_INT64(argno));
@@ -641,7 +673,7 @@ alai_model_register(PG_FUNCTION_ARGS)
 	JsonbValue *id;
 
 	require_setting_manager("model_register");
-	model_uri = required_text(fcinfo, 0, "model_uri");
+	model_uri = check_model_uri(required_text(fcinfo, 0, "model_uri"));
 	path = required_text(fcinfo, 1, "model_path");
 	budget = budget_start(required_timeout(fcinfo, 3));
 
@@ -676,7 +708,7 @@ change_model(FunctionCallInfo fcinfo, const char *function, const char *method,
 	CallBudget	budget;
 
 	require_setting_manager(function);
-	model_uri = required_text(fcinfo, 0, "model_uri");
+	model_uri = check_model_uri(required_text(fcinfo, 0, "model_uri"));
 	budget = budget_start(required_timeout(fcinfo, 1));
 	call_json(&budget, method, model_path(model_uri, suffix), body);
 }
@@ -715,7 +747,7 @@ fetch_model(const char *model_uri, int timeout_ms)
 Datum
 alai_model_loaded(PG_FUNCTION_ARGS)
 {
-	char	   *model_uri = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *model_uri = model_uri_arg(fcinfo, 0);
 	Jsonb	   *jb = fetch_model(model_uri, PG_GETARG_INT32(1));
 	JsonbValue *loaded = alai_jsonb_get(&jb->root, "loaded");
 
@@ -731,7 +763,7 @@ alai_model_loaded(PG_FUNCTION_ARGS)
 Datum
 alai_model_metadata(PG_FUNCTION_ARGS)
 {
-	char	   *model_uri = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *model_uri = model_uri_arg(fcinfo, 0);
 
 	PG_RETURN_JSONB_P(fetch_model(model_uri, METADATA_TIMEOUT_MS));
 }

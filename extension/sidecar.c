@@ -271,6 +271,11 @@ alai_http_request(const char *method, const char *path, const char *content_type
 		curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 		curl_easy_setopt(easy, CURLOPT_USERAGENT, "azure_local_ai/" AZURE_LOCAL_AI_VERSION);
 		curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+		/*
+		 * A model URI is one path segment, and "." and ".." are left unescaped: libcurl
+		 * must not resolve them, or model_unload('..') would POST to /unload.
+		 */
+		curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
 		if (strcmp(method, "GET") == 0)
 			curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
 		else
