@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from django.contrib.auth.models import User
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from serverparams.apply import auto_conf, save_changes
 from serverparams.catalog import Catalog, read_catalog
+from serverparams.server import ManagedServer
 from serverparams.units import UnitError, parse_number
 from serverparams.validation import Edit, check_edits
+from tests.console.servers import restore_auto_conf
 
 
 @pytest.fixture
@@ -144,3 +150,47 @@ def test_one_bad_edit_reports_all_errors_at_once(catalog: Catalog) -> None:
     )
     assert set(checked.errors) == {"work_mem", "port"}
     assert checked.values == {"enable_seqscan": "off"}
+
+
+# -- any text, against the server itself ------------------------------------------------------
+
+VALUES = (
+    st.text(max_size=30)
+    | st.from_regex(r"\A-?[0-9]{1,12}(\.[0-9]{1,4})?\s?(B|kB|MB|GB|TB|us|ms|s|min|h|d)?\Z")
+    | st.sampled_from(["on", "off", "true", "0x1F", "0600", "1e3", "NaN", "-inf", "\x00", "a,b"])
+    | st.just("x" * 5000)
+)
+
+
+@pytest.mark.parametrize("vartype", ["integer", "real", "bool", "enum", "string"])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_value_is_saved_whole_or_refused_with_nothing_applied(
+    server: ManagedServer, pg: psycopg.Connection, db: None, vartype: str, data: st.DataObject
+) -> None:
+    """Whatever is typed for a parameter that takes effect on reload, the save either applies
+    it, as the server then shows, or says why not and leaves postgresql.auto.conf as it was:
+    what the blade's own checks miss (a check hook's rule, free text), the server refuses."""
+    catalog = read_catalog(pg)
+    changeable = [
+        p
+        for p in catalog.parameters
+        if p.vartype == vartype and p.context in ("user", "superuser", "sighup")
+        and not p.is_read_only
+    ]  # fmt: skip
+    parameter = data.draw(st.sampled_from(changeable))
+    value = data.draw(VALUES)
+    user = User.objects.get_or_create(username="fuzz", defaults={"is_superuser": True})[0]
+    before = auto_conf(pg)
+    try:
+        result = save_changes([Edit(parameter.name, value)], user, check_base=False)
+        if result.errors or result.failed:
+            message = next(iter({**result.errors, **result.failed}.values()))
+            assert message.strip()
+            assert auto_conf(pg) == before
+        else:
+            assert result.applied == [parameter.name] or parameter.name in result.applied
+    finally:
+        restore_auto_conf(pg, before)
