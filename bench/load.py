@@ -55,6 +55,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import SCRIPTS, make_multiscript_texts
+from bench.jobs import usage, usage_since
 from bench.sql import deployed_model
 from bench.system import System, bench_system, machine
 from inference.config import PROJECT_ROOT, var_dir
@@ -411,11 +412,17 @@ def prepare_database(system: System, name: str = DATABASE) -> None:
         conn.execute("CREATE EXTENSION azure_local_ai")
 
 
+def _cpu_s(process: ChildProcess) -> float:
+    times = psutil.Process(process.pid).cpu_times()
+    return times.user + times.system
+
+
 def drive(
     run: Run, console: ChildProcess, seconds: float
-) -> tuple[float, dict[str, float], dict[str, float]]:
+) -> tuple[float, dict[str, float], dict[str, float], dict[str, Any]]:
     """Start the clients, run them for ``seconds`` once all are warmed up, and wait until they
-    have closed their connections; the measured seconds and the memory at start and end."""
+    have closed their connections; the measured seconds, the memory at start and end, and
+    where the time went (CPU seconds by part, the others' included; the sidecar's model runs)."""
     clients = run.ready.parties - 1
     threads = [
         threading.Thread(target=_guarded, args=(CLIENTS[i % len(CLIENTS)], run, i), daemon=True)
@@ -430,6 +437,7 @@ def drive(
             problems = {p: f.examples for p, f in run.tally.paths.items() if f.examples}
             raise SystemExit(f"a client could not start: {problems}") from None
         at_start = memory(run, console)
+        before, console_before = usage(run.system), _cpu_s(console)
         run.tally.recording = True
         started = time.monotonic()
         run.deadline = started + seconds
@@ -438,13 +446,17 @@ def drive(
         run.finished.wait(timeout=seconds + HTTP_TIMEOUT_S + 30)
         elapsed = time.monotonic() - started
         run.tally.recording = False
+        spent = usage_since(run.system, before, elapsed)
+        cpu = spent["cpu_s"]
+        cpu["console"] = round(_cpu_s(console) - console_before, 2)  # not one of the system's
+        cpu["others"] = round(max(0.0, cpu["others"] - cpu["console"]), 2)
         at_end = memory(run, console)
     finally:
         run.go.set()  # whatever happened, the clients end and close what they opened
         run.measured.set()
         for thread in threads:
             thread.join(timeout=HTTP_TIMEOUT_S)
-    return elapsed, at_start, at_end
+    return elapsed, at_start, at_end, spent
 
 
 def measure(args: argparse.Namespace, system: System, stored_path: Path) -> dict[str, Any]:
@@ -478,7 +490,7 @@ def measure(args: argparse.Namespace, system: System, stored_path: Path) -> dict
             ready=threading.Barrier(args.clients + 1),
             finished=threading.Barrier(args.clients + 1),
         )
-        elapsed, at_start, at_end = drive(run, console, args.seconds)
+        elapsed, at_start, at_end, spent = drive(run, console, args.seconds)
         idle_after = settled_handles(system, console, idle_before)
     finally:
         console.stop()
@@ -508,6 +520,7 @@ def measure(args: argparse.Namespace, system: System, stored_path: Path) -> dict
         },
         "seconds": round(elapsed, 1),
         "paths": paths,
+        **spent,
         "memory_mib": {
             "start": {k: round(v, 1) for k, v in at_start.items()},
             "end": {k: round(v, 1) for k, v in at_end.items()},
@@ -543,6 +556,13 @@ def report(results: dict[str, Any]) -> None:
         for kind, count in f["error_kinds"].items():
             print(f"  {path}: {count} x {kind}: {f['error_examples'][kind][:160]}")
 
+    cpu, engine = results["cpu_s"], results["engine"]
+    print(
+        "\nCPU seconds: "
+        + ", ".join(f"{part} {v:g}" for part, v in cpu.items() if part != "wall")
+        + f" in {cpu['wall']:g} s of wall time; the model ran {engine['runs']:g} times, "
+        f"{engine['texts_per_run']:g} texts a run, {engine['model_share_of_wall']:.0%} of the time"
+    )
     memory_figures = results["memory_mib"]
     print(f"\n{'memory (MiB)':<34}{'start':>9}{'end':>9}{'growth':>9}")
     for key, start in memory_figures["start"].items():
