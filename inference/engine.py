@@ -28,6 +28,10 @@ from inference.modelconfig import ModelConfig
 if TYPE_CHECKING:
     from inference.store import StoredModel
 
+# The most characters one token stands for: WordPiece reads a longer word as one [UNK]
+# (max_input_chars_per_word), and other tokenizers' pieces are shorter still.
+MAX_CHARS_PER_TOKEN = 100
+
 # Settings that are baked into an ONNX Runtime session: changing one rebuilds the session.
 SESSION_KEYS = ("intra_op_parallelism", "inter_op_parallelism", "spin_control", "memory_arena")
 
@@ -269,6 +273,16 @@ class EmbeddingModel:
         ``truncate`` is false and an input is longer: ``InputTooLongError`` names the first
         such input)."""
         prefixed = self._prefixed(texts, input_type)
+        precut = np.zeros(len(prefixed), dtype=bool)
+        if truncate:
+            # No token spans more than MAX_CHARS_PER_TOKEN characters, so the rest of a longer
+            # text cannot reach the model: cut it before tokenizing, or one huge text would
+            # hold the tokenizer (and every request queued behind it) for minutes.
+            cap = self.config.max_tokens * MAX_CHARS_PER_TOKEN
+            for index, text in enumerate(prefixed):
+                if len(text) > cap:
+                    prefixed[index] = text[:cap]
+                    precut[index] = True
         tokenizer = self._truncating if truncate else self._counting
         encodings = tokenizer.encode_batch(prefixed)
         ids = [encoding.ids for encoding in encodings]
@@ -280,6 +294,7 @@ class EmbeddingModel:
             # what it cut off as overflow, so no second pass is needed to tell.
             for index in np.flatnonzero(lengths == limit):
                 truncated[index] = bool(encodings[index].overflowing)
+            truncated |= precut
         elif len(ids):
             too_long = np.flatnonzero(lengths > limit)
             if too_long.size:

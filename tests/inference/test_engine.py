@@ -16,7 +16,12 @@ import psutil
 import pytest
 from onnx import numpy_helper
 
-from inference.engine import EmbeddingModel, InputTooLongError, split_by_length
+from inference.engine import (
+    MAX_CHARS_PER_TOKEN,
+    EmbeddingModel,
+    InputTooLongError,
+    split_by_length,
+)
 from inference.modelconfig import read_model_config
 from inference.store import StoredModel
 from tests.fixtures.realmodel import minilm_stored_model  # noqa: F401
@@ -327,3 +332,17 @@ def test_real_model_vectors_do_not_depend_on_batch_company(
     together = engine.embed(texts).vectors
     alone = np.stack([engine.embed([text]).vectors[0] for text in texts])
     assert np.abs(together - alone).max() < 1e-5
+
+
+def test_a_huge_text_is_cut_before_tokenizing_to_what_the_model_can_read(
+    tiny_engine: EmbeddingModel,
+) -> None:
+    cap = tiny_engine.config.max_tokens * MAX_CHARS_PER_TOKEN
+    huge = "the cat is on the house " * 200_000  # 4.8 million characters
+    result = tiny_engine.embed([huge, huge[:cap], "short"])
+    assert result.truncated == [True, True, False]
+    np.testing.assert_array_equal(result.vectors[0], result.vectors[1])
+    assert result.token_counts[0] == tiny_engine.config.max_tokens
+    # Spaces do not count: a text that is long only in characters is still marked as cut.
+    spaced = "cat" + " " * (cap + 10) + "house"
+    assert tiny_engine.embed([spaced]).truncated == [True]
