@@ -54,7 +54,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.deployments import HTMX_BLADE
-from bench.load import MODEL_URI, deploy_through_console, prepare_database
+from bench.load import MODEL_URI, busy, deploy_through_console, prepare_database
 from bench.sql import deployed_model
 from bench.system import System, bench_system, machine
 from inference.client import InferenceError
@@ -361,6 +361,8 @@ def drill_sidecar_killed(lab: Lab) -> Outcome:
 STALL_STATEMENT_TIMEOUT_MS = 500
 STALL_TIMEOUT_MS = 500
 STALL_CANCEL_AFTER_S = 0.5
+# What bounds a call whose interrupt did not work; it then ends with another message.
+STALL_FALLBACK_MS = 10_000
 
 
 def _interrupted(conn: psycopg.Connection, statement: str, params: list[Any]) -> tuple[Any, float]:
@@ -370,6 +372,13 @@ def _interrupted(conn: psycopg.Connection, statement: str, params: list[Any]) ->
     except psycopg.Error as exc:
         return exc, time.monotonic()
     return None, time.monotonic()
+
+
+def _kind(error: psycopg.Error | None, cause: str) -> str | None:
+    """The error's SQLSTATE if its message names ``cause``, else what it was."""
+    if error is None:
+        return None
+    return error.sqlstate if cause in str(error) else f"{error.sqlstate}: {error}"
 
 
 def drill_sidecar_stalled(lab: Lab) -> Outcome:
@@ -386,19 +395,19 @@ def drill_sidecar_stalled(lab: Lab) -> Outcome:
             # statement_timeout
             first.execute(f"SET statement_timeout = {STALL_STATEMENT_TIMEOUT_MS}")
             started = time.monotonic()
-            error, ended = _interrupted(first, EMBED, [MODEL_URI, TEXT, 3_600_000])
+            error, ended = _interrupted(first, EMBED, [MODEL_URI, TEXT, STALL_FALLBACK_MS])
             first.execute("RESET statement_timeout")
             figures["statement_timeout_overshoot_ms"] = round(
                 (ended - started) * 1000 - STALL_STATEMENT_TIMEOUT_MS, 1
             )
-            errors["statement_timeout"] = error.sqlstate if error else None
+            errors["statement_timeout"] = _kind(error, "statement timeout")
 
             # a cancel request, as Ctrl-C in psql sends it
             outcome: dict[str, Any] = {}
 
             def call() -> None:
                 outcome["error"], outcome["ended"] = _interrupted(
-                    second, EMBED, [MODEL_URI, TEXT, 3_600_000]
+                    second, EMBED, [MODEL_URI, TEXT, STALL_FALLBACK_MS]
                 )
 
             thread = threading.Thread(target=call, daemon=True)
@@ -420,7 +429,7 @@ def drill_sidecar_stalled(lab: Lab) -> Outcome:
             if thread.is_alive():
                 raise DrillFailed("the cancelled call did not end within 10 s")
             figures["cancel_ms"] = round((outcome["ended"] - cancelled) * 1000, 1)
-            errors["cancel"] = outcome["error"].sqlstate if outcome["error"] else None
+            errors["cancel"] = _kind(outcome["error"], "user request")
 
             # timeout_ms
             started = time.monotonic()
@@ -428,7 +437,7 @@ def drill_sidecar_stalled(lab: Lab) -> Outcome:
             figures["timeout_ms_overshoot_ms"] = round(
                 (ended - started) * 1000 - STALL_TIMEOUT_MS, 1
             )
-            errors["timeout_ms"] = error.sqlstate if error else None
+            errors["timeout_ms"] = _kind(error, f"timeout_ms = {STALL_TIMEOUT_MS}")
 
             waiting = watcher.execute(
                 "SELECT pid, state, wait_event, left(query, 60) FROM pg_stat_activity"
@@ -896,6 +905,7 @@ def main() -> int:
         "model": MODEL_URI,
         "machine": machine(),
         "load_average_at_start": load_start,
+        "busy": busy(load_start),
         "drills": [o.__dict__ for o in outcomes],
     }
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")

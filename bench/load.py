@@ -578,6 +578,11 @@ def report(results: dict[str, Any]) -> None:
 PERCENTILE_KEYS = ("p50_ms", "p95_ms", "p99_ms")
 
 
+def busy(load_average: tuple[float, float, float]) -> bool:
+    """A load average above half the cores before a run: something else was running."""
+    return load_average[0] >= (os.cpu_count() or 1) / 2
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
@@ -595,8 +600,7 @@ def main() -> int:
         "model": MODEL_URI,
         "machine": machine(),
         "load_average": {"start": load_start, "end": os.getloadavg()},
-        # A load average above half the cores before the run: something else was running.
-        "busy": load_start[0] >= (os.cpu_count() or 1) / 2,
+        "busy": busy(load_start),
         "texts": {"count": TEXTS, "scripts": list(SCRIPTS)},
         "console_server": "manage.py runserver --noreload (threaded)",
         **figures,
