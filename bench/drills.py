@@ -54,7 +54,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.deployments import HTMX_BLADE
-from bench.load import MODEL_URI, busy, deploy_through_console, prepare_database
+from bench.load import DIMENSIONS, MODEL_URI, busy, deploy_through_console, prepare_database
 from bench.sql import deployed_model
 from bench.system import System, bench_system, machine
 from inference.client import InferenceError
@@ -117,7 +117,8 @@ class PrivateRedis:
 
     def answers(self) -> bool:
         try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+            with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+                return bool(client.ping())
         except redis.RedisError:
             return False
 
@@ -149,7 +150,7 @@ class Lab:
 
 def embeds(conn: psycopg.Connection, timeout_ms: int = 30_000) -> bool:
     row = conn.execute(EMBED, [MODEL_URI, TEXT, timeout_ms]).fetchone()
-    return row is not None and len(row[0]) == 384
+    return row is not None and len(row[0]) == DIMENSIONS
 
 
 def serves(lab: Lab) -> bool:
