@@ -1,4 +1,4 @@
-"""One batch of a job, in one transaction of the user's database.
+"""One batch of a job, in one transaction of the user's database, as the table's owner.
 
 Take up to ``batch_size`` due entries of the job's queue (``FOR UPDATE SKIP LOCKED``, so
 workers sharing a job take disjoint batches), lock their rows (``SKIP LOCKED`` again: a row a
@@ -76,6 +76,7 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
         # the queue) or a job's deletion then waits for this batch, rather than this batch,
         # holding queue rows, waiting for them.
         conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
+        objects.act_as_owner(conn, job)
         entries = conn.execute(
             sql.SQL(
                 "SELECT id, key, attempts, reembed FROM {} WHERE next_attempt_at <= now()"

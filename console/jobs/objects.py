@@ -374,6 +374,45 @@ def finish_model_change(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
     return True
 
 
+def act_as_owner(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    """For the rest of the caller's transaction, act as the owner of the job's table, so
+    that its triggers, the functions they call and its row security run with the owner's
+    rights, as for any write of the owner's, and never with the console's superuser ones.
+    Grants the owner what a batch touches of the job's tables first, where it lacks it (the
+    table may have changed hands)."""
+    row = conn.execute(
+        "SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = %s::regclass",
+        [table(job).as_string(conn)],
+    ).fetchone()
+    if row is None or row[1]:
+        return
+    owner = sql.Identifier(row[0])
+    n = Names(job.pk)
+    touched = [n.queue, n.failed, n.stamps]
+    if job.chunking:
+        touched.append(destination(job).table)
+        if job.next_model_uri:
+            touched.append(destination(job, shadow=True).table)
+    # has_table_privilege with several privileges is true if any is held: ask for each.
+    granted = conn.execute(
+        "SELECT bool_and(pg_catalog.has_table_privilege(%s, t, p))"
+        " FROM unnest(%s::text[]) AS t,"
+        " unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p",
+        [row[0], [name.as_string(conn) for name in touched]],
+    ).fetchone()
+    if not (granted and granted[0]):
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), owner)
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {} TO {}").format(
+                sql.SQL(", ").join(touched), owner
+            )
+        )
+    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(owner))
+
+
 def queue_empty(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
     row = conn.execute(
         sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(Names(job.pk).queue)

@@ -612,3 +612,38 @@ def test_a_timestamp_key_in_a_database_with_another_date_style(jobs: Jobs) -> No
     assert (progress.done, progress.failed) == (11, 1)
     [(key, reason, attempts)] = service.failures(job)
     assert key.hour == 3 and attempts == 1 and "SQLSTATE 22" in reason
+
+
+def test_batches_write_as_the_tables_owner_so_its_triggers_never_run_as_superuser(
+    jobs: Jobs,
+) -> None:
+    role = f"owner_{jobs.database}"
+    as_owner = f'SET ROLE "{role}"; '
+    jobs.sql(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        jobs.sql(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+        jobs.sql(
+            as_owner + "CREATE TABLE docs (id bigint PRIMARY KEY, body text);"
+            " CREATE TABLE audit (who text, super boolean);"
+            " CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            "   INSERT INTO audit SELECT current_user, rolsuper FROM pg_roles"
+            "    WHERE rolname = current_user; RETURN NEW; END $$;"
+            " CREATE TRIGGER note BEFORE UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION note();"
+            " INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 20) i"
+        )
+        jobs.worker()
+        job = jobs.create(columns=["body"], text_format="")
+        chunks = jobs.create(columns=["body"], text_format="", chunk_tokens=8)
+        jobs.wait_synced(job)
+        jobs.wait_synced(chunks)
+        jobs.sql(as_owner + "UPDATE docs SET body = 'changed' WHERE id = 1")
+        jobs.wait("the change embedded", lambda: jobs.stamps(job).get(1) == 2)
+        # The job adds its column as the console, but every batch writes as the owner.
+        assert set(jobs.sql("SELECT who, super FROM audit")) == {(role, False)}
+        assert len(jobs.sql("SELECT 1 FROM audit")) == 20 + 1 + 1
+        jobs.wait_synced(chunks)
+        assert chunk_rows(jobs)[1] == ["changed"]
+        service.delete(job, drop_column=True)
+        service.delete(chunks, drop_column=True)
+    finally:
+        jobs.sql(f'DROP OWNED BY "{role}" CASCADE; DROP ROLE "{role}"')
