@@ -62,6 +62,7 @@ HTTP_PER_REQUEST = 1_000
 SQL_ARRAY_BATCH = 1_000  # create_embeddings' batch_size: texts per request to the sidecar
 SAMPLE = 500  # vectors compared with create_embeddings of their text
 TARGET_SHARE = 0.8  # of the bulk reference
+NOISY_SHARE = 0.1  # other processes' share of the busy CPU past which a phase is skewed
 POLL_S = 0.5
 REPORT_EVERY_S = 15.0
 BACKFILLS = {"one_worker": "1 worker", "two_workers": "2 workers"}  # report keys
@@ -372,6 +373,13 @@ def own_cpu_per_row(phase: dict[str, Any], rows_per_s: float) -> float:
     return own / (rows_per_s * cpu["wall"])
 
 
+def others_share(phase: dict[str, Any]) -> float:
+    """The share of the machine's busy CPU time that processes outside the benchmark took."""
+    cpu = phase["cpu_s"]
+    busy = sum(v for part, v in cpu.items() if part != "wall")
+    return cpu["others"] / busy if busy else 0.0
+
+
 def shares(backfill: dict[str, Any], report: dict[str, Any]) -> dict[str, float]:
     """A backfill's rate as a share of bulk, and the same by CPU per row (against the bulk
     reference that spent the least): the second barely moves when other processes compete."""
@@ -559,6 +567,15 @@ def print_report(report: dict[str, Any]) -> None:
         f"references; target: a backfill at {TARGET_SHARE:.0%} of bulk or more; others: "
         "processes outside the benchmark, which slow every figure they overlap)"
     )
+    noisy = {
+        label: share for label, phase in phases if (share := others_share(phase)) > NOISY_SHARE
+    }
+    if noisy:
+        listed = ", ".join(f"{label} {share:.0%}" for label, share in noisy.items())
+        print(
+            f"\n! other processes took a large share of the busy CPU during: {listed}. Those "
+            "figures are slowed and the ratios between them skewed: run again on a quiet machine."
+        )
     for key, label in BACKFILLS.items():
         if key not in report:
             continue
