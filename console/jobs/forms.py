@@ -13,14 +13,14 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from console.jobs.service import JobError
+from console.jobs.models import DEFAULT_BATCH_SIZE
+from console.jobs.service import TUNING_LIMITS, JobError
 from console.playground.embedding import INPUT_TYPES
 from inference.client import ModelFacts
 
 DEFAULT_COLUMN = "embedding"
-DEFAULT_BATCH_SIZE = 64
-MAX_BATCH_SIZE = 1000
-MAX_WORKERS = 16
+MAX_BATCH_SIZE = int(TUNING_LIMITS["batch_size"][1])
+MAX_WORKERS = int(TUNING_LIMITS["workers"][1])
 DEFAULT_CHUNK_TOKENS = 256
 CHUNK_TABLE_SUFFIX = "_chunks"
 

@@ -49,7 +49,7 @@ from console.jobs.service import JobError, connect
 log = logging.getLogger(__name__)
 
 RUN_S = 10.0
-POLL_S = 0.5
+POLL_S = 0.1
 IDLE_S = 3.0
 IDLE_RECHECK_S = 2.0
 NUDGE_WAIT_S = 15.0

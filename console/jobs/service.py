@@ -209,12 +209,20 @@ def create(
     return job
 
 
+# The range of each setting of a job's batches.
+TUNING_LIMITS: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 2048),
+    "workers": (1, 32),
+    "max_attempts": (1, 100),
+    "retry_backoff_s": (0, 86400),
+}
+
+
 def _check_tuning(tuning: dict[str, Any]) -> None:
-    limits = {"batch_size": (1, 2048), "workers": (1, 32), "max_attempts": (1, 100)}
     for name, value in tuning.items():
-        if name not in (*limits, "retry_backoff_s"):
+        if name not in TUNING_LIMITS:
             raise TypeError(f"unknown job setting {name}")
-        low, high = limits.get(name, (0, 86400))
+        low, high = TUNING_LIMITS[name]
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.jobs import service
-from console.jobs.models import EmbeddingJob
+from console.jobs.models import DEFAULT_BATCH_SIZE, EmbeddingJob
 
 
 class Command(BaseCommand):
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         create.add_argument(
             "--build-index", action="store_true", help="build an HNSW index once backfilled"
         )
-        create.add_argument("--batch-size", type=int, default=64)
+        create.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
         create.add_argument("--workers", type=int, default=1, help="batches run at once")
         create.add_argument("--max-attempts", type=int, default=5)
         create.add_argument("--user", default="", help="console user to record as creator")
