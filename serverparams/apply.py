@@ -33,8 +33,8 @@ from psycopg import sql
 
 from serverparams.catalog import IN_AUTO_CONF, Catalog, Parameter, read_catalog
 from serverparams.models import ParameterChange
-from serverparams.server import ServerError, get_managed_server
-from serverparams.validation import Edit, check_edits
+from serverparams.server import ManagedServer, ServerError, get_managed_server
+from serverparams.validation import Checked, Edit, check_edits
 
 # pg_advisory_lock key of parameter saves ("prms" in ASCII).
 SAVE_LOCK_KEY = 0x70726D73
@@ -125,17 +125,102 @@ def save_changes(
     ``on_behalf_of`` names what made the change for ``user`` (e.g. a deployment), for the
     audit trail."""
     server = get_managed_server()
-    with server.connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (SAVE_LOCK_KEY,))
-        try:
-            result = _save_locked(
-                conn, edits, user, restart=restart, check_base=check_base, on_behalf_of=on_behalf_of
-            )
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SAVE_LOCK_KEY,))
+    progress = _Progress()
+    try:
+        with server.connect() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (SAVE_LOCK_KEY,))
+            try:
+                result = _save_locked(
+                    conn, edits, user, restart=restart, check_base=check_base,
+                    on_behalf_of=on_behalf_of, progress=progress,
+                )  # fmt: skip
+            finally:
+                if not conn.closed and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (SAVE_LOCK_KEY,))
+    except psycopg.OperationalError as exc:
+        if progress.checked is None:
+            raise  # lost before anything was written: as if the server were unreachable
+        result = _recover(server, progress, user, on_behalf_of, exc)
     if restart is Restart.YES and result.pending_restart:
         restart_pending(result)
     return result
+
+
+@dataclass
+class _Progress:
+    """How far a save got, for finishing or undoing it when its connection is lost."""
+
+    checked: Checked | None = None  # what is being written; None: nothing written yet
+    snapshot: dict[str, str] = field(default_factory=dict)  # auto.conf before the first write
+    written: list[str] = field(default_factory=list)  # ALTER SYSTEM done, in order
+    reloaded: bool = False  # the reload was asked for: the changes may be in effect
+
+
+RECOVER_WAIT_S = 60.0  # for the server to come back after a restart during a save
+
+
+def _recover(
+    server: ManagedServer,
+    progress: _Progress,
+    user: AbstractBaseUser | AnonymousUser,
+    on_behalf_of: str,
+    lost: psycopg.OperationalError,
+) -> SaveResult:
+    """The connection died during a save (the server restarted, or went away): wait for the
+    server, then undo what was written if the reload had not been asked for (a restart reads
+    postgresql.auto.conf, so half a batch would otherwise take effect), or finish recording
+    it if it had. Either way the result says what happened."""
+    assert progress.checked is not None
+    checked = progress.checked
+    names = list(checked.values)
+    logger.warning("the connection to the managed server was lost during a save: %s", lost)
+    deadline = time.monotonic() + RECOVER_WAIT_S
+    while True:
+        try:
+            conn = server.connect(connect_timeout=5)
+            break
+        except (ServerError, psycopg.OperationalError) as exc:
+            if time.monotonic() > deadline:
+                written = ", ".join(progress.written) or "none"
+                return SaveResult(
+                    catalog=Catalog(parameters=[], extensions=[]),
+                    failed={
+                        names[0]: (
+                            "the connection to the managed server was lost during the save and "
+                            f"the server did not come back within {RECOVER_WAIT_S:g} s ({exc}); "
+                            f"written to postgresql.auto.conf before that: {written}. Open "
+                            "this blade again once the server is up and check those parameters"
+                        )
+                    },
+                    not_applied=names[1:],
+                )
+            time.sleep(0.5)
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SAVE_LOCK_KEY,))
+        try:
+            if not progress.reloaded:
+                write_back(conn, progress.snapshot, progress.written)
+                _reload(conn)
+                catalog = read_catalog(conn)
+                return SaveResult(
+                    catalog=catalog,
+                    failed={
+                        names[0]: (
+                            "the managed server restarted during the save, so it was undone: "
+                            "nothing was applied. Save again"
+                        )
+                    },
+                    not_applied=names[1:],
+                )
+            result = SaveResult(catalog=read_catalog(conn), applied=list(progress.written))
+            after = result.catalog.by_name()
+            result.pending_restart = [
+                name for name in result.applied if after[name.lower()].pending_restart
+            ]
+            _record(result, checked.parameters, after, user, on_behalf_of)
+            return result
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SAVE_LOCK_KEY,))
 
 
 def _save_locked(
@@ -146,6 +231,7 @@ def _save_locked(
     restart: Restart,
     check_base: bool,
     on_behalf_of: str,
+    progress: _Progress,
 ) -> SaveResult:
     before = read_catalog(conn)
     checked = check_edits(edits, before, check_base=check_base)
@@ -161,12 +247,15 @@ def _save_locked(
 
     names = list(checked.values)
     written = auto_conf(conn)
+    progress.checked, progress.snapshot = checked, written
     for name in names:
         try:
             if name in checked.resets:
                 _alter_system_reset(conn, name)
             else:
                 _alter_system(conn, name, checked.values[name])
+        except psycopg.OperationalError:
+            raise  # the connection is gone: save_changes recovers
         except psycopg.Error as exc:
             # Nothing is reloaded yet: putting back what this batch wrote undoes all of it.
             write_back(conn, written, result.applied)
@@ -176,6 +265,8 @@ def _save_locked(
             result.applied = []
             return result
         result.applied.append(name)
+        progress.written.append(name)
+    progress.reloaded = True
     _reload(conn)
     result.catalog = read_catalog(conn)
     after = result.catalog.by_name()

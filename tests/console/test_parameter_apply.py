@@ -308,3 +308,53 @@ def test_a_restart_the_history_cannot_record_still_takes_effect_and_says_so(
     (message,) = result.unrecorded
     assert "restarted and the pending changes are in effect, but the change history" in message
     assert ParameterChange.objects.get().status == ParameterChange.Status.PENDING_RESTART
+
+
+def restart_at(
+    monkeypatch: pytest.MonkeyPatch, server: ManagedServer, function: str, call: int
+) -> None:
+    """Restart the managed server just before the ``call``-th call of ``apply.<function>``,
+    as if it went down in the middle of a save."""
+    from serverparams import apply
+
+    original = getattr(apply, function)
+    calls = []
+
+    def restarting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == call:
+            server.restart()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(apply, function, restarting)
+
+
+def test_a_server_restart_in_the_middle_of_a_save_undoes_what_was_written(
+    server: ManagedServer, ada: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edits = [Edit("work_mem", "8MB"), Edit("enable_seqscan", "off"), Edit("random_page_cost", "2")]
+    restart_at(monkeypatch, server, "_alter_system", 2)  # after work_mem was written
+    result = save_changes(edits, ada)
+    assert not result.ok and result.applied == []
+    [(name, message)] = result.failed.items()
+    assert name == "work_mem" and "restarted during the save" in message
+    assert "nothing was applied" in message
+    assert result.not_applied == ["enable_seqscan", "random_page_cost"]
+    # Undone: the restart had read work_mem from postgresql.auto.conf, and it is gone again.
+    assert show(server, "work_mem") == "4MB" and show(server, "enable_seqscan") == "on"
+    with server.connect() as conn:
+        assert "work_mem" not in auto_conf(conn)
+    assert not ParameterChange.objects.exists()
+
+
+def test_a_server_restart_after_the_reload_still_records_the_save(
+    server: ManagedServer, ada: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restart_at(monkeypatch, server, "read_catalog", 2)  # the read after the reload
+    result = save_changes([Edit("work_mem", "8MB"), Edit("enable_seqscan", "off")], ada)
+    assert result.ok and result.applied == ["work_mem", "enable_seqscan"]
+    assert show(server, "work_mem") == "8MB" and show(server, "enable_seqscan") == "off"
+    assert sorted(ParameterChange.objects.values_list("parameter", flat=True)) == [
+        "enable_seqscan",
+        "work_mem",
+    ]
