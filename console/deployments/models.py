@@ -57,6 +57,8 @@ class Deployment(models.Model):
     attempts = models.PositiveIntegerField(default=0)  # claims by a worker (resumes add one)
     worker = models.CharField(max_length=200, blank=True)  # host:pid of the claiming worker
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the broker took its task; None while it refused it (down), so it is sent again.
+    sent_at = models.DateTimeField(null=True, blank=True)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
 
     class Meta:

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 STALE_AFTER = timedelta(seconds=60)
 MAX_ATTEMPTS = 3
+UNSENT_AFTER = timedelta(seconds=5)  # a queued deployment whose task the broker refused
 _PROGRESS_EVERY_S = 0.5
 _CANCEL_CHECK_EVERY_S = 1.0
 _LOG_LINES_KEPT = 400
@@ -138,9 +139,9 @@ def _worker_gone(deployment: Deployment, now: timezone.datetime) -> bool:
 
 
 def recover_stopped(*, requeue_queued: bool = False) -> list[int]:
-    """Resume (or, after MAX_ATTEMPTS claims, fail) deployments whose worker stopped; with
-    ``requeue_queued``, also send queued ones again (the broker may have lost them). Returns
-    the ids sent to a worker."""
+    """Resume (or, after MAX_ATTEMPTS claims, fail) deployments whose worker stopped, and send
+    again queued ones the broker refused; with ``requeue_queued``, every queued one (the
+    broker may have lost them). Returns the ids sent to a worker."""
     from console.deployments.service import enqueue
 
     now = timezone.now()
@@ -173,9 +174,15 @@ def recover_stopped(*, requeue_queued: bool = False) -> list[int]:
                 _append_log(step, f"the worker {deployment.worker} stopped{where}: resuming")
                 step.save(update_fields=["log"])
             sent.append(deployment.pk)
+    queued = Deployment.objects.filter(state=Deployment.State.QUEUED)
     if requeue_queued:
+        sent += list(queued.values_list("pk", flat=True))
+    else:
+        # Queued a while ago, and the broker refused its task then (it was down): send again.
         sent += list(
-            Deployment.objects.filter(state=Deployment.State.QUEUED).values_list("pk", flat=True)
+            queued.filter(sent_at__isnull=True, created_at__lt=now - UNSENT_AFTER).values_list(
+                "pk", flat=True
+            )
         )
     for deployment_id in dict.fromkeys(sent):
         enqueue(deployment_id)
@@ -218,6 +225,14 @@ class Recorder:
         self._last_cancel_check = moment
         if Deployment.objects.filter(pk=self.deployment.pk, cancel_requested=True).exists():
             raise Cancelled()
+
+    def failing_step(self, names: list[str]) -> str:
+        """The step a failure belongs to: the one running, else the first not yet done (a
+        failure between two steps, before the next one reported anything, is the next's)."""
+        done = (DeploymentStep.State.SUCCEEDED, DeploymentStep.State.SKIPPED)
+        if self.current is not None:
+            return self.current
+        return next((n for n in names if self.steps[n].state not in done), names[-1])
 
     def start(self, name: str, message: str = "") -> None:
         self.check_cancel(now=True)
@@ -532,13 +547,13 @@ def _run_steps(deployment: Deployment) -> tuple[str, str]:
         _close_open_steps(deployment, "cancelled", DeploymentStep.State.CANCELLED)
         return Deployment.State.CANCELLED, _where(recorder, "cancelled")
     except StepFailed as exc:
-        step = recorder.current or names[0]
+        step = recorder.failing_step(names)
         recorder.fail(step, str(exc))
         _close_open_steps(deployment, str(exc), DeploymentStep.State.FAILED)
         return Deployment.State.FAILED, f"{_title(step)} failed: {exc}"
     except Exception as exc:
         log.exception("deployment %s failed unexpectedly", deployment.pk)
-        step = recorder.current or names[0]
+        step = recorder.failing_step(names)
         message = f"unexpected error: {exc!r}; see the worker's log, then Retry"
         recorder.fail(step, message)
         _close_open_steps(deployment, message, DeploymentStep.State.FAILED)

@@ -123,6 +123,8 @@ def enqueue(deployment_id: int) -> None:
         run_deployment.apply_async(args=[deployment_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
     except Exception as exc:  # kombu raises several types for an unreachable broker
         log.warning("deployment %s stays queued: the broker refused it (%s)", deployment_id, exc)
+        return
+    Deployment.objects.filter(pk=deployment_id).update(sent_at=timezone.now())
 
 
 def cancel(deployment: Deployment) -> bool:

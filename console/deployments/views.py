@@ -51,7 +51,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = get_object_or_404(Deployment, pk=pk)
-    if deployment.state == Deployment.State.RUNNING:
+    if deployment.is_active:
         pipeline.recover_stopped()
         deployment.refresh_from_db()
     context = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, transaction
 from django.test import Client
+from django.utils import timezone
 
 from console.deployments import pipeline, service
 from console.deployments.models import Deployment, DeploymentStep
@@ -437,3 +439,40 @@ def test_deploy_command_prints_the_steps_as_they_go(stack: Stack, tiny_model_dir
     )  # fmt: skip
     assert refused.returncode == 1
     assert "is not in the catalog" in refused.stderr
+
+
+def test_a_deployment_the_broker_refused_is_sent_again_once_it_is_back(
+    stack: Stack, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.deployments.tasks import run_deployment
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise ConnectionRefusedError("the broker is down")
+
+    monkeypatch.setattr(run_deployment, "apply_async", broker_down)
+    deployment = _deploy(stack, tiny_model_dir)
+    deployment.refresh_from_db()
+    assert deployment.state == "queued" and deployment.sent_at is None
+    monkeypatch.undo()  # the broker is back
+    Deployment.objects.filter(pk=deployment.pk).update(
+        created_at=timezone.now() - timedelta(seconds=30)
+    )
+    viewer = Client()
+    viewer.force_login(User.objects.get(username="ops"))
+    assert viewer.get(f"/deployments/{deployment.pk}/").status_code == 200
+    assert stack.wait(deployment).state == "succeeded"
+    assert Deployment.objects.get(pk=deployment.pk).sent_at is not None
+
+
+def test_a_failure_between_two_steps_belongs_to_the_next_one(
+    stack: Stack, tiny_model_dir: Path
+) -> None:
+    stack.worker.stop()
+    deployment = _deploy(stack, tiny_model_dir)
+    names = [step.name for step in pipeline.STEPS_BY_ACTION["enable"]]
+    deployment.steps.filter(name=names[0]).update(state=DeploymentStep.State.SUCCEEDED)
+    recorder = pipeline.Recorder(deployment)
+    assert recorder.failing_step(names) == names[1] == "fetch"
+    recorder.current = "verify"
+    assert recorder.failing_step(names) == "verify"
+    assert service.cancel(deployment)
