@@ -641,7 +641,17 @@ def drill_redis_stopped(lab: Lab) -> Outcome:
     finally:
         lab.broker.start()
     try:
-        row2 = finished(pk2, QUEUED_WAIT_S)
+        # The person who asked watches the deployment's page, as Save leads them to.
+        row2 = wait_for(
+            f"deployment #{pk2} to finish while its page is watched",
+            lambda: (
+                lab.client.get(f"/deployments/{pk2}/").status_code == 200
+                and (row := deployment(pk2)).is_terminal
+                and row
+            ),
+            QUEUED_WAIT_S,
+            poll=1.0,
+        )
         picked_up = "by the running worker"
     except DrillFailed:
         picked_up = f"not within {QUEUED_WAIT_S:g} s by the running worker"
