@@ -243,6 +243,8 @@ def _check_chunking(model_uri: str, input_type: str, size: int, overlap: int) ->
             f"cannot check the chunk size with the inference sidecar: {exc}", "chunk_tokens"
         ) from None
     except InferenceError as exc:
+        if exc.status in (404, 409):  # the model: unknown to the sidecar, or not loaded
+            raise JobError(exc.message, "model_uri") from None
         field = "chunk_overlap" if exc.message.find("overlap") >= 0 else "chunk_tokens"
         raise JobError(f"chunking: {exc.message}", field) from None
 

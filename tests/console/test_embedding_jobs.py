@@ -16,7 +16,7 @@ from psycopg import sql
 from console.jobs import objects, service
 from console.jobs.models import EmbeddingJob, JobRunner
 from serverparams.server import ManagedServer
-from tests.console.jobstack import Jobs
+from tests.console.jobstack import CLS_URI, Jobs
 from tests.console.stack import (
     drop_database,
     scratch_database,
@@ -441,8 +441,12 @@ def test_chunk_sizes_the_model_cannot_take_are_refused_before_anything_is_create
     jobs.table("docs", 3)
     with pytest.raises(service.JobError, match="at most 30 tokens remain"):
         jobs.create(columns=["body"], text_format="", chunk_tokens=31)
-    with pytest.raises(service.JobError, match="less than the chunk size"):
+    with pytest.raises(service.JobError, match="less than the chunk size") as overlap:
         jobs.create(columns=["body"], text_format="", chunk_tokens=8, chunk_overlap=8)
+    assert overlap.value.field == "chunk_overlap"
+    with pytest.raises(service.JobError, match=CLS_URI) as undeployed:
+        jobs.create(columns=["body"], text_format="", chunk_tokens=8, model_uri=CLS_URI)
+    assert undeployed.value.field == "model_uri"
     jobs.sql("CREATE TABLE docs_chunks (x int)")
     with pytest.raises(service.JobError, match="exists already"):
         jobs.create(columns=["body"], text_format="", chunk_tokens=8)
