@@ -64,6 +64,7 @@ class SaveResult:
     restarted: bool = False
     restart_message: str = ""
     unrecorded: list[str] = field(default_factory=list)  # history writes that failed, why
+    interrupted: str = ""  # the server went away during the save: what became of it
 
     @property
     def ok(self) -> bool:
@@ -184,15 +185,14 @@ def _recover(
                 written = ", ".join(progress.written) or "none"
                 return SaveResult(
                     catalog=Catalog(parameters=[], extensions=[]),
-                    failed={
-                        names[0]: (
-                            "the connection to the managed server was lost during the save and "
-                            f"the server did not come back within {RECOVER_WAIT_S:g} s ({exc}); "
-                            f"written to postgresql.auto.conf before that: {written}. Open "
-                            "this blade again once the server is up and check those parameters"
-                        )
-                    },
+                    failed={names[0]: "the managed server went away during the save"},
                     not_applied=names[1:],
+                    interrupted=(
+                        "The connection to the managed server was lost during the save and "
+                        f"the server did not come back within {RECOVER_WAIT_S:g} s ({exc}). "
+                        f"Written to postgresql.auto.conf before that: {written}. Open this "
+                        "blade again once the server is up and check those parameters."
+                    ),
                 )
             time.sleep(0.5)
     with conn:
@@ -204,13 +204,12 @@ def _recover(
                 catalog = read_catalog(conn)
                 return SaveResult(
                     catalog=catalog,
-                    failed={
-                        names[0]: (
-                            "the managed server restarted during the save, so it was undone: "
-                            "nothing was applied. Save again"
-                        )
-                    },
+                    failed={names[0]: "the managed server restarted during the save"},
                     not_applied=names[1:],
+                    interrupted=(
+                        "The managed server restarted during the save, so the save was undone: "
+                        "nothing was applied."
+                    ),
                 )
             result = SaveResult(catalog=read_catalog(conn), applied=list(progress.written))
             after = result.catalog.by_name()
