@@ -70,3 +70,19 @@ def make_multiscript_texts(count: int, *, seed: int = 4321, max_words: int = 200
             text = latin[i]
         texts.append(text)
     return texts
+
+
+# What users embed, by profile: (fewest words, most words) per text. Nearly every word of
+# ``_WORDS`` is one WordPiece token, so a passage of 110-125 words is about 128 tokens and a
+# document of 600-800 words runs past any small model's limit (and is truncated).
+PROFILES = {"short": (5, 12), "passage": (110, 125), "document": (600, 800)}
+
+
+def make_profile_texts(profile: str, count: int, *, seed: int = 2024) -> list[str]:
+    """``count`` Latin texts of the lengths of ``PROFILES[profile]``, drawn uniformly."""
+    low, high = PROFILES[profile]
+    rng = random.Random(f"{seed}-{profile}")
+    return [
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(low, high))).capitalize() + "."
+        for _ in range(count)
+    ]

@@ -7,8 +7,13 @@ effective GFLOP/s, 16 concurrent single-text clients against bulk requests (dyna
 int8 against fp32 with its quality figures, and the sidecar's RSS before and after 10,000
 requests of varied lengths.
 
-Usage: ``.venv/bin/python bench/embeddings.py [--texts N] [--requests N]``.
-Prints a table and writes ``VAR_DIR/bench/embeddings.json``.
+By profile (short queries, ~128-token passages, documents past the model's limit) and thread
+count 1..threads: the engine in-process against sentence-transformers on the same thread
+budget, with texts/s, their ratio and each one's scaling efficiency.
+
+Usage: ``.venv/bin/python bench/embeddings.py [--texts N] [--requests N] [--profile-texts N]
+[--only profiles]``. Prints a table and writes ``VAR_DIR/bench/embeddings.json`` (``--only
+profiles`` updates only its ``profiles`` entry there).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import make_texts
+from bench.corpus import PROFILES, make_profile_texts, make_texts
 from inference import sidecar_settings as settings_schema
 from inference.config import models_dir, var_dir
 from inference.engine import EmbeddingModel
@@ -172,11 +177,96 @@ def http_concurrent(url: str, texts: list[str], clients: int = 16) -> None:
     asyncio.run(_concurrent(url, texts, clients))
 
 
+def load_reference():
+    """The sentence-transformers reference model (PyTorch, CPU) from the model's package."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(_package_model_dir()), device="cpu")
+
+
+def encode_reference(reference_model, texts: list[str]) -> np.ndarray:
+    return reference_model.encode(
+        texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True
+    )
+
+
+def profile_counts(short: int) -> dict[str, int]:
+    """Texts per profile: ``short`` queries, half as many passages, a fifth as many documents."""
+    return {"short": short, "passage": max(1, short // 2), "document": max(1, short // 5)}
+
+
+def measure_profiles(stored, reference_model, max_threads: int, short: int) -> list[dict]:
+    """Engine in-process (``intra_op_parallelism`` = n) against sentence-transformers
+    (``torch.set_num_threads(n)``) per profile and thread count n in 1..max_threads."""
+    import torch
+
+    counts = profile_counts(short)
+    corpora = {name: make_profile_texts(name, counts[name]) for name in PROFILES}
+    engines = {
+        n: EmbeddingModel.from_stored(
+            stored, {**settings_schema.defaults(), "intra_op_parallelism": n}, precision="fp32"
+        )
+        for n in range(1, max_threads + 1)
+    }
+    max_tokens = stored.config.max_tokens
+    rows = []
+    for name, texts in corpora.items():
+        tokens = engines[1].count_tokens(texts)
+        for n, engine in engines.items():
+            torch.set_num_threads(n)
+            engine_s = timed(lambda: engine.embed(texts))  # noqa: B023
+            st_s = timed(lambda: encode_reference(reference_model, texts))  # noqa: B023
+            rows.append(
+                {
+                    "profile": name,
+                    "threads": n,
+                    "texts": len(texts),
+                    "mean_tokens": round(sum(min(t, max_tokens) for t in tokens) / len(texts), 1),
+                    "truncated_share": round(sum(t > max_tokens for t in tokens) / len(texts), 3),
+                    "engine_texts_per_s": round(len(texts) / engine_s, 1),
+                    "st_texts_per_s": round(len(texts) / st_s, 1),
+                    "ratio": round(st_s / engine_s, 2),
+                }
+            )
+            print(
+                f"  {name} x{n}: engine {len(texts) / engine_s:.0f}, "
+                f"sentence-transformers {len(texts) / st_s:.0f} texts/s",
+                flush=True,
+            )
+    one = {(r["profile"], r["threads"]): r for r in rows if r["threads"] == 1}
+    for row in rows:
+        base = one[(row["profile"], 1)]
+        for system in ("engine", "st"):
+            key = f"{system}_texts_per_s"
+            row[f"{system}_efficiency"] = round(row[key] / (row["threads"] * base[key]), 2)
+    return rows
+
+
+def _print_profiles(rows: list[dict]) -> None:
+    print(
+        f"\n{'profile':9} {'thr':>3} {'texts':>5} {'tokens':>6} {'engine/s':>9} {'ST/s':>8} "
+        f"{'ratio':>6} {'eng eff':>7} {'ST eff':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['profile']:9} {r['threads']:>3} {r['texts']:>5} {r['mean_tokens']:>6.0f} "
+            f"{r['engine_texts_per_s']:>9.0f} {r['st_texts_per_s']:>8.0f} {r['ratio']:>5.2f}x "
+            f"{r['engine_efficiency']:>7.0%} {r['st_efficiency']:>7.0%}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=1000, help="texts per system")
     parser.add_argument("--requests", type=int, default=10_000, help="requests for the RSS soak")
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
+    parser.add_argument(
+        "--profile-texts",
+        type=int,
+        default=200,
+        help="short queries per thread count (half as many passages, a fifth as many documents)",
+    )
+    parser.add_argument("--only", choices=["profiles"], help="run only this section")
     args = parser.parse_args()
 
     threads = args.threads
@@ -184,6 +274,17 @@ def main() -> None:
     texts = make_texts(args.texts)
     store = ModelStore(models_dir())
     stored = ensure_model(store)
+    out = var_dir() / "bench" / "embeddings.json"
+    if args.only == "profiles":
+        print(f"by profile, threads 1..{threads} (best of 3 after a warm-up):")
+        rows = measure_profiles(stored, load_reference(), threads, args.profile_texts)
+        _print_profiles(rows)
+        report = json.loads(out.read_text()) if out.exists() else {"model": MODEL_URI}
+        report["profiles"] = rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"\nwritten to {out}")
+        return
     settings = {**settings_schema.defaults(), "intra_op_parallelism": threads}
     config = stored.config
 
@@ -195,15 +296,12 @@ def main() -> None:
     print(f"fp32 SGEMM peak (numpy): {peak:.1f} GFLOP/s")
 
     import torch
-    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    reference_model = SentenceTransformer(str(_package_model_dir()), device="cpu")
+    reference_model = load_reference()
 
     def run_reference() -> np.ndarray:
-        return reference_model.encode(
-            texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True
-        )
+        return encode_reference(reference_model, texts)
 
     engine = EmbeddingModel.from_stored(stored, settings, precision="fp32")
     token_counts = engine.count_tokens(texts)
@@ -256,6 +354,10 @@ def main() -> None:
         sidecar.stop()
         shutil.rmtree(state, ignore_errors=True)
 
+    print(f"by profile, threads 1..{threads} (best of 3 after a warm-up):")
+    profile_rows = measure_profiles(stored, reference_model, threads, args.profile_texts)
+    torch.set_num_threads(threads)
+
     reference = results["sentence-transformers (PyTorch)"]
     rows = []
     for name, vectors in results.items():
@@ -298,9 +400,10 @@ def main() -> None:
         },
         "rss_mb_before": round(rss_before, 1),
         "rss_mb_after": round(rss_after, 1),
+        "profiles": profile_rows,
     }
     _print_table(report)
-    out = var_dir() / "bench" / "embeddings.json"
+    _print_profiles(profile_rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {out}")
