@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.fixtures.tinymodel import make_tiny_model
+
+# In CI the property-based tests draw the same examples every run, so that a red build points
+# at a change and not at a new random draw; locally they explore afresh each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Fixtures shared across areas: the sidecar process, the managed server, the real model.
 pytest_plugins = [
