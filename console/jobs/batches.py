@@ -136,7 +136,8 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
             return result
         failures: dict[Any, str] = {}
         written: list[Any] = []
-        for plan in _plans(conn, job, locked, written_to):
+        # The first plan covers every key of the batch; the others, a part of them.
+        for index, plan in enumerate(_plans(conn, job, locked, written_to)):
             todo = [k for k in plan.keys if k not in failures]
             try:
                 with conn.transaction():
@@ -155,7 +156,7 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
                         failures[k] = describe(one)
             if done:
                 plan.stamp(conn, job, done)
-            if plan.first:
+            if index == 0:
                 written = done
         written = [k for k in written if k not in failures]
         if written:
@@ -204,7 +205,6 @@ class Plan:
     destination: objects.Destination
     precision: str
     shadow: bool  # stamps go to next_model
-    first: bool  # its keys are the batch's (the others' are a subset)
 
     def write(self, conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any],
               texts: dict[Any, str | None]) -> list[Any]:  # fmt: skip
@@ -258,17 +258,17 @@ def _plans(
     if not job.next_model_uri:
         return [
             Plan(keys, job.model_uri, job.text_prefix, current,
-                 _precision(conn, job.model_uri), shadow=False, first=True)
+                 _precision(conn, job.model_uri), shadow=False)
         ]  # fmt: skip
     plans = [
         Plan(keys, job.next_model_uri, job.next_text_prefix, objects.destination(job, shadow=True),
-             _precision(conn, job.next_model_uri), shadow=True, first=True)
+             _precision(conn, job.next_model_uri), shadow=True)
     ]  # fmt: skip
     also = [k for k in keys if k in written_to]
     if also:
         plans.append(
             Plan(also, job.model_uri, job.text_prefix, current,
-                 _precision(conn, job.model_uri), shadow=False, first=False)
+                 _precision(conn, job.model_uri), shadow=False)
         )  # fmt: skip
     return plans
 

@@ -194,11 +194,7 @@ def create(
                         )
                     job.backfill_rows = objects.create(conn, job)
             except psycopg.errors.LockNotAvailable:
-                raise JobError(
-                    f"{schema}.{name} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
-                    "try again when it is free",
-                    "table",
-                ) from None
+                raise _table_busy(f"{schema}.{name}") from None
             except psycopg.Error as exc:
                 raise JobError(
                     f"creating the job's triggers and queue on {schema}.{name} failed: "
@@ -216,6 +212,14 @@ TUNING_LIMITS: dict[str, tuple[float, float]] = {
     "max_attempts": (1, 100),
     "retry_backoff_s": (0, 86400),
 }
+
+
+def _table_busy(table: str) -> JobError:
+    return JobError(
+        f"{table} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
+        "try again when it is free",
+        "table",
+    )
 
 
 def _check_tuning(tuning: dict[str, Any]) -> None:
@@ -409,10 +413,7 @@ def change_model(job: EmbeddingJob, model_uri: str) -> int:
             queued = objects.start_model_change(conn, job, entry.dimensions)
             conn.commit()
     except psycopg.errors.LockNotAvailable:
-        raise JobError(
-            f"{job.qualified_table} stayed locked by another session for {DDL_LOCK_TIMEOUT}; "
-            "try again when it is free"
-        ) from None
+        raise _table_busy(job.qualified_table) from None
     except psycopg.Error as exc:
         raise JobError(
             f"starting the model change of job #{job.pk} failed: {describe(exc)}"
