@@ -4,7 +4,9 @@
 call. Each step reports through ``progress`` (``ProgressEvent``: start, progress, log, skip,
 done). A step that already holds is skipped: a model that is in the store and verifies needs
 nothing, and asking for int8 on a model that has only fp32 prepares int8 from the stored fp32
-graph without fetching again.
+graph without fetching again. The int8 variant is made in the weight format native to the
+deploying CPU (inference/quantize.py says why); asking for int8 again on a machine whose native
+format differs from the stored variant's rebuilds it for this one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 from inference import catalog as catalog_module
 from inference import export, layout, quantize, sources
 from inference.catalog import Catalog, CatalogEntry
+from inference.cpu import CpuFeatures, read_cpu
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
 from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
@@ -100,7 +104,11 @@ def _check_config(entry: CatalogEntry, staging: Path) -> None:
 
 
 def _prepare_int8(
-    entry: CatalogEntry, staging: Path, manifest: dict[str, Any], report: _Reporter
+    entry: CatalogEntry,
+    staging: Path,
+    manifest: dict[str, Any],
+    report: _Reporter,
+    cpu: CpuFeatures,
 ) -> dict[str, Any]:
     fp32 = staging / manifest["onnx"]["fp32"]
     int8 = staging / layout.INT8_ONNX
@@ -113,10 +121,15 @@ def _prepare_int8(
             f"{free // _MB} MB free where building the int8 variant needs about {needed // _MB} MB",
             str(staging),
         )
-    report.emit("prepare", "log", "quantising to int8 (dynamic, uint8 weights per channel)")
+    fmt = cpu.int8_format
+    report.emit(
+        "prepare",
+        "log",
+        f"quantising to int8 (dynamic, {fmt} weights per channel, for {cpu.describe()})",
+    )
     manifest["onnx"].pop("int8", None)
     try:
-        quantize.quantize_int8(fp32, int8)
+        quantize.quantize_int8(fp32, int8, fmt)
     except OSError:  # the machine's fault, not the graph's: nothing to record
         int8.unlink(missing_ok=True)
         raise
@@ -126,18 +139,23 @@ def _prepare_int8(
             "passed": False,
             "error": f"quantisation failed: {exc}",
             "thresholds": dict(entry.int8_thresholds),
+            "format": fmt,
+            "cpu": cpu.to_manifest(),
         }
         report.emit("prepare", "log", f"int8 variant not built: {exc}")
         manifest.setdefault("quality", {})["int8"] = figures
         return figures
+    started = time.perf_counter()
     gate = quantize.quality_gate(
         fp32,
         int8,
         staging / str(manifest.get("tokenizer") or "."),
         ModelConfig.from_manifest(manifest),
         entry.int8_thresholds,
+        fmt,
+        cpu,
     )
-    report.emit("prepare", "log", gate.summary())
+    report.emit("prepare", "log", f"{gate.summary()} ({time.perf_counter() - started:.1f} s)")
     manifest.setdefault("quality", {})["int8"] = gate.to_manifest()
     if gate.passed:
         manifest["onnx"]["int8"] = layout.INT8_ONNX
@@ -156,30 +174,34 @@ def deploy(
     force: bool = False,
     catalog: Catalog | None = None,
     cache_dir: Path | None = None,
+    cpu: CpuFeatures | None = None,
 ) -> DeployResult:
     """Put ``uri`` into the store, ready to serve, and return it.
 
     ``source`` is "hub", "package" or a folder (default: the catalog's ``default_source``);
     ``precision`` "int8" also builds the int8 variant (kept only if it passes its quality
-    gate); ``force`` redeploys even when the store already holds the model.
+    gate) for ``cpu`` (default: this machine's); ``force`` redeploys even when the store
+    already holds the model.
     """
     if precision not in PRECISIONS:
         raise ProvisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     entry = (catalog or catalog_module.catalog()).get(uri)
     store = store or ModelStore()
+    cpu = cpu or read_cpu()
     report = _Reporter(progress)
     try:
         with store.lock(uri):
             existing = _existing(store, uri, force, report)
             if existing is not None:
                 quality = existing.manifest.get("quality") or {}
-                if precision == "fp32" or "int8" in quality:
+                measured = quality.get("int8")
+                if precision == "fp32" or (measured and quantize.made_for(measured, cpu)):
                     for step in ("prepare", "install"):
                         report.skip(step, f"{uri} is already in the store, verified")
-                    return DeployResult(existing, False, report.skipped, quality.get("int8"))
-                return _add_int8(entry, store, existing, report)
+                    return DeployResult(existing, False, report.skipped, measured)
+                return _add_int8(entry, store, existing, report, cpu)
             return _deploy_fresh(
-                entry, store, source or entry.default_source, precision, report, cache_dir
+                entry, store, source or entry.default_source, precision, report, cache_dir, cpu
             )
     except OSError as exc:
         problem = _store_write_problem(store, uri, exc)
@@ -226,16 +248,27 @@ def _existing(store: ModelStore, uri: str, force: bool, report: _Reporter) -> St
 
 
 def _add_int8(
-    entry: CatalogEntry, store: ModelStore, existing: StoredModel, report: _Reporter
+    entry: CatalogEntry,
+    store: ModelStore,
+    existing: StoredModel,
+    report: _Reporter,
+    cpu: CpuFeatures,
 ) -> DeployResult:
+    measured = (existing.manifest.get("quality") or {}).get("int8")
+    why = (
+        f"rebuilding the int8 variant for this CPU (the stored one was made as "
+        f"{quantize.recorded_format(measured)} weights; this CPU's format is {cpu.int8_format})"
+        if measured
+        else "building the int8 variant"
+    )
     with store.staging(entry.uri) as staging:
-        report.emit("prepare", "start", "building the int8 variant from the stored fp32 graph")
+        report.emit("prepare", "start", f"{why} from the stored fp32 graph")
         for rel in existing.manifest["files"]:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(existing.path / rel, staging / rel)
         manifest = {k: v for k, v in existing.manifest.items() if k != "files"}
         manifest["onnx"] = dict(manifest.get("onnx") or {})
-        gate = _prepare_int8(entry, staging, manifest, report)
+        gate = _prepare_int8(entry, staging, manifest, report, cpu)
         report.emit("prepare", "done")
         stored = _install(entry, store, staging, manifest, report)
     return DeployResult(stored, True, report.skipped, gate)
@@ -264,6 +297,7 @@ def _deploy_fresh(
     precision: str,
     report: _Reporter,
     cache_dir: Path | None,
+    cpu: CpuFeatures,
 ) -> DeployResult:
     with store.staging(entry.uri) as staging:
         report.emit("fetch", "start", f"fetching {entry.uri} from {source}")
@@ -315,7 +349,7 @@ def _deploy_fresh(
             "tokenizer": ".",
             "preparation": preparation,
         }
-        gate = _prepare_int8(entry, staging, manifest, report) if precision == "int8" else None
+        gate = _prepare_int8(entry, staging, manifest, report, cpu) if precision == "int8" else None
         report.emit("prepare", "done")
         stored = _install(entry, store, staging, manifest, report)
     return DeployResult(stored, True, report.skipped, gate)

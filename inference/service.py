@@ -20,9 +20,10 @@ import numpy as np
 import psutil
 
 from inference import config as env
-from inference import sidecar_settings
+from inference import quantize, sidecar_settings
 from inference.batcher import BatcherClosedError, DynamicBatcher
 from inference.chunking import Chunk, ChunkingError
+from inference.cpu import CpuFeatures, read_cpu
 from inference.engine import EmbeddingModel, EmbedResult, InputTooLongError
 from inference.metrics import Metrics
 from inference.modelconfig import ModelConfig
@@ -150,8 +151,12 @@ def check_dimensions(uri: str, config: ModelConfig, dimensions: int) -> None:
 class Sidecar:
     """The service behind the routes: registry, settings, loaded models and metrics."""
 
-    def __init__(self, var_dir: Path) -> None:
+    def __init__(self, var_dir: Path, cpu: CpuFeatures | None = None) -> None:
         state_dir = var_dir / "sidecar"
+        # The CPU that int8 variants are checked against (default: this machine's), and the
+        # verdicts of the checks made for variants made in another format.
+        self.cpu = cpu or read_cpu()
+        self._int8_checks = state_dir / "int8_checks.json"
         settings_path = state_dir / "settings.json"
         try:
             self.settings = sidecar_settings.SettingsFile(settings_path)
@@ -226,6 +231,8 @@ class Sidecar:
                     f"refusing to load model {uri}: its files in {entry['model_path']} are not "
                     f"those deployed ({'; '.join(problems)}); deploy it again"
                 )
+            if entry["precision"] == "int8" and source.manifest is not None:
+                await asyncio.to_thread(self._check_int8, uri, source.root, source.manifest)
             # Building the session takes a while for real models: keep the event loop serving.
             model = await asyncio.to_thread(
                 EmbeddingModel, source.onnx_path, source.tokenizer_dir, source.config, values
@@ -241,6 +248,16 @@ class Sidecar:
             ) from None
         batcher = DynamicBatcher(model, values, on_batch=self.metrics.batch_callback(uri))
         return LoadedModel(uri, model, batcher, source.config)
+
+    def _check_int8(self, uri: str, model_dir: Path, manifest: Mapping[str, Any]) -> None:
+        """An int8 variant made in another CPU's format is measured again here before it is
+        served (once per file and CPU); one that fails is refused."""
+        try:
+            check = quantize.check_int8_for_cpu(model_dir, manifest, self.cpu, self._int8_checks)
+        except quantize.Int8NotAdmittedHere as exc:
+            raise ModelLoadError(f"refusing to load model {uri} in int8: {exc}") from None
+        if check is not None:
+            log.info("model %s: %s", uri, check.summary())
 
     async def _unload(self, uri: str, *, persist: bool = True) -> None:
         self.registry.get(uri)
