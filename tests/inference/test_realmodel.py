@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference import quantize
+from inference.cpu import read_cpu
 from inference.engine import EmbeddingModel
 from inference.store import StoredModel
 from tests.fixtures.realmodel import minilm_package_dir, minilm_stored_model  # noqa: F401
@@ -63,7 +65,11 @@ def test_int8_gate_figures_are_recorded_and_decide_admission(
     quality = minilm_stored_model.manifest["quality"]["int8"]
     thresholds = quality["thresholds"]
     assert thresholds == {"mean_cos": 0.99, "top10_agreement": 0.9}
-    assert quality["probes"] == 100
+    assert quality["probes"] == len(quantize.probe_texts())
+    assert quality["probe_set"] == quantize.probe_set().to_manifest()
+    # Quantised for the machine that deployed it: this one.
+    assert quality["format"] == read_cpu().int8_format
+    assert quality["cpu"] == read_cpu().to_manifest()
     # int8 is close to fp32 even where it misses the gate; far off would mean a broken variant.
     assert 0.98 <= quality["mean_cos"] <= 1.0 and 0.8 <= quality["top10_agreement"] <= 1.0
     expected = (
