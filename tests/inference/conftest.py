@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from inference.engine import EmbeddingModel
@@ -49,6 +50,13 @@ def make_tiny_engine(tiny_model_dir: Path) -> Callable[..., EmbeddingModel]:
 
 
 # -- sidecar tests ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http(sidecar: SidecarProcess) -> Iterator[httpx.Client]:
+    """An HTTP client of the shared sidecar, for tests of its routes."""
+    with httpx.Client(base_url=sidecar.url, timeout=60) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,6 @@ TEXTS = ["the cat is on the house", "a red car", "vector search in postgres", "h
 
 
 @pytest.fixture(scope="module")
-def http(sidecar: SidecarProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sidecar.url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def prefixed_uri(
     sidecar: SidecarProcess, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:

@@ -4,7 +4,6 @@ the sidecar's ``POST /chunks`` on the tiny model."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -100,12 +99,6 @@ def test_sizes_that_cannot_work_are_refused_saying_why(
 
 
 # -- the sidecar's route ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def http(sidecar: SidecarProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sidecar.url, timeout=60) as client:
-        yield client
 
 
 LONG = " ".join(["hello world the cat is on the house"] * 20)
