@@ -133,10 +133,24 @@ def plain_ort(onnx_path: Path, tokenizer_dir: Path, max_tokens: int, threads: in
     return embed
 
 
+def layout_for(threads: int) -> dict:
+    """Settings with the layout the engine chooses on a machine of ``threads`` cores: the
+    engine's side of a comparison at that thread budget."""
+    chosen = settings_schema.layout({}, cores=threads)
+    return {
+        **settings_schema.defaults(),
+        "engine_sessions": chosen.sessions,
+        "intra_op_parallelism": chosen.threads,
+    }
+
+
 def start_bench_sidecar(stored_path: Path, state: Path, threads: int) -> SidecarProcess:
     """The sidecar as a real process on a free port, with the benchmark model loaded."""
     sidecar = start_sidecar(state)
-    sidecar.client.update_settings({"intra_op_parallelism": threads})
+    chosen = layout_for(threads)
+    sidecar.client.update_settings(
+        {key: chosen[key] for key in ("engine_sessions", "intra_op_parallelism")}
+    )
     sidecar.client.register(MODEL_URI, str(stored_path))  # registering loads it
     return sidecar
 
@@ -196,16 +210,15 @@ def profile_counts(short: int) -> dict[str, int]:
 
 
 def measure_profiles(stored, reference_model, max_threads: int, short: int) -> list[dict]:
-    """Engine in-process (``intra_op_parallelism`` = n) against sentence-transformers
-    (``torch.set_num_threads(n)``) per profile and thread count n in 1..max_threads."""
+    """Engine in-process, with the layout it chooses for n cores (``layout_for``), against
+    sentence-transformers (``torch.set_num_threads(n)``) per profile and thread count n in
+    1..max_threads."""
     import torch
 
     counts = profile_counts(short)
     corpora = {name: make_profile_texts(name, counts[name]) for name in PROFILES}
     engines = {
-        n: EmbeddingModel.from_stored(
-            stored, {**settings_schema.defaults(), "intra_op_parallelism": n}, precision="fp32"
-        )
+        n: EmbeddingModel.from_stored(stored, layout_for(n), precision="fp32")
         for n in range(1, max_threads + 1)
     }
     max_tokens = stored.config.max_tokens
@@ -220,6 +233,7 @@ def measure_profiles(stored, reference_model, max_threads: int, short: int) -> l
                 {
                     "profile": name,
                     "threads": n,
+                    "layout": engine.layout.describe(),
                     "texts": len(texts),
                     "mean_tokens": round(sum(min(t, max_tokens) for t in tokens) / len(texts), 1),
                     "truncated_share": round(sum(t > max_tokens for t in tokens) / len(texts), 3),
@@ -285,7 +299,7 @@ def main() -> None:
         out.write_text(json.dumps(report, indent=2))
         print(f"\nwritten to {out}")
         return
-    settings = {**settings_schema.defaults(), "intra_op_parallelism": threads}
+    settings = layout_for(threads)
     config = stored.config
 
     print(

@@ -1,11 +1,14 @@
 """Dynamic batching: concurrent requests for one model share model runs.
 
-Each ``DynamicBatcher`` owns one worker thread. Requests from asyncio callers are queued; the
-worker tokenises each one, then assembles a run: a lone waiting request, with no sign of
-concurrent clients, runs at once; otherwise the worker waits at most ``max_wait_ms``
-after the oldest waiting request for others to arrive, fills the run up to ``max_batch_size``
-texts and ``max_batch_tokens`` padded tokens, runs the model (ONNX Runtime releases the GIL, so
-the event loop keeps serving meanwhile) and hands each request its own rows.
+Each ``DynamicBatcher`` owns one worker thread per ONNX Runtime session of its model (the
+layout of ``sidecar_settings``). Requests from asyncio callers are queued; one worker at a time
+(the planner) tokenises the new ones, then assembles a run: a lone waiting request, with no sign
+of concurrent clients, runs at once; otherwise the planner waits at most ``max_wait_ms`` after
+the oldest waiting request for others to arrive and fills the run up to ``max_batch_size``
+texts and ``max_batch_tokens`` padded tokens. It then lets go of planning and runs the model on
+its own session (ONNX Runtime releases the GIL, so the event loop keeps serving meanwhile),
+while the next worker plans the next run; each request gets its own rows as its runs finish.
+With several sessions a bulk request's runs go to all of them at once.
 
 A large request is cut into several runs, longest inputs first so that each run pads little;
 small concurrent requests share one run. After a run, a request that still has inputs left goes
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from inference import sidecar_settings
-from inference.engine import EmbeddingModel, EmbedResult, Tokenized, batch_fits
+from inference.engine import SESSION_KEYS, EmbeddingModel, EmbedResult, Tokenized, batch_fits
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +107,17 @@ class DynamicBatcher:
         self._settings = {**sidecar_settings.defaults(), **settings}
         self._cond = threading.Condition()
         self._incoming: deque[_Request] = deque()  # guarded by _cond
-        self._pending: deque[_Request] = deque()  # tokenised; touched by the worker only
-        self._closed = False
-        self._last_run_end = 0.0  # worker thread only
+        self._closed = False  # guarded by _cond
+        self._workers: dict[int, threading.Thread] = {}  # slot -> its thread; guarded by _cond
+        # Planning (admitting requests, choosing a run) is one worker's at a time.
+        self._planning = threading.Lock()
+        self._pending: deque[_Request] = deque()  # tokenised; guarded by _planning
+        # Runs of one request may finish on several workers at once: its rows and its count of
+        # rows still to come are guarded by this lock.
+        self._delivery = threading.Lock()
+        self._last_run_end = 0.0
         self._last_run_callers = 0
-        self._thread = threading.Thread(target=self._work, name="embedding-batcher", daemon=True)
-        self._thread.start()
+        self._resize()
 
     # -- callers (event loop side) ------------------------------------------------------------
 
@@ -149,6 +157,26 @@ class DynamicBatcher:
         with self._cond:
             self._settings = {**self._settings, **settings}
             self._cond.notify()  # a worker inside its wait window re-reads the window
+        if any(key in settings for key in SESSION_KEYS):
+            self._resize()
+
+    def _resize(self) -> None:
+        """One worker per session of the model: start the missing ones; a worker whose slot
+        is past the sessions there are leaves after its current run."""
+        with self._cond:
+            if self._closed:
+                return
+            for slot in range(self.model.sessions):
+                if slot not in self._workers:
+                    thread = threading.Thread(
+                        target=self._work,
+                        args=(slot,),
+                        name=f"embedding-batcher-{slot}",
+                        daemon=True,
+                    )
+                    self._workers[slot] = thread
+                    thread.start()
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Stop the worker; requests that have not completed fail with BatcherClosedError.
@@ -159,8 +187,12 @@ class DynamicBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(_JOIN_TIMEOUT_S)
+            workers = list(self._workers.values())
+        deadline = time.monotonic() + _JOIN_TIMEOUT_S
+        for thread in workers:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self._fail_leftovers()
 
     @property
     def closed(self) -> bool:
@@ -174,24 +206,44 @@ class DynamicBatcher:
 
     # -- worker thread ------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
         try:
-            while self._gather():
-                run = self._plan()
+            while True:
+                with self._planning:
+                    if self._retired(slot) or not self._gather():
+                        return
+                    run = self._plan()
                 if run.parts:
-                    self._execute(run)
+                    self._execute(run, slot)
         except Exception:
             log.exception("the embedding batcher stopped on an unexpected error")
+            with self._cond:
+                # New requests must fail, not wait forever.
+                self._closed = True
+                self._cond.notify_all()
         finally:
             with self._cond:
-                # Also after an unexpected error: new requests must fail, not wait forever.
-                self._closed = True
-                leftovers = [*self._incoming, *self._pending]
-                self._incoming.clear()
+                if self._workers.get(slot) is threading.current_thread():
+                    del self._workers[slot]
+                last = self._closed and not self._workers
+            if last:
+                self._fail_leftovers()
+
+    def _retired(self, slot: int) -> bool:
+        """Whether the sessions shrank below this worker's slot: it leaves (under _planning)."""
+        return slot >= self.model.sessions
+
+    def _fail_leftovers(self) -> None:
+        """Once closed: fail every request that has not completed."""
+        with self._cond:
+            leftovers = list(self._incoming)
+            self._incoming.clear()
+        with self._planning:
+            leftovers += self._pending
             self._pending.clear()
-            for request in leftovers:
-                if request.live:
-                    request.fail(self._closed_error())
+        for request in leftovers:
+            if request.live:
+                request.fail(self._closed_error())
 
     def _take_incoming(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` (None: until something happens) for new requests and admit
@@ -296,7 +348,7 @@ class DynamicBatcher:
             )
         return run
 
-    def _execute(self, run: _Run) -> None:
+    def _execute(self, run: _Run, slot: int) -> None:
         ids: list[list[int]] = []
         for request, indices in run.parts:
             assert request.tokenized is not None
@@ -304,13 +356,14 @@ class DynamicBatcher:
         started = time.monotonic()
         queue_wait_s = started - min(request.enqueued for request, _ in run.parts)
         try:
-            vectors = self.model.run(ids)
+            vectors = self.model.run(ids, slot)
         except Exception as exc:
             log.warning("embedding run of %d inputs failed: %s", len(ids), exc)
             for request, _ in run.parts:
                 if request.live:
                     request.fail(exc)
-            self._drop_finished()
+            with self._planning:
+                self._drop_finished()
             return
         run_s = time.monotonic() - started
         self._last_run_end = started + run_s
@@ -327,8 +380,10 @@ class DynamicBatcher:
             assert request.vectors is not None and request.tokenized is not None
             request.vectors[indices] = vectors[offset : offset + len(indices)]
             offset += len(indices)
-            request.remaining -= len(indices)
-            if request.remaining == 0 and request.live:
+            with self._delivery:
+                request.remaining -= len(indices)
+                complete = request.remaining == 0
+            if complete and request.live:
                 request.resolve(
                     EmbedResult(
                         vectors=request.vectors,

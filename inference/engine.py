@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,13 @@ if TYPE_CHECKING:
 MAX_CHARS_PER_TOKEN = 100
 
 # Settings that are baked into an ONNX Runtime session: changing one rebuilds the session.
-SESSION_KEYS = ("intra_op_parallelism", "inter_op_parallelism", "spin_control", "memory_arena")
+SESSION_KEYS = (
+    "engine_sessions",
+    "intra_op_parallelism",
+    "inter_op_parallelism",
+    "spin_control",
+    "memory_arena",
+)
 
 # Graph inputs the engine knows how to fill; an export that wants anything else is refused.
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
@@ -115,10 +122,11 @@ def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: in
 
 
 def session_options(settings: Mapping[str, Any]) -> ort.SessionOptions:
-    """ONNX Runtime session options from the settings of ``inference/sidecar_settings.py``."""
+    """ONNX Runtime session options from the settings of ``inference/sidecar_settings.py``
+    (``intra_op_parallelism`` 0: the threads the machine's automatic layout gives a session)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = int(settings["intra_op_parallelism"])
+    options.intra_op_num_threads = sidecar_settings.layout(settings).threads
     inter = int(settings["inter_op_parallelism"])
     options.inter_op_num_threads = inter
     # Threads across operators only help when independent operators may run at once.
@@ -163,8 +171,12 @@ def _load_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:
 
 
 class EmbeddingModel:
-    """One embedding model: its tokenizer, its config and one ONNX Runtime session.
+    """One embedding model: its tokenizer, its config and its ONNX Runtime sessions.
 
+    The settings' layout (``sidecar_settings.layout``) decides how many sessions, each with its
+    own intra-op thread pool: ``run(ids, slot=i)`` runs on session ``i``, so that several
+    threads (the batcher's workers) run batches at once without sharing a thread pool. All
+    sessions are built from the same file with the same options and give the same vectors.
     Safe to call from several threads at once. An empty string is embedded like any other
     input: as the model's special tokens alone (for BERT, ``[CLS] [SEP]``); refusing empty
     inputs is the caller's decision.
@@ -194,8 +206,8 @@ class EmbeddingModel:
 
         self._settings = _full_settings(settings)
         self._settings_lock = threading.Lock()
-        self._session = self._new_session(self._settings)
-        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in self._session.get_inputs()}
+        self._sessions = self._new_sessions(self._settings)
+        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in self._sessions[0].get_inputs()}
         unknown = sorted(set(self._inputs) - _KNOWN_INPUTS)
         bad_types = sorted(name for name, dtype in self._inputs.items() if dtype is None)
         if unknown or bad_types or "input_ids" not in self._inputs:
@@ -215,15 +227,17 @@ class EmbeddingModel:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def _new_session(self, settings: Mapping[str, Any]) -> ort.InferenceSession:
-        return ort.InferenceSession(
-            str(self.onnx_path),
-            sess_options=session_options(settings),
-            providers=["CPUExecutionProvider"],
+    def _new_sessions(self, settings: Mapping[str, Any]) -> tuple[ort.InferenceSession, ...]:
+        options = session_options(settings)
+        return tuple(
+            ort.InferenceSession(
+                str(self.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            for _ in range(sidecar_settings.layout(settings).sessions)
         )
 
     def _hidden_output_name(self) -> str:
-        outputs = self._session.get_outputs()
+        outputs = self._sessions[0].get_outputs()
         names = [o.name for o in outputs]
         for name in _HIDDEN_OUTPUTS:
             if name in names:
@@ -240,21 +254,31 @@ class EmbeddingModel:
     def settings(self) -> dict[str, Any]:
         return dict(self._settings)
 
-    def session_options(self) -> ort.SessionOptions:
-        """The options of the session now in use (thread counts and so on), as ORT reports them."""
-        return self._session.get_session_options()
+    @property
+    def sessions(self) -> int:
+        """How many ONNX Runtime sessions the model has now (``run``'s slots)."""
+        return len(self._sessions)
+
+    @property
+    def layout(self) -> sidecar_settings.Layout:
+        return sidecar_settings.layout(self._settings)
+
+    def session_options(self, slot: int = 0) -> ort.SessionOptions:
+        """The options of a session now in use (thread counts and so on), as ORT reports them."""
+        sessions = self._sessions
+        return sessions[slot % len(sessions)].get_session_options()
 
     def apply_settings(self, settings: Mapping[str, Any]) -> None:
-        """Take new settings; rebuild the session only when a session option changed.
+        """Take new settings; rebuild the sessions only when a session option changed.
 
-        The new session is built first and then swapped in. A run that started on the old
+        The new sessions are built first and then swapped in. A run that started on an old
         session keeps its own reference to it, so it finishes there undisturbed; ONNX Runtime
         frees the old session once the last such run lets go of it.
         """
         with self._settings_lock:
             merged = {**self._settings, **settings}
             if any(merged[key] != self._settings[key] for key in SESSION_KEYS):
-                self._session = self._new_session(merged)
+                self._sessions = self._new_sessions(merged)
             self._settings = merged
 
     # -- tokenising ---------------------------------------------------------------------------
@@ -321,8 +345,9 @@ class EmbeddingModel:
 
     # -- running ------------------------------------------------------------------------------
 
-    def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed one batch of token id rows (as ``tokenize`` makes them).
+    def run(self, ids: Sequence[Sequence[int]], slot: int = 0) -> np.ndarray:
+        """Embed one batch of token id rows (as ``tokenize`` makes them) on session ``slot``
+        (modulo the sessions there are: the layout may have shrunk meanwhile).
 
         Rows of very different lengths are split into sub-runs of similar length where the
         padding saved outweighs the cost of another run (see ``split_by_length``); each
@@ -334,14 +359,18 @@ class EmbeddingModel:
             return np.empty((0, self.config.dimensions), dtype=np.float32)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
         groups = split_by_length(lengths)
+        sessions = self._sessions  # one reference for the whole run: see apply_settings
+        session = sessions[slot % len(sessions)]
         if len(groups) == 1:
-            return self._run_padded(ids, lengths)
+            return self._run_padded(session, ids, lengths)
         vectors = np.empty((count, self.config.dimensions), dtype=np.float32)
         for rows in groups:
-            vectors[rows] = self._run_padded([ids[i] for i in rows], lengths[rows])
+            vectors[rows] = self._run_padded(session, [ids[i] for i in rows], lengths[rows])
         return vectors
 
-    def _run_padded(self, ids: Sequence[Sequence[int]], lengths: np.ndarray) -> np.ndarray:
+    def _run_padded(
+        self, session: ort.InferenceSession, ids: Sequence[Sequence[int]], lengths: np.ndarray
+    ) -> np.ndarray:
         """One model run over ``ids`` padded to the longest of them."""
         count = len(ids)
         width = int(lengths.max())
@@ -363,7 +392,6 @@ class EmbeddingModel:
                 value = np.broadcast_to(np.arange(width), (count, width))
             feed[name] = np.ascontiguousarray(value, dtype=dtype)
 
-        session = self._session  # one reference for the whole run: see apply_settings
         (hidden,) = session.run([self._output], feed)
         hidden = np.asarray(hidden, dtype=np.float32)
         if hidden.ndim != 3 or hidden.shape[2] != self.config.dimensions:
@@ -401,13 +429,33 @@ class EmbeddingModel:
         max_tokens = int(settings["max_batch_tokens"])
         # Longest first: each batch's first member sets its width, the rest pad up to it.
         order = np.argsort(-lengths, kind="stable")
+        batches = []
         start = 0
         while start < len(order):
             width = int(lengths[order[start]])
             stop = min(len(order), start + max(1, min(max_size, max_tokens // width)))
-            rows = order[start:stop]
-            vectors[rows] = self.run([tokenized.ids[i] for i in rows])
+            batches.append(order[start:stop])
             start = stop
+        sessions = self.sessions
+        if sessions == 1 or len(batches) == 1:
+            for rows in batches:
+                vectors[rows] = self.run([tokenized.ids[i] for i in rows])
+        else:
+            # One thread per session, each taking the next batch: the sessions run at once.
+            pending = iter(batches)
+            lock = threading.Lock()
+
+            def work(slot: int) -> None:
+                while True:
+                    with lock:
+                        rows = next(pending, None)
+                    if rows is None:
+                        return
+                    vectors[rows] = self.run([tokenized.ids[i] for i in rows], slot)
+
+            with ThreadPoolExecutor(max_workers=sessions) as pool:
+                for done in [pool.submit(work, slot) for slot in range(sessions)]:
+                    done.result()
         return EmbedResult(
             vectors=vectors, token_counts=lengths.tolist(), truncated=tokenized.truncated.tolist()
         )

@@ -162,7 +162,7 @@ def compare_graphs(model_dir: Path, a: Path, b: Path, rounds: int = 5) -> dict[s
     from inference.engine import EmbeddingModel
 
     config = read_model_config(model_dir)
-    settings = {"intra_op_parallelism": 1, "spin_control": False}
+    settings = {"engine_sessions": 1, "intra_op_parallelism": 1, "spin_control": False}
     first = EmbeddingModel(a, model_dir, config, settings)
     second = EmbeddingModel(b, model_dir, config, settings)
     texts = list(CHECK_TEXTS)

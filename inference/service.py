@@ -485,4 +485,17 @@ class Sidecar:
         status = "degraded" if self.load_errors else "ok"
         # The process's resident memory: what its loaded models (and the rest) occupy.
         rss_mb = round(psutil.Process().memory_info().rss / 2**20, 1)
-        return {"status": status, "models": models, "version": VERSION, "memory_rss_mb": rss_mb}
+        # How each loaded model uses the machine, as the settings resolve on it.
+        chosen = sidecar_settings.layout(self.settings.values())
+        return {
+            "status": status,
+            "models": models,
+            "version": VERSION,
+            "memory_rss_mb": rss_mb,
+            "layout": {
+                "sessions": chosen.sessions,
+                "threads": chosen.threads,
+                "cores": chosen.cores,
+                "description": chosen.describe(),
+            },
+        }

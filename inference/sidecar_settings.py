@@ -20,8 +20,86 @@ import psutil
 from inference.statefile import write_json_atomic
 
 
-def _physical_cores() -> int:
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use: hyper-threads share a core's matrix units, so
+    ONNX Runtime gains nothing from a second thread per core."""
+    return max(1, min(psutil.cpu_count(logical=False) or usable_cpus(), usable_cpus()))
+
+
+# The automatic layout: on machines of AUTO_SPLIT_FROM_CORES physical cores or more, one session
+# per AUTO_THREADS_PER_SESSION cores. Measured on a 16-core Xeon (all-MiniLM-L6-v2): one session
+# of 16 threads reached 3x the throughput of 2 threads on short texts where 8x was ideal (its
+# threads wait on each other in every small operator); four sessions of four threads each, fed
+# by dynamic batching, gave +34% on short texts and +6% on long ones over it. Below that size a
+# single session keeps a lone query's latency lowest.
+AUTO_THREADS_PER_SESSION = 4
+AUTO_SPLIT_FROM_CORES = 8
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a loaded model uses the machine: ``sessions`` ONNX Runtime sessions of ``threads``
+    intra-op threads each, resolved from the settings (0: automatic) and the machine's cores."""
+
+    sessions: int
+    threads: int
+    cores: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.sessions} session{'s' if self.sessions != 1 else ''} x {self.threads} "
+            f"thread{'s' if self.threads != 1 else ''} on {self.cores} core"
+            f"{'s' if self.cores != 1 else ''}"
+        )
+
+
+def layout(values: Mapping[str, Any], cores: int | None = None) -> Layout:
+    """The layout the settings ``values`` give on a machine of ``cores`` physical cores."""
+    cores = physical_cores() if cores is None else max(1, cores)
+    sessions = int(values.get("engine_sessions") or 0)
+    threads = int(values.get("intra_op_parallelism") or 0)
+    if not sessions and not threads:
+        if cores >= AUTO_SPLIT_FROM_CORES:
+            threads = AUTO_THREADS_PER_SESSION
+            sessions = cores // threads
+        else:
+            sessions, threads = 1, cores
+    elif not sessions:
+        sessions = max(1, cores // threads)
+    elif not threads:
+        threads = max(1, cores // sessions)
+    return Layout(sessions=sessions, threads=threads, cores=cores)
+
+
+def check_layout(
+    values: Mapping[str, Any], changed: Mapping[str, Any], cpus: int | None = None
+) -> None:
+    """Refuse a layout that asks for more busy threads than the machine has CPUs: ONNX Runtime's
+    threads spin while they wait for each other, so an oversubscribed machine slows every run
+    down many times over. The error is keyed by the setting that was changed."""
+    cpus = usable_cpus() if cpus is None else cpus
+    chosen = layout(values)
+    total = chosen.sessions * chosen.threads
+    if total <= cpus:
+        return
+    key = next(
+        (k for k in ("engine_sessions", "intra_op_parallelism") if k in changed),
+        "engine_sessions",
+    )
+    raise SettingsValidationError(
+        {
+            key: f"{chosen.sessions} sessions x {chosen.threads} threads is {total} threads, "
+            f"more than the {cpus} CPUs this sidecar may use; lower engine_sessions or "
+            "intra_op_parallelism (0 chooses both from the machine)"
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -105,11 +183,23 @@ class SettingsValidationError(ValueError):
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
+        "engine_sessions",
+        "int",
+        0,
+        "ONNX Runtime sessions per loaded model. Dynamic batching feeds each its own runs, so "
+        "several run at once; each holds its own copy of the model's weights. 0: chosen from "
+        "the machine (one session per 4 cores on machines of 8 cores or more, else one).",
+        minimum=0,
+        maximum=64,
+        unit="sessions",
+    ),
+    Setting(
         "intra_op_parallelism",
         "int",
-        _physical_cores(),
-        "ONNX Runtime threads inside one operator. Default: the machine's physical cores.",
-        minimum=1,
+        0,
+        "ONNX Runtime threads inside one operator, per session. 0: the machine's physical "
+        "cores shared out among the sessions.",
+        minimum=0,
         maximum=256,
         unit="threads",
     ),
@@ -250,6 +340,7 @@ class SettingsFile:
         parsed = validate(updates)
         with self._lock:
             merged = {**self._values, **parsed}
+            check_layout(merged, parsed)
             write_json_atomic(self.path, merged)
             self._values = merged
             return dict(merged)

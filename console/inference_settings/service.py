@@ -91,15 +91,26 @@ def hint_text(value: Any) -> str:
 class Snapshot:
     specs: list[Spec]
     values: dict[str, Any]
+    # How the settings resolve on the sidecar's machine ("1 session x 2 threads on 2 cores");
+    # "" when the sidecar does not say.
+    layout: str = ""
 
 
 def read() -> Snapshot:
-    """The schema and the current values; raises InferenceError (InferenceUnavailable when
-    the sidecar cannot be reached)."""
+    """The schema, the current values and the layout they give; raises InferenceError
+    (InferenceUnavailable when the sidecar cannot be reached)."""
     with sidecar_client(RENDER_TIMEOUT_S) as client:
         schema = client.settings_schema()
         values = client.settings()
-    return Snapshot(specs=[Spec.from_schema(entry) for entry in schema], values=values)
+        layout = _layout(client.health())
+    return Snapshot(
+        specs=[Spec.from_schema(entry) for entry in schema], values=values, layout=layout
+    )
+
+
+def _layout(health: Mapping[str, Any]) -> str:
+    layout = health.get("layout")
+    return str(layout.get("description") or "") if isinstance(layout, Mapping) else ""
 
 
 @dataclass

@@ -58,18 +58,26 @@ def settings_form(request: HttpRequest) -> HttpResponse:
         return _unreachable(request, exc, saving=saving)
     if not saving:
         read_only = not request.user.has_perm(CHANGE_SETTINGS)
-        return _render(request, {"form": SettingsForm(snapshot, read_only=read_only)})
+        return _render(
+            request,
+            {"form": SettingsForm(snapshot, read_only=read_only), "layout": snapshot.layout},
+        )
 
     form = SettingsForm(snapshot, request.POST)
     if not form.is_valid():
-        return _render(request, {"form": form}, status=422)
+        return _render(request, {"form": form, "layout": snapshot.layout}, status=422)
     try:
         result = service.save(form.changes(), form.seen(), snapshot.values, request.user)
     except InferenceUnavailable as exc:
         return _unreachable(request, exc, saving=True)
     if result.errors or result.conflicts:
         form.refuse(result)
-        return _render(request, {"form": form}, status=422)
-    # The values the sidecar reports after the change, not the ones posted.
-    saved = SettingsForm(service.Snapshot(specs=snapshot.specs, values=result.values))
-    return _render(request, {"form": saved, "result": result})
+        return _render(request, {"form": form, "layout": snapshot.layout}, status=422)
+    # The values the sidecar reports after the change, not the ones posted, and the layout
+    # they give now.
+    try:
+        after = service.read()
+    except InferenceError:
+        after = service.Snapshot(specs=snapshot.specs, values=result.values)
+    saved = SettingsForm(service.Snapshot(after.specs, result.values, after.layout))
+    return _render(request, {"form": saved, "result": result, "layout": after.layout})

@@ -17,6 +17,7 @@ from psycopg import sql
 from console.inference_settings import service
 from console.inference_settings.models import SettingChange
 from inference.client import InferenceClient, InferenceUnavailable
+from inference.sidecar_settings import usable_cpus
 from serverparams.apply import auto_conf
 from serverparams.server import ManagedServer
 from tests.console.servers import UNUSED_SIDECAR_URL, restore_auto_conf
@@ -209,7 +210,7 @@ def test_anonymous_users_are_sent_to_sign_in(live: SidecarProcess, client: Clien
     ("key", "typed", "reason"),
     [
         ("max_wait_ms", "5000", "Must be between 0 and 1,000 ms."),
-        ("intra_op_parallelism", "0", "Must be between 1 and 256 threads."),
+        ("intra_op_parallelism", "-1", "Must be between 0 and 256 threads."),
         ("intra_op_parallelism", "many", "Enter a whole number."),
         ("max_wait_ms", "soon", "Enter a number."),
         ("max_batch_size", "", "This field is required."),
@@ -256,6 +257,26 @@ def test_the_sidecars_own_refusal_is_shown_beside_its_field(
     assert "must be at most 1000 ms, got 5000" in html
     assert live.client.settings() == before
     assert not SettingChange.objects.exists()
+
+
+def test_the_page_shows_the_layout_and_refuses_one_the_machine_cannot_run(
+    live: SidecarProcess, manager_client: Client
+) -> None:
+    """The engine's layout (sessions x threads) as it resolves on the sidecar's machine, and
+    a layout with more threads than CPUs refused beside the field that asked for it."""
+    page = manager_client.get(URL).content.decode()
+    layout = live.client.health()["layout"]
+    assert f"<strong>{escape(layout['description'])}</strong>" in page
+    response = manager_client.post(URL, posted(live, engine_sessions=2, intra_op_parallelism=1))
+    assert response.status_code == 200, response.content.decode()
+    assert "<strong>2 sessions x 1 thread on " in response.content.decode()
+    before = live.client.settings()
+    too_many = usable_cpus() + 1
+    response = manager_client.post(URL, posted(live, engine_sessions=too_many, max_wait_ms=7))
+    assert response.status_code == 422
+    html = row(response.content.decode(), "engine_sessions")
+    assert "has-error" in html and f"more than the {too_many - 1} CPUs" in html
+    assert live.client.settings() == before
 
 
 def test_refusals_are_split_by_setting() -> None:

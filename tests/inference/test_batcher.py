@@ -42,15 +42,19 @@ class ControlledModel:
         self.release = threading.Event()
         self.release.set()
 
+    @property
+    def sessions(self) -> int:
+        return self.engine.sessions
+
     def tokenize(self, texts: Sequence[str], **options: Any) -> Any:
         return self.engine.tokenize(texts, **options)
 
-    def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    def run(self, ids: Sequence[Sequence[int]], slot: int = 0) -> np.ndarray:
         self.started.set()
         self.release.wait(10)
         if any(self.poison in row for row in ids):
             raise RuntimeError("the model run failed")
-        return self.engine.run(ids)
+        return self.engine.run(ids, slot)
 
 
 async def _queued_together(batcher: DynamicBatcher, *calls: Awaitable[Any]) -> list[Any]:

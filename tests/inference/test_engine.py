@@ -252,14 +252,14 @@ def test_settings_apply_live_and_rebuild_the_session_only_when_needed(
     engine = make_tiny_engine(intra_op_parallelism=2, spin_control=True)
     texts = [SHORT, LONG, TOO_LONG]
     before = engine.embed(texts).vectors
-    session = engine._session
+    session = engine._sessions
 
     engine.apply_settings({"max_wait_ms": 5.0, "max_batch_size": 2})
-    assert engine._session is session  # batching keys do not touch the session
+    assert engine._sessions is session  # batching keys do not touch the session
     assert engine.settings["max_batch_size"] == 2
 
     engine.apply_settings({"intra_op_parallelism": 1, "spin_control": False})
-    assert engine._session is not session
+    assert engine._sessions is not session
     options = engine.session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
