@@ -183,7 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from inference.service import SidecarStateError
 
     try:
-        serve(host=args.host, port=args.port, uds=args.uds)
+        serve(host=args.host, port=args.port, uds=args.uds, socket_path=args.socket)
     except SidecarStateError as exc:
         raise CommandError(str(exc)) from None
     return 0
@@ -199,6 +199,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8090)")
     serve.add_argument("--uds", help="listen on this Unix socket instead of TCP")
+    serve.add_argument(
+        "--socket",
+        help="also listen on this Unix socket, for a PostgreSQL server on this machine "
+        "(default: INFERENCE_SOCKET)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     dep = commands.add_parser("deploy", help="put a catalog model into the model store")

@@ -146,8 +146,29 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.sidecar = sidecar
+
+    async def internal_embed(request: Request) -> Response:
+        """The compact route of ``inference/protocol.py`` for the SQL module (answered by the
+        gate itself, see ``Gate``); same limits as /v1/embeddings."""
+        asked = await read_binary_request(request, sidecar.values)
+        result = await sidecar.embed(
+            asked.model,
+            asked.texts,
+            input_type=asked.input_type,
+            truncate=asked.truncate,
+            timeout_s=asked.timeout_s,
+        )
+        return Response(
+            protocol.encode_response(result.vectors),
+            media_type=protocol.CONTENT_TYPE,
+            headers={"X-Prompt-Tokens": str(int(sum(result.token_counts)))},
+        )
+
     app.add_middleware(
-        Gate, metrics=sidecar.metrics, token=env.inference_token() if token is None else token
+        Gate,
+        metrics=sidecar.metrics,
+        token=env.inference_token() if token is None else token,
+        direct={("POST", protocol.PATH): internal_embed},
     )
     install_error_handlers(app, sidecar.metrics)
 
@@ -189,25 +210,6 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     @app.get("/v1/models/{uri}")
     async def openai_model_of(uri: str) -> dict[str, Any]:
         return openai_model(sidecar.model_facts(uri))
-
-    # -- binary route for the SQL module ------------------------------------------------------
-
-    @app.post(protocol.PATH)
-    async def internal_embed(request: Request) -> Response:
-        """The compact route of ``inference/protocol.py``; same limits as /v1/embeddings."""
-        asked = await read_binary_request(request, sidecar.values)
-        result = await sidecar.embed(
-            asked.model,
-            asked.texts,
-            input_type=asked.input_type,
-            truncate=asked.truncate,
-            timeout_s=asked.timeout_s,
-        )
-        return Response(
-            protocol.encode_response(result.vectors),
-            media_type=protocol.CONTENT_TYPE,
-            headers={"X-Prompt-Tokens": str(int(sum(result.token_counts)))},
-        )
 
     # -- chunking ----------------------------------------------------------------------------
 
@@ -335,9 +337,15 @@ def check_exposure(host: str, token: str) -> None:
         )
 
 
-def serve(host: str | None = None, port: int | None = None, uds: str | None = None) -> None:
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    uds: str | None = None,
+    socket_path: str | None = None,
+) -> None:
     """Run the sidecar with uvicorn on ``host:port`` (defaults: ``INFERENCE_HOST`` or
-    127.0.0.1, ``INFERENCE_PORT`` or 8090), or on the Unix socket ``uds``."""
+    127.0.0.1, ``INFERENCE_PORT`` or 8090), or on the Unix socket ``uds`` alone; with
+    ``socket_path`` (default ``INFERENCE_SOCKET``), on that Unix socket as well as on TCP."""
     import uvicorn
 
     if not logging.getLogger().handlers:
@@ -346,9 +354,66 @@ def serve(host: str | None = None, port: int | None = None, uds: str | None = No
         )
     host = host or env.env_str("INFERENCE_HOST", DEFAULT_HOST)
     port = port or env.env_int("INFERENCE_PORT", DEFAULT_PORT)
+    if socket_path is None and uds is None:
+        configured = env.inference_socket()
+        socket_path = str(configured) if configured else None
     if uds is None:
         check_exposure(host, env.inference_token())
     app = create_app()
-    where = f"unix:{uds}" if uds else f"http://{host}:{port}"
-    log.info("inference sidecar %s listening on %s (state in %s)", VERSION, where, env.var_dir())
-    uvicorn.run(app, host=host, port=port, uds=uds, access_log=False, timeout_graceful_shutdown=10)
+    options: dict[str, Any] = {"access_log": False, "timeout_graceful_shutdown": 10}
+    if uds is not None or socket_path is None:
+        where = f"unix:{uds}" if uds else f"http://{host}:{port}"
+        log.info(
+            "inference sidecar %s listening on %s (state in %s)", VERSION, where, env.var_dir()
+        )
+        uvicorn.run(app, host=host, port=port, uds=uds, **options)
+        return
+    sockets = [tcp_listener(host, port), unix_listener(Path(socket_path))]
+    log.info(
+        "inference sidecar %s listening on http://%s:%s and unix:%s (state in %s)",
+        VERSION,
+        host,
+        port,
+        socket_path,
+        env.var_dir(),
+    )
+    try:
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
+    finally:
+        Path(socket_path).unlink(missing_ok=True)
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"cannot listen on {host}:{port}: {exc.strerror} (address already in use?)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, replacing a stale one. Anyone on the machine may
+    connect, as to 127.0.0.1 (the bearer token, when set, guards both): the PostgreSQL server
+    may run as another system account."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody answers there: a leftover of an earlier run
+    else:
+        raise SystemExit(f"another process already listens on the Unix socket {path}")
+    finally:
+        probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    path.chmod(0o666)
+    sock.set_inheritable(True)
+    return sock

@@ -61,6 +61,20 @@ def inference_url() -> str:
     return env_str("INFERENCE_URL", "http://127.0.0.1:8090").rstrip("/")
 
 
+def inference_socket() -> Path | None:
+    """A Unix socket the sidecar also listens on (``INFERENCE_SOCKET``; unset or empty: none),
+    for a PostgreSQL server on the same machine: a lone query skips TCP's loopback stack."""
+    raw = env_str("INFERENCE_SOCKET", "")
+    return Path(raw) if raw else None
+
+
+def module_service_url() -> str:
+    """Where the SQL module of the managed server reaches the sidecar: its Unix socket when it
+    has one (``INFERENCE_SOCKET``), else ``INFERENCE_URL``."""
+    socket_path = inference_socket()
+    return f"unix:{socket_path}" if socket_path else inference_url()
+
+
 def inference_token() -> str:
     """Optional bearer token; empty means no authentication."""
     return os.environ.get("INFERENCE_TOKEN", "")

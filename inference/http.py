@@ -11,14 +11,14 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import protocol
@@ -415,6 +415,14 @@ async def read_binary_request(request: Request, limits: Mapping[str, Any]) -> Em
 # -- the gate ---------------------------------------------------------------------------------
 
 
+DirectHandler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class _DirectRoute:
+    path: str
+
+
 PROCESS_TIME_HEADER = "X-Process-Time-Ms"
 _PROCESS_TIME = PROCESS_TIME_HEADER.lower().encode()
 
@@ -424,13 +432,24 @@ class Gate:
     the ``X-Process-Time-Ms`` header (from the request reaching the gate to the response
     starting, in milliseconds).
 
-    Written as plain ASGI so that it adds next to nothing to the embedding routes.
+    Written as plain ASGI so that it adds next to nothing to the embedding routes. Routes in
+    ``direct`` (``{(method, path): handler}``) are answered here, without FastAPI's routing and
+    parameter machinery: the SQL module's binary route, where a lone query should pay for the
+    model and little else. A handler takes the Starlette request and returns the response;
+    the refusals it raises get the same JSON error bodies as every other route.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, token: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        token: str,
+        direct: Mapping[tuple[str, str], DirectHandler] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.token = token.encode()
+        self.direct = dict(direct or {})
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -440,6 +459,17 @@ class Gate:
                     credential.strip(), self.token
                 )
         return False
+
+    async def _answer_direct(
+        self, handler: DirectHandler, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        try:
+            response = await handler(Request(scope, receive))
+        except APIError as error:
+            response = error_response(error, self.metrics)
+        except (ServiceError, RegistryError) as refusal:
+            response = error_response(api_error(refusal), self.metrics)
+        await response(scope, receive, send)
 
     async def _send_error(
         self, scope: Scope, receive: Receive, send: Send, error: APIError
@@ -471,6 +501,9 @@ class Gate:
                     "<token>' with the sidecar's INFERENCE_TOKEN",
                 )
                 await self._send_error(scope, receive, send_and_watch, error)
+            elif (handler := self.direct.get((scope["method"], scope["path"]))) is not None:
+                scope["route"] = _DirectRoute(scope["path"])  # the metrics' route label
+                await self._answer_direct(handler, scope, receive, send_and_watch)
             else:
                 await self.app(scope, receive, send_and_watch)
         except Exception as exc:

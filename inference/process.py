@@ -204,12 +204,17 @@ class SidecarProcess:
         return self.process.kill()
 
 
+def _all_ready(*probes: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: all(probe() for probe in probes)
+
+
 def start_sidecar(
     var_dir: Path,
     *,
     host: str = "127.0.0.1",
     port: int | None = None,
     uds: Path | None = None,
+    unix_socket: Path | None = None,
     token: str = "",
     env: Mapping[str, str] | None = None,
     log_dir: Path | None = None,
@@ -218,7 +223,8 @@ def start_sidecar(
     """Start a sidecar with its state in ``var_dir``; return once ``/health`` answers.
 
     It listens on the Unix socket ``uds`` if given, else on ``host:port``; with no port, on a
-    free one, and on another if someone else takes that one first. ``env`` is its environment
+    free one, and on another if someone else takes that one first. With ``unix_socket`` it listens
+    on that Unix socket too (for a PostgreSQL server on this machine). ``env`` is its environment
     (default: this process's) with ``VAR_DIR`` and ``INFERENCE_TOKEN`` set from ``var_dir`` and
     ``token`` (empty: no token). Its output goes to ``inference.log`` in ``log_dir`` (default:
     the log directory of ``var_dir``). If it does not start, it is stopped and StartError says why.
@@ -241,7 +247,16 @@ def start_sidecar(
         else:
             chosen = port or free_port(host)
             url, listen = f"http://{host}:{chosen}", ["--host", host, "--port", str(chosen)]
-            probe = http_ready(f"{url}/health")
+            if unix_socket is not None:
+                listen += ["--socket", str(unix_socket)]
+            probe = _all_ready(
+                http_ready(f"{url}/health"),
+                *(
+                    (http_ready("http://sidecar/health", uds=str(unix_socket)),)
+                    if unix_socket
+                    else ()
+                ),
+            )
         child = ChildProcess(
             "inference",
             [sys.executable, "-m", "inference", "serve", *listen],

@@ -412,9 +412,10 @@ class Sidecar:
         loaded = self.require_loaded(uri)
         if dimensions is not None:
             check_dimensions(uri, loaded.config, dimensions)
-        work = loaded.batcher.embed(texts, input_type=input_type, truncate=truncate)
         try:
-            result = await (work if timeout_s is None else asyncio.wait_for(work, timeout_s))
+            # asyncio.timeout, not wait_for: no task of its own for every request.
+            async with asyncio.timeout(timeout_s):
+                result = await loaded.batcher.embed(texts, input_type=input_type, truncate=truncate)
         except InputTooLongError as exc:
             raise InputTooLong(
                 f"input[{exc.index}] has {exc.tokens} tokens, more than model {uri}'s limit of "

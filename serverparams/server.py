@@ -40,7 +40,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psutil
 import psycopg
 
-from inference.config import env_int, env_str, inference_token, inference_url, log_dir, var_dir
+from inference.config import (
+    env_int,
+    env_str,
+    inference_token,
+    log_dir,
+    module_service_url,
+    var_dir,
+)
 
 MODULE_NAME = "azure_local_ai"
 SYSTEM_USER = "pgserver"  # pgserver's convention for running PostgreSQL when we are root
@@ -462,7 +469,7 @@ def get_managed_server() -> ManagedServer:
         var_dir=var_dir(),
         port=env_int("MANAGED_PG_PORT", 5433),
         database_url=env_str("MANAGED_DATABASE_URL", ""),
-        service_url=inference_url(),
+        service_url=module_service_url(),
         service_token=inference_token(),
     )
 

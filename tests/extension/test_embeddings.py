@@ -17,7 +17,7 @@ from psycopg import errors, sql
 from serverparams.server import ManagedServer
 from tests.extension.conftest import TINY_DIMS, TINY_URI, service_url
 from tests.extension.fakeservice import fake_service
-from tests.fixtures.sidecar import SidecarProcess, make_store_dir
+from tests.fixtures.sidecar import SidecarProcess, make_store_dir, start_sidecar
 
 TEXTS = ["the cat sat on the house", "a dog in the river", "postgres vector search", "hello"]
 
@@ -309,6 +309,34 @@ def test_service_url_may_name_a_unix_socket(conn: psycopg.Connection) -> None:
         assert fake.requests == [["four"]]
     finally:
         shutil.rmtree(directory)
+
+
+def test_a_real_sidecar_serves_sql_on_its_unix_socket_and_http_on_tcp_at_once(
+    conn: psycopg.Connection, tiny_model_dir: Path
+) -> None:
+    """As ``make run`` wires them: the sidecar listens on TCP and on a Unix socket, and the
+    module reaches it over the socket with the same vectors as over TCP."""
+    directory = Path(tempfile.mkdtemp(prefix="alai-"))  # short: socket paths are limited
+    directory.chmod(0o755)
+    socket_path = directory / "inference.sock"
+    sidecar = start_sidecar(directory / "var", unix_socket=socket_path)
+    try:
+        store = make_store_dir(tiny_model_dir, directory / "store" / "v1", uri="tiny-both:v1")
+        sidecar.client.register("tiny-both:v1", str(store))
+        # Anyone on the machine may connect, as to 127.0.0.1: the server's account is another.
+        assert socket_path.stat().st_mode & 0o777 == 0o666
+        statement = "SELECT azure_local_ai.create_embeddings('tiny-both:v1', %s)::text"
+        texts = ["the cat", "a red car on the river"]
+        with service_url(conn, sidecar.url):
+            over_tcp = [conn.execute(statement, [t]).fetchone()[0] for t in texts]
+        with service_url(conn, f"unix:{socket_path}"):
+            over_socket = [conn.execute(statement, [t]).fetchone()[0] for t in texts]
+        assert over_socket == over_tcp
+        assert len(over_tcp[0].split(",")) == TINY_DIMS
+    finally:
+        sidecar.stop()
+        shutil.rmtree(directory)
+    assert not socket_path.exists()  # the sidecar removes its socket when it stops
 
 
 def test_unknown_model_is_an_undefined_object(conn: psycopg.Connection) -> None:

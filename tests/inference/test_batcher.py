@@ -288,3 +288,61 @@ def test_request_whose_caller_gave_up_is_not_run(
 
     asyncio.run(scenario())
     assert [run[0] for run in batches.runs] == [1, 1]
+
+
+class ThreadRecorder(ControlledModel):
+    """The controlled model, recording the thread of every run."""
+
+    def __init__(self, engine: EmbeddingModel) -> None:
+        super().__init__(engine)
+        self.poison = -1  # no run fails
+        self.threads: list[str] = []
+
+    def run(self, ids: Sequence[Sequence[int]], slot: int = 0) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        return super().run(ids, slot)
+
+
+def test_a_lone_short_request_runs_on_the_callers_thread(
+    make_batcher: Any, tiny_engine: EmbeddingModel
+) -> None:
+    model = ThreadRecorder(tiny_engine)
+    batcher, batches = make_batcher(model, max_wait_ms=1000)
+    caller = threading.current_thread().name
+    result = asyncio.run(batcher.embed([TEXTS[3]]))
+    assert model.threads == [caller]  # no hand-off to a worker and back
+    assert _close(result.vectors[0], tiny_engine.embed([TEXTS[3]]).vectors[0])
+    assert [run[0] for run in batches.runs] == [1]  # still counted as a run
+    # Several texts, or a long one, go to the workers.
+    asyncio.run(batcher.embed(TEXTS[:2]))
+    asyncio.run(batcher.embed(["the cat " * 200]))
+    assert model.threads[1:] == ["embedding-batcher-0"] * 2
+
+
+def test_concurrent_callers_share_a_run_instead_of_running_alone(
+    make_batcher: Any, tiny_engine: EmbeddingModel
+) -> None:
+    model = ThreadRecorder(tiny_engine)
+    batcher, batches = make_batcher(model, max_batch_size=16, max_wait_ms=50)
+
+    async def scenario() -> list[Any]:
+        # Started together, as requests that reached the event loop at the same time: each
+        # sees the others under way, and none runs alone on the loop.
+        return await asyncio.gather(*(batcher.embed([text]) for text in TEXTS[:8]))
+
+    results = asyncio.run(scenario())
+    assert "MainThread" not in model.threads
+    assert sum(run[0] for run in batches.runs) == 8 and len(batches.runs) < 8
+    direct = tiny_engine.embed(TEXTS[:8]).vectors
+    for index, result in enumerate(results):
+        assert _close(result.vectors[0], direct[index])
+
+
+def test_a_lone_request_that_is_too_long_fails_on_the_callers_thread_like_any_other(
+    make_batcher: Any,
+) -> None:
+    batcher, _ = make_batcher()
+    with pytest.raises(InputTooLongError):
+        asyncio.run(batcher.embed([" ".join(["cat"] * 200)], truncate=False))
+    # And the batcher goes on serving.
+    assert asyncio.run(batcher.embed(["cat"])).vectors.shape == (1, 32)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 import openai
 import pytest
 
-from inference.app import ExposureError, check_exposure
+from inference.app import ExposureError, check_exposure, unix_listener
 from inference.client import InferenceClient, InferenceError, InferenceUnavailable
 from tests.fixtures.sidecar import PROJECT_ROOT, TINY_URI, free_port, start_sidecar
 from tests.fixtures.tinymodel import HIDDEN
@@ -190,3 +192,20 @@ def test_any_other_address_needs_a_token(host: str) -> None:
     with pytest.raises(ExposureError, match="INFERENCE_TOKEN"):
         check_exposure(host, "")
     check_exposure(host, "a-token")
+
+
+def test_the_extra_unix_socket_replaces_a_stale_one_and_never_steals_a_live_one() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="alai-"))  # short: socket paths are limited
+    path = directory / "inference.sock"
+    try:
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(path))
+        stale.close()  # the file stays, nobody listens: what a killed sidecar leaves
+        fresh = unix_listener(path)
+        assert path.stat().st_mode & 0o777 == 0o666
+        fresh.listen()
+        with pytest.raises(SystemExit, match="already listens on the Unix socket"):
+            unix_listener(path)
+        fresh.close()
+    finally:
+        shutil.rmtree(directory)

@@ -9,6 +9,7 @@ stopped and the command says which one and where its log is.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -22,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.client import InferenceError
-from inference.config import log_dir
+from inference.config import inference_socket, log_dir
 from inference.process import ChildProcess, StartError, http_ready, start_sidecar
 from serverparams.server import ServerError, get_managed_server
 
@@ -49,6 +50,11 @@ class Command(BaseCommand):
             self._step("managed PostgreSQL server")
             server = get_managed_server()
             if server.controls_process:
+                # The embedded server shares this machine with the sidecar: its SQL module
+                # reaches the sidecar over a Unix socket beside the server's own, which a lone
+                # query crosses faster than TCP's loopback. Children inherit the choice.
+                os.environ.setdefault("INFERENCE_SOCKET", str(server.socket_dir / "inference.sock"))
+                server = get_managed_server()
                 # Stop on the way out only what this command started: a server that was
                 # already running stays up.
                 started_server = not server.status().running
@@ -164,6 +170,7 @@ class Command(BaseCommand):
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 8090,
             uds=Path(url.removeprefix("unix:")) if url.startswith("unix:") else None,
+            unix_socket=None if url.startswith("unix:") else inference_socket(),
             token=settings.INFERENCE_TOKEN,
             log_dir=logs,
             timeout=START_TIMEOUT_S,
@@ -173,7 +180,13 @@ class Command(BaseCommand):
         # deploy); the sidecar itself loads again what was loaded when it last stopped.
         with sidecar.client as client:
             loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
-        self._ok(f"{url}  models loaded: {', '.join(loaded) or 'none'}")
+        socket_path = inference_socket()
+        also = (
+            f" and unix:{socket_path} (for SQL)"
+            if socket_path and url != f"unix:{socket_path}"
+            else ""
+        )
+        self._ok(f"{url}{also}  models loaded: {', '.join(loaded) or 'none'}")
 
     def _watch(self) -> None:
         while True:
