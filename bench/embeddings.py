@@ -191,6 +191,32 @@ def http_concurrent(url: str, texts: list[str], clients: int = 16) -> None:
     asyncio.run(_concurrent(url, texts, clients))
 
 
+def measure_concurrency(url: str, texts: list[str], clients: int = 16) -> dict:
+    """``clients`` concurrent clients sending one text per request, against the same texts in
+    bulk requests of 64, in alternating rounds (best of each)."""
+    single = texts[: min(len(texts), 2000)]
+    http_concurrent(url, single[:200], clients)  # warm-up
+    concurrent_s = bulk_s = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        http_concurrent(url, single, clients)
+        concurrent_s = min(concurrent_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        http_bulk(url, single)
+        bulk_s = min(bulk_s, time.perf_counter() - start)
+    figures = {
+        "concurrent_texts_per_s": round(len(single) / concurrent_s, 1),
+        "bulk_texts_per_s": round(len(single) / bulk_s, 1),
+    }
+    print(
+        f"  {clients} concurrent single-text clients: {figures['concurrent_texts_per_s']:.0f} "
+        f"texts/s; bulk {figures['bulk_texts_per_s']:.0f} texts/s "
+        f"({figures['concurrent_texts_per_s'] / figures['bulk_texts_per_s']:.0%})",
+        flush=True,
+    )
+    return figures
+
+
 def load_reference():
     """The sentence-transformers reference model (PyTorch, CPU) from the model's package."""
     from sentence_transformers import SentenceTransformer
@@ -280,7 +306,7 @@ def main() -> None:
         default=200,
         help="short queries per thread count (half as many passages, a fifth as many documents)",
     )
-    parser.add_argument("--only", choices=["profiles"], help="run only this section")
+    parser.add_argument("--only", choices=["profiles", "concurrency"], help="run only this section")
     args = parser.parse_args()
 
     threads = args.threads
@@ -295,6 +321,20 @@ def main() -> None:
         _print_profiles(rows)
         report = json.loads(out.read_text()) if out.exists() else {"model": MODEL_URI}
         report["profiles"] = rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"\nwritten to {out}")
+        return
+    if args.only == "concurrency":
+        state = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
+        sidecar = start_bench_sidecar(stored.path, state, threads)
+        try:
+            figures = measure_concurrency(sidecar.url, texts)
+        finally:
+            sidecar.stop()
+            shutil.rmtree(state, ignore_errors=True)
+        report = json.loads(out.read_text()) if out.exists() else {"model": MODEL_URI}
+        report.update(figures)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
         print(f"\nwritten to {out}")
@@ -350,10 +390,7 @@ def main() -> None:
     sidecar = start_bench_sidecar(stored.path, state, threads)
     try:
         measure("this project: HTTP fp32", lambda: http_bulk(sidecar.url, texts))
-        single = texts[: min(len(texts), 2000)]
-        concurrent_s = timed(lambda: http_concurrent(sidecar.url, single), repeats=2)
-        bulk_s = timed(lambda: http_bulk(sidecar.url, single), repeats=2)
-        print(f"  16 concurrent single-text clients: {len(single) / concurrent_s:.0f} texts/s")
+        concurrency = measure_concurrency(sidecar.url, texts)
 
         soak = make_texts(args.requests, seed=99, max_words=200)
         http_concurrent(sidecar.url, soak[:500])  # warm every shape class once
@@ -402,8 +439,7 @@ def main() -> None:
         "model_gflops": round(model_gflops, 1),
         "model_share_of_peak": round(model_gflops / peak, 3),
         "speedup_vs_sentence_transformers": round(fp32_speed / st_speed, 2),
-        "concurrent_texts_per_s": round(len(single) / concurrent_s, 1),
-        "bulk_texts_per_s": round(len(single) / bulk_s, 1),
+        **concurrency,
         "int8": {
             "texts_per_s": round(len(texts) / seconds["this project: engine int8"], 1),
             "speedup_vs_sentence_transformers": round(

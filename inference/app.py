@@ -147,28 +147,15 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     )
     app.state.sidecar = sidecar
 
-    async def internal_embed(request: Request) -> Response:
-        """The compact route of ``inference/protocol.py`` for the SQL module (answered by the
-        gate itself, see ``Gate``); same limits as /v1/embeddings."""
-        asked = await read_binary_request(request, sidecar.values)
-        result = await sidecar.embed(
-            asked.model,
-            asked.texts,
-            input_type=asked.input_type,
-            truncate=asked.truncate,
-            timeout_s=asked.timeout_s,
-        )
-        return Response(
-            protocol.encode_response(result.vectors),
-            media_type=protocol.CONTENT_TYPE,
-            headers={"X-Prompt-Tokens": str(int(sum(result.token_counts)))},
-        )
-
+    # Routes the gate answers itself, without FastAPI's routing and parameter machinery (see
+    # ``Gate``): the embedding routes, where a request should pay for the model and little
+    # else. They stay declared below as well, for the API's documentation.
+    direct: dict[tuple[str, str], Any] = {}
     app.add_middleware(
         Gate,
         metrics=sidecar.metrics,
         token=env.inference_token() if token is None else token,
-        direct={("POST", protocol.PATH): internal_embed},
+        direct=direct,
     )
     install_error_handlers(app, sidecar.metrics)
 
@@ -210,6 +197,28 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     @app.get("/v1/models/{uri}")
     async def openai_model_of(uri: str) -> dict[str, Any]:
         return openai_model(sidecar.model_facts(uri))
+
+    # -- binary route for the SQL module ------------------------------------------------------
+
+    @app.post(protocol.PATH)
+    async def internal_embed(request: Request) -> Response:
+        """The compact route of ``inference/protocol.py``; same limits as /v1/embeddings."""
+        asked = await read_binary_request(request, sidecar.values)
+        result = await sidecar.embed(
+            asked.model,
+            asked.texts,
+            input_type=asked.input_type,
+            truncate=asked.truncate,
+            timeout_s=asked.timeout_s,
+        )
+        return Response(
+            protocol.encode_response(result.vectors),
+            media_type=protocol.CONTENT_TYPE,
+            headers={"X-Prompt-Tokens": str(int(sum(result.token_counts)))},
+        )
+
+    direct[("POST", "/v1/embeddings")] = embeddings
+    direct[("POST", protocol.PATH)] = internal_embed
 
     # -- chunking ----------------------------------------------------------------------------
 

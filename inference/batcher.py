@@ -173,7 +173,7 @@ class DynamicBatcher:
         try:
             started = time.monotonic()
             tokenized = self.model.tokenize(texts, input_type=input_type, truncate=truncate)
-            vectors = self.model.run(tokenized.ids)
+            vectors = self.model.run(tokenized.ids, alone=True)
             run_s = time.monotonic() - started
             self._last_run_end = started + run_s
             self._last_run_callers = 1

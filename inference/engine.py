@@ -36,6 +36,7 @@ MAX_CHARS_PER_TOKEN = 100
 # Settings that are baked into an ONNX Runtime session: changing one rebuilds the session.
 SESSION_KEYS = (
     "engine_sessions",
+    "lone_request_session",
     "intra_op_parallelism",
     "inter_op_parallelism",
     "spin_control",
@@ -121,12 +122,12 @@ def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: in
     return count <= 1 or (count <= max_batch_size and count * width <= max_batch_tokens)
 
 
-def session_options(settings: Mapping[str, Any]) -> ort.SessionOptions:
-    """ONNX Runtime session options from the settings of ``inference/sidecar_settings.py``
-    (``intra_op_parallelism`` 0: the threads the machine's automatic layout gives a session)."""
+def session_options(settings: Mapping[str, Any], threads: int | None = None) -> ort.SessionOptions:
+    """ONNX Runtime session options from the settings of ``inference/sidecar_settings.py``:
+    ``threads`` intra-op threads (default: what the settings' layout gives a batch session)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = sidecar_settings.layout(settings).threads
+    options.intra_op_num_threads = threads or sidecar_settings.layout(settings).threads
     inter = int(settings["inter_op_parallelism"])
     options.inter_op_num_threads = inter
     # Threads across operators only help when independent operators may run at once.
@@ -170,13 +171,23 @@ def _load_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:
     return backend, int(pad_id) if pad_id is not None else 0
 
 
+@dataclass(frozen=True)
+class _Sessions:
+    """A model's sessions, swapped as one when the settings change."""
+
+    batch: tuple[ort.InferenceSession, ...]  # one per batcher worker
+    lone: ort.InferenceSession | None  # every core's threads, for a lone request
+
+
 class EmbeddingModel:
     """One embedding model: its tokenizer, its config and its ONNX Runtime sessions.
 
     The settings' layout (``sidecar_settings.layout``) decides how many sessions, each with its
     own intra-op thread pool: ``run(ids, slot=i)`` runs on session ``i``, so that several
-    threads (the batcher's workers) run batches at once without sharing a thread pool. All
-    sessions are built from the same file with the same options and give the same vectors.
+    threads (the batcher's workers) run batches at once without sharing a thread pool. With
+    several, one more session of all their threads runs lone requests (``run(ids,
+    alone=True)``), which find the others idle. All sessions are built from the same file and
+    give the same vectors.
     Safe to call from several threads at once. An empty string is embedded like any other
     input: as the model's special tokens alone (for BERT, ``[CLS] [SEP]``); refusing empty
     inputs is the caller's decision.
@@ -207,7 +218,8 @@ class EmbeddingModel:
         self._settings = _full_settings(settings)
         self._settings_lock = threading.Lock()
         self._sessions = self._new_sessions(self._settings)
-        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in self._sessions[0].get_inputs()}
+        first = self._sessions.batch[0]
+        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in first.get_inputs()}
         unknown = sorted(set(self._inputs) - _KNOWN_INPUTS)
         bad_types = sorted(name for name, dtype in self._inputs.items() if dtype is None)
         if unknown or bad_types or "input_ids" not in self._inputs:
@@ -227,17 +239,23 @@ class EmbeddingModel:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def _new_sessions(self, settings: Mapping[str, Any]) -> tuple[ort.InferenceSession, ...]:
-        options = session_options(settings)
-        return tuple(
-            ort.InferenceSession(
-                str(self.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    def _new_sessions(self, settings: Mapping[str, Any]) -> _Sessions:
+        chosen = sidecar_settings.layout(settings)
+
+        def new(threads: int) -> ort.InferenceSession:
+            return ort.InferenceSession(
+                str(self.onnx_path),
+                sess_options=session_options(settings, threads),
+                providers=["CPUExecutionProvider"],
             )
-            for _ in range(sidecar_settings.layout(settings).sessions)
+
+        return _Sessions(
+            batch=tuple(new(chosen.threads) for _ in range(chosen.sessions)),
+            lone=new(chosen.lone_threads) if chosen.lone_threads else None,
         )
 
     def _hidden_output_name(self) -> str:
-        outputs = self._sessions[0].get_outputs()
+        outputs = self._sessions.batch[0].get_outputs()
         names = [o.name for o in outputs]
         for name in _HIDDEN_OUTPUTS:
             if name in names:
@@ -257,16 +275,22 @@ class EmbeddingModel:
     @property
     def sessions(self) -> int:
         """How many ONNX Runtime sessions the model has now (``run``'s slots)."""
-        return len(self._sessions)
+        return len(self._sessions.batch)
 
     @property
     def layout(self) -> sidecar_settings.Layout:
         return sidecar_settings.layout(self._settings)
 
-    def session_options(self, slot: int = 0) -> ort.SessionOptions:
-        """The options of a session now in use (thread counts and so on), as ORT reports them."""
-        sessions = self._sessions
-        return sessions[slot % len(sessions)].get_session_options()
+    def session_options(self, slot: int = 0, *, alone: bool = False) -> ort.SessionOptions:
+        """The options of a session now in use (thread counts and so on), as ORT reports them:
+        batch session ``slot``, or with ``alone`` the one that runs lone requests."""
+        return self._session(slot, alone).get_session_options()
+
+    def _session(self, slot: int, alone: bool) -> ort.InferenceSession:
+        sessions = self._sessions  # one reference: see apply_settings
+        if alone and sessions.lone is not None:
+            return sessions.lone
+        return sessions.batch[slot % len(sessions.batch)]
 
     def apply_settings(self, settings: Mapping[str, Any]) -> None:
         """Take new settings; rebuild the sessions only when a session option changed.
@@ -345,9 +369,13 @@ class EmbeddingModel:
 
     # -- running ------------------------------------------------------------------------------
 
-    def run(self, ids: Sequence[Sequence[int]], slot: int = 0) -> np.ndarray:
+    def run(
+        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+    ) -> np.ndarray:
         """Embed one batch of token id rows (as ``tokenize`` makes them) on session ``slot``
-        (modulo the sessions there are: the layout may have shrunk meanwhile).
+        (modulo the sessions there are: the layout may have shrunk meanwhile), or with
+        ``alone`` on the lone-request session where there is one (the caller makes sure the
+        batch sessions are idle: both use the same cores).
 
         Rows of very different lengths are split into sub-runs of similar length where the
         padding saved outweighs the cost of another run (see ``split_by_length``); each
@@ -359,8 +387,7 @@ class EmbeddingModel:
             return np.empty((0, self.config.dimensions), dtype=np.float32)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
         groups = split_by_length(lengths)
-        sessions = self._sessions  # one reference for the whole run: see apply_settings
-        session = sessions[slot % len(sessions)]
+        session = self._session(slot, alone)  # for the whole run: see apply_settings
         if len(groups) == 1:
             return self._run_padded(session, ids, lengths)
         vectors = np.empty((count, self.config.dimensions), dtype=np.float32)
@@ -439,7 +466,7 @@ class EmbeddingModel:
         sessions = self.sessions
         if sessions == 1 or len(batches) == 1:
             for rows in batches:
-                vectors[rows] = self.run([tokenized.ids[i] for i in rows])
+                vectors[rows] = self.run([tokenized.ids[i] for i in rows], alone=len(batches) == 1)
         else:
             # One thread per session, each taking the next batch: the sessions run at once.
             pending = iter(batches)

@@ -449,7 +449,8 @@ class Gate:
         self.app = app
         self.metrics = metrics
         self.token = token.encode()
-        self.direct = dict(direct or {})
+        # Not copied: the app fills it in as it declares its routes, before the first request.
+        self.direct = direct if direct is not None else {}
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:

@@ -496,6 +496,7 @@ class Sidecar:
             "layout": {
                 "sessions": chosen.sessions,
                 "threads": chosen.threads,
+                "lone_request_threads": chosen.lone_threads,
                 "cores": chosen.cores,
                 "description": chosen.describe(),
             },

@@ -33,31 +33,37 @@ def physical_cores() -> int:
     return max(1, min(psutil.cpu_count(logical=False) or usable_cpus(), usable_cpus()))
 
 
-# The automatic layout: on machines of AUTO_SPLIT_FROM_CORES physical cores or more, one session
-# per AUTO_THREADS_PER_SESSION cores. Measured on a 16-core Xeon (all-MiniLM-L6-v2): one session
-# of 16 threads reached 3x the throughput of 2 threads on short texts where 8x was ideal (its
-# threads wait on each other in every small operator); four sessions of four threads each, fed
-# by dynamic batching, gave +34% on short texts and +6% on long ones over it. Below that size a
-# single session keeps a lone query's latency lowest.
-AUTO_THREADS_PER_SESSION = 4
-AUTO_SPLIT_FROM_CORES = 8
+# The automatic layout: sessions of AUTO_MAX_THREADS threads at most, at least two sessions
+# from two cores on, plus (when there are several) one session of every core for lone requests.
+# Measured with all-MiniLM-L6-v2: on a 16-core Xeon one session of 16 threads reached 3x the
+# throughput of 2 threads on short texts where 8x was ideal (its threads wait on each other in
+# every small operator), and four sessions of four threads, fed by dynamic batching, gave +34%
+# on short texts and +6% on long ones over it. On 2 cores, two sessions of one thread served 16
+# concurrent single-text clients 34% faster than one session of two threads, bulk requests as
+# fast, but a lone query in 10.3 ms against 7.7: hence the lone-request session.
+AUTO_MAX_THREADS = 4
 
 
 @dataclass(frozen=True)
 class Layout:
     """How a loaded model uses the machine: ``sessions`` ONNX Runtime sessions of ``threads``
-    intra-op threads each, resolved from the settings (0: automatic) and the machine's cores."""
+    intra-op threads each for batches, and ``lone_threads`` > 0 when one more session, of
+    that many threads, runs lone requests (which find every batch session idle). Resolved from
+    the settings (0: automatic) and the machine's cores."""
 
     sessions: int
     threads: int
     cores: int
+    lone_threads: int = 0
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.sessions} session{'s' if self.sessions != 1 else ''} x {self.threads} "
-            f"thread{'s' if self.threads != 1 else ''} on {self.cores} core"
-            f"{'s' if self.cores != 1 else ''}"
+            f"thread{'s' if self.threads != 1 else ''}"
         )
+        if self.lone_threads:
+            text += f" (and 1 x {self.lone_threads} for lone requests)"
+        return f"{text} on {self.cores} core{'s' if self.cores != 1 else ''}"
 
 
 def layout(values: Mapping[str, Any], cores: int | None = None) -> Layout:
@@ -66,16 +72,14 @@ def layout(values: Mapping[str, Any], cores: int | None = None) -> Layout:
     sessions = int(values.get("engine_sessions") or 0)
     threads = int(values.get("intra_op_parallelism") or 0)
     if not sessions and not threads:
-        if cores >= AUTO_SPLIT_FROM_CORES:
-            threads = AUTO_THREADS_PER_SESSION
-            sessions = cores // threads
-        else:
-            sessions, threads = 1, cores
+        threads = min(AUTO_MAX_THREADS, max(1, cores // 2))
+        sessions = max(1, cores // threads)
     elif not sessions:
         sessions = max(1, cores // threads)
     elif not threads:
         threads = max(1, cores // sessions)
-    return Layout(sessions=sessions, threads=threads, cores=cores)
+    lone = sessions * threads if sessions > 1 and values.get("lone_request_session", True) else 0
+    return Layout(sessions=sessions, threads=threads, cores=cores, lone_threads=lone)
 
 
 def check_layout(
@@ -188,10 +192,18 @@ SETTINGS: tuple[Setting, ...] = (
         0,
         "ONNX Runtime sessions per loaded model. Dynamic batching feeds each its own runs, so "
         "several run at once; each holds its own copy of the model's weights. 0: chosen from "
-        "the machine (one session per 4 cores on machines of 8 cores or more, else one).",
+        "the machine (sessions of up to 4 threads, two or more from two cores on).",
         minimum=0,
         maximum=64,
         unit="sessions",
+    ),
+    Setting(
+        "lone_request_session",
+        "bool",
+        True,
+        "With several sessions, keep one more that uses the threads of them all, for a lone "
+        "request that finds them idle: a lone query runs as fast as on one session of every "
+        "core. Costs one more copy of the model's weights.",
     ),
     Setting(
         "intra_op_parallelism",

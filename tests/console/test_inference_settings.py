@@ -269,7 +269,9 @@ def test_the_page_shows_the_layout_and_refuses_one_the_machine_cannot_run(
     assert f"<strong>{escape(layout['description'])}</strong>" in page
     response = manager_client.post(URL, posted(live, engine_sessions=2, intra_op_parallelism=1))
     assert response.status_code == 200, response.content.decode()
-    assert "<strong>2 sessions x 1 thread on " in response.content.decode()
+    assert "<strong>2 sessions x 1 thread (and 1 x 2 for lone requests) on " in (
+        response.content.decode()
+    )
     before = live.client.settings()
     too_many = usable_cpus() + 1
     response = manager_client.post(URL, posted(live, engine_sessions=too_many, max_wait_ms=7))

@@ -29,8 +29,10 @@ def _load_tiny_engine(directory: Path, config: Any = None, **settings: Any) -> E
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir: Path) -> EmbeddingModel:
-    """The tiny mean-pooling model, shared: tests must not change its settings."""
-    return _load_tiny_engine(tiny_model_dir)
+    """The tiny mean-pooling model, shared: tests must not change its settings. One session,
+    so that a batcher over it has one worker and its runs follow one another
+    (tests/inference/test_layout.py covers several)."""
+    return _load_tiny_engine(tiny_model_dir, engine_sessions=1)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import pytest
 from inference import sidecar_settings
 from inference.batcher import DynamicBatcher
 from inference.engine import EmbeddingModel
-from inference.sidecar_settings import Layout, SettingsFile, SettingsValidationError, layout
+from inference.sidecar_settings import SettingsFile, SettingsValidationError, layout
 from inference.store import StoredModel
 from tests.fixtures.realmodel import minilm_stored_model  # noqa: F401
 from tests.fixtures.sidecar import SidecarProcess
@@ -33,26 +33,31 @@ TEXTS = [" ".join(WORDS[i % 13 :] + WORDS[: i % 7] + WORDS[: i % 5]) for i in ra
 @pytest.mark.parametrize(
     ("sessions", "threads", "cores", "expected"),
     [
-        (0, 0, 1, (1, 1)),
-        (0, 0, 2, (1, 2)),  # small machines: one session keeps a lone query fastest
-        (0, 0, 6, (1, 6)),
-        (0, 0, 8, (2, 4)),  # from 8 cores: one session per 4 cores
-        (0, 0, 16, (4, 4)),
-        (0, 0, 18, (4, 4)),
-        (0, 0, 64, (16, 4)),
-        (4, 0, 16, (4, 4)),  # sessions chosen: the cores shared out among them
-        (3, 0, 16, (3, 5)),
-        (32, 0, 16, (32, 1)),
-        (0, 8, 16, (2, 8)),  # threads chosen: as many sessions as the cores hold
-        (0, 32, 16, (1, 32)),
-        (2, 3, 16, (2, 3)),  # both chosen: taken as they are
+        (0, 0, 1, (1, 1, 0)),
+        (0, 0, 2, (2, 1, 2)),  # batch sessions of one thread, lone requests on both cores
+        (0, 0, 6, (2, 3, 6)),
+        (0, 0, 8, (2, 4, 8)),
+        (0, 0, 16, (4, 4, 16)),  # sessions of at most 4 threads
+        (0, 0, 18, (4, 4, 16)),
+        (0, 0, 64, (16, 4, 64)),
+        (4, 0, 16, (4, 4, 16)),  # sessions chosen: the cores shared out among them
+        (3, 0, 16, (3, 5, 15)),
+        (32, 0, 16, (32, 1, 32)),
+        (1, 0, 16, (1, 16, 0)),  # one session: it runs lone requests too
+        (0, 8, 16, (2, 8, 16)),  # threads chosen: as many sessions as the cores hold
+        (0, 32, 16, (1, 32, 0)),
+        (2, 3, 16, (2, 3, 6)),  # both chosen: taken as they are
     ],
 )
 def test_the_layout_follows_the_settings_and_the_cores(
-    sessions: int, threads: int, cores: int, expected: tuple[int, int]
+    sessions: int, threads: int, cores: int, expected: tuple[int, int, int]
 ) -> None:
     values = {"engine_sessions": sessions, "intra_op_parallelism": threads}
-    assert layout(values, cores=cores) == Layout(*expected, cores=cores)
+    chosen = layout(values, cores=cores)
+    assert (chosen.sessions, chosen.threads, chosen.lone_threads) == expected
+    assert chosen.cores == cores
+    # The lone-request session is a setting; without it lone requests use a batch session.
+    assert layout({**values, "lone_request_session": False}, cores=cores).lone_threads == 0
 
 
 def test_the_defaults_choose_the_layout_from_the_machine() -> None:
@@ -96,10 +101,12 @@ def test_several_sessions_give_the_same_vectors_as_one(
     engine = make_tiny_engine(engine_sessions=3, intra_op_parallelism=1)
     assert engine.sessions == 3
     assert [engine.session_options(slot).intra_op_num_threads for slot in range(3)] == [1, 1, 1]
+    assert engine.session_options(alone=True).intra_op_num_threads == 3
     ids = engine.tokenize(TEXTS[:16]).ids
     single = tiny_engine.run(ids)
     for slot in range(3):
         assert np.array_equal(engine.run(ids, slot), single)
+    assert np.array_equal(engine.run(ids, alone=True), single)
     # Bulk embedding spreads its batches over the sessions; rows stay in input order.
     spread = make_tiny_engine(engine_sessions=3, intra_op_parallelism=1, max_batch_size=4)
     alone = make_tiny_engine(engine_sessions=1, intra_op_parallelism=1, max_batch_size=4)
@@ -139,14 +146,16 @@ class SlotRecorder:
     def tokenize(self, texts: Sequence[str], **options: Any) -> Any:
         return self.engine.tokenize(texts, **options)
 
-    def run(self, ids: Sequence[Sequence[int]], slot: int = 0) -> np.ndarray:
+    def run(
+        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+    ) -> np.ndarray:
         with self.lock:
             self.slots.append(slot)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
             time.sleep(self.hold_s)  # long enough for the other workers to take runs meanwhile
-            return self.engine.run(ids, slot)
+            return self.engine.run(ids, slot, alone=alone)
         finally:
             with self.lock:
                 self.running -= 1
