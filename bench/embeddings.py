@@ -12,8 +12,9 @@ count 1..threads: the engine in-process against sentence-transformers on the sam
 budget, with texts/s, their ratio and each one's scaling efficiency.
 
 Usage: ``.venv/bin/python bench/embeddings.py [--texts N] [--requests N] [--profile-texts N]
-[--only profiles]``. Prints a table and writes ``VAR_DIR/bench/embeddings.json`` (``--only
-profiles`` updates only its ``profiles`` entry there).
+[--only profiles|concurrency]``. Prints a table and writes ``VAR_DIR/bench/embeddings.json``
+(``--only`` updates only that section's entries there). The engine runs with the layout it
+chooses for the thread budget (``sidecar_settings.layout``).
 """
 
 from __future__ import annotations
