@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from inference.engine import EmbeddingModel
@@ -77,3 +78,24 @@ def matryoshka_uri(
     sidecar.client.register(uri, str(store_dir))
     yield uri
     sidecar.client.unregister(uri)
+
+
+class WrappedEngine:
+    """The real engine as a batcher sees it (config, sessions, tokenize, run), for tests that
+    watch or steer its runs by overriding ``run``."""
+
+    def __init__(self, engine: EmbeddingModel) -> None:
+        self.engine = engine
+        self.config = engine.config
+
+    @property
+    def sessions(self) -> int:
+        return self.engine.sessions
+
+    def tokenize(self, texts: Sequence[str], **options: Any) -> Any:
+        return self.engine.tokenize(texts, **options)
+
+    def run(
+        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+    ) -> np.ndarray:
+        return self.engine.run(ids, slot, alone=alone)

@@ -12,6 +12,7 @@ import pytest
 
 from inference.batcher import BatcherClosedError, DynamicBatcher
 from inference.engine import EmbeddingModel, InputTooLongError
+from tests.inference.conftest import WrappedEngine
 
 WORDS = "the cat dog house car tree water fire book music city river mountain".split()
 TEXTS = [" ".join(WORDS[i % 13 :] + WORDS[: i % 7]) for i in range(16)]  # varied lengths
@@ -31,23 +32,15 @@ class Batches:
         self.runs.append((texts, tokens, padded, wait_s, run_s))
 
 
-class ControlledModel:
+class ControlledModel(WrappedEngine):
     """The real tiny engine behind hooks: runs may be made to fail or to wait for a signal."""
 
     def __init__(self, engine: EmbeddingModel) -> None:
-        self.engine = engine
-        self.config = engine.config
+        super().__init__(engine)
         self.poison = engine.tokenize(["fire"]).ids[0][1]  # a run holding this token fails
         self.started = threading.Event()
         self.release = threading.Event()
         self.release.set()
-
-    @property
-    def sessions(self) -> int:
-        return self.engine.sessions
-
-    def tokenize(self, texts: Sequence[str], **options: Any) -> Any:
-        return self.engine.tokenize(texts, **options)
 
     def run(
         self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
@@ -56,7 +49,7 @@ class ControlledModel:
         self.release.wait(10)
         if any(self.poison in row for row in ids):
             raise RuntimeError("the model run failed")
-        return self.engine.run(ids, slot, alone=alone)
+        return super().run(ids, slot, alone=alone)
 
 
 async def _queued_together(batcher: DynamicBatcher, *calls: Awaitable[Any]) -> list[Any]:

@@ -25,6 +25,7 @@ from inference.sidecar_settings import SettingsFile, SettingsValidationError, la
 from inference.store import StoredModel
 from tests.fixtures.realmodel import minilm_stored_model  # noqa: F401
 from tests.fixtures.sidecar import SidecarProcess
+from tests.inference.conftest import WrappedEngine
 
 WORDS = "the cat dog house car tree water fire book music city river mountain".split()
 TEXTS = [" ".join(WORDS[i % 13 :] + WORDS[: i % 7] + WORDS[: i % 5]) for i in range(48)]
@@ -127,24 +128,16 @@ def test_real_model_sessions_and_threads_give_identical_vectors(
     assert np.array_equal(one.embed(texts).vectors, two.embed(texts).vectors)
 
 
-class SlotRecorder:
+class SlotRecorder(WrappedEngine):
     """The real tiny engine, recording which session each run went to and which overlapped."""
 
     def __init__(self, engine: EmbeddingModel, hold_s: float = 0.05) -> None:
-        self.engine = engine
-        self.config = engine.config
+        super().__init__(engine)
         self.hold_s = hold_s
         self.lock = threading.Lock()
         self.slots: list[int] = []
         self.running = 0
         self.most_at_once = 0
-
-    @property
-    def sessions(self) -> int:
-        return self.engine.sessions
-
-    def tokenize(self, texts: Sequence[str], **options: Any) -> Any:
-        return self.engine.tokenize(texts, **options)
 
     def run(
         self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
@@ -155,7 +148,7 @@ class SlotRecorder:
             self.most_at_once = max(self.most_at_once, self.running)
         try:
             time.sleep(self.hold_s)  # long enough for the other workers to take runs meanwhile
-            return self.engine.run(ids, slot, alone=alone)
+            return super().run(ids, slot, alone=alone)
         finally:
             with self.lock:
                 self.running -= 1
