@@ -57,13 +57,17 @@ class Layout:
     lone_threads: int = 0
 
     def describe(self) -> str:
-        text = (
-            f"{self.sessions} session{'s' if self.sessions != 1 else ''} x {self.threads} "
-            f"thread{'s' if self.threads != 1 else ''}"
-        )
+        text = f"{_count(self.sessions, 'session')} {TIMES} {_count(self.threads, 'thread')}"
         if self.lone_threads:
-            text += f" (and 1 x {self.lone_threads} for lone requests)"
-        return f"{text} on {self.cores} core{'s' if self.cores != 1 else ''}"
+            text += f" (and 1 {TIMES} {self.lone_threads} for lone requests)"
+        return f"{text} on {_count(self.cores, 'core')}"
+
+
+TIMES = "\u00d7"  # the multiplication sign, as people write a layout
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def layout(values: Mapping[str, Any], cores: int | None = None) -> Layout:
@@ -99,7 +103,8 @@ def check_layout(
     )
     raise SettingsValidationError(
         {
-            key: f"{chosen.sessions} sessions x {chosen.threads} threads is {total} threads, "
+            key: f"{_count(chosen.sessions, 'session')} {TIMES} {_count(chosen.threads, 'thread')} "
+            f"is {total} threads, "
             f"more than the {cpus} CPUs this sidecar may use; lower engine_sessions or "
             "intra_op_parallelism (0 chooses both from the machine)"
         }

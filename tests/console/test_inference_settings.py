@@ -17,7 +17,7 @@ from psycopg import sql
 from console.inference_settings import service
 from console.inference_settings.models import SettingChange
 from inference.client import InferenceClient, InferenceUnavailable
-from inference.sidecar_settings import usable_cpus
+from inference.sidecar_settings import TIMES, usable_cpus
 from serverparams.apply import auto_conf
 from serverparams.server import ManagedServer
 from tests.console.servers import UNUSED_SIDECAR_URL, restore_auto_conf
@@ -269,7 +269,7 @@ def test_the_page_shows_the_layout_and_refuses_one_the_machine_cannot_run(
     assert f"<strong>{escape(layout['description'])}</strong>" in page
     response = manager_client.post(URL, posted(live, engine_sessions=2, intra_op_parallelism=1))
     assert response.status_code == 200, response.content.decode()
-    assert "<strong>2 sessions x 1 thread (and 1 x 2 for lone requests) on " in (
+    assert f"<strong>2 sessions {TIMES} 1 thread (and 1 {TIMES} 2 for lone requests) on " in (
         response.content.decode()
     )
     before = live.client.settings()

@@ -21,7 +21,7 @@ import pytest
 from inference import sidecar_settings
 from inference.batcher import DynamicBatcher
 from inference.engine import EmbeddingModel
-from inference.sidecar_settings import SettingsFile, SettingsValidationError, layout
+from inference.sidecar_settings import TIMES, SettingsFile, SettingsValidationError, layout
 from inference.store import StoredModel
 from tests.fixtures.realmodel import minilm_stored_model  # noqa: F401
 from tests.fixtures.sidecar import SidecarProcess
@@ -80,7 +80,7 @@ def test_a_layout_with_more_threads_than_cpus_is_refused_and_nothing_is_written(
     with pytest.raises(SettingsValidationError) as refused:
         store.update({"engine_sessions": cpus + 1, "intra_op_parallelism": 1, "max_wait_ms": 4})
     message = refused.value.errors["engine_sessions"]
-    assert f"{cpus + 1} sessions x 1 threads" in message and f"{cpus} CPUs" in message
+    assert f"{cpus + 1} sessions {TIMES} 1 thread is" in message and f"{cpus} CPUs" in message
     assert store.path.read_text() == before and store.values()["max_wait_ms"] == 3
     # Blamed on the setting that was changed.
     with pytest.raises(SettingsValidationError) as refused:
