@@ -386,10 +386,16 @@ def serve(
         socket_path,
         env.var_dir(),
     )
-    try:
-        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
-    finally:
-        Path(socket_path).unlink(missing_ok=True)
+    path = Path(socket_path)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            # Here, not after run(): uvicorn re-raises the SIGTERM that stopped it once it has
+            # shut down, and that ends the process at once.
+            path.unlink(missing_ok=True)
+
+    Server(uvicorn.Config(app, **options)).run(sockets=sockets)
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:

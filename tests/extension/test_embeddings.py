@@ -333,10 +333,11 @@ def test_a_real_sidecar_serves_sql_on_its_unix_socket_and_http_on_tcp_at_once(
             over_socket = [conn.execute(statement, [t]).fetchone()[0] for t in texts]
         assert over_socket == over_tcp
         assert len(over_tcp[0].split(",")) == TINY_DIMS
+        sidecar.stop()  # SIGTERM, as a service manager stops it
+        assert not socket_path.exists()  # the sidecar removes its socket when it stops
     finally:
         sidecar.stop()
         shutil.rmtree(directory)
-    assert not socket_path.exists()  # the sidecar removes its socket when it stops
 
 
 def test_unknown_model_is_an_undefined_object(conn: psycopg.Connection) -> None:
