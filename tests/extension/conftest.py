@@ -82,6 +82,19 @@ def login_roles(conn: psycopg.Connection, *specs: str) -> Iterator[None]:
 
 
 @contextmanager
+def fresh_db_owned_by(conn: psycopg.Connection, role: str) -> Iterator[None]:
+    """FRESH_DB owned, for the block, by ``role``: a LOGIN role created for it (and dropped
+    after with what it owns); postgres owns the database again afterwards."""
+    owner = sql.SQL("ALTER DATABASE {} OWNER TO {}")
+    with login_roles(conn, role):
+        conn.execute(owner.format(sql.Identifier(FRESH_DB), sql.Identifier(role)))
+        try:
+            yield
+        finally:
+            conn.execute(owner.format(sql.Identifier(FRESH_DB), sql.Identifier("postgres")))
+
+
+@contextmanager
 def service_url(conn: psycopg.Connection, url: str) -> Iterator[None]:
     """Point azure_local_ai.service_url (a reloadable server parameter) at url for a while."""
     previous = conn.execute("SHOW azure_local_ai.service_url").fetchone()[0]

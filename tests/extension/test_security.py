@@ -18,7 +18,13 @@ import pytest
 from psycopg import errors, sql
 
 from serverparams.server import ManagedServer
-from tests.extension.conftest import FRESH_DB, TINY_URI, connect_as, login_roles
+from tests.extension.conftest import (
+    FRESH_DB,
+    TINY_URI,
+    connect_as,
+    fresh_db_owned_by,
+    login_roles,
+)
 from tests.fixtures.pg import allow_extensions
 
 ADMIN_ROLES = ("azure_pg_admin", "azure_local_ai_setting_manager")
@@ -201,30 +207,27 @@ def test_a_database_owner_who_creates_the_extension_cannot_add_to_its_schema(
     managed_pg: ManagedServer, db: psycopg.Connection
 ) -> None:
     allow_extensions(db, "azure_local_ai")
-    owner = sql.SQL("ALTER DATABASE {} OWNER TO {}")
-    with login_roles(db, "alai_owner"):
-        db.execute(owner.format(sql.Identifier(FRESH_DB), sql.Identifier("alai_owner")))
-        try:
-            with connect_as(managed_pg, FRESH_DB, "alai_owner") as user:
-                user.execute("CREATE EXTENSION azure_local_ai")  # trusted: runs as superuser
-                assert db.execute(SCHEMA_ACL, ["azure_local_ai"]).fetchone() == (
-                    "postgres",
-                    ["postgres=UC/postgres", "=U/postgres"],
-                )
-                with pytest.raises(errors.InsufficientPrivilege):
-                    user.execute(HIJACK)
-                # a superuser's call as the console makes it reaches the extension's function
-                rows = db.execute(
-                    "SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s::text[], %s)",
-                    [TINY_URI, ["a cat"], 64],
-                ).fetchall()
-                assert len(rows) == 1 and len(rows[0][0]) == 32
-                # the owner may still drop it, and create it again in the schema left behind
-                user.execute("DROP EXTENSION azure_local_ai")
-                user.execute("CREATE EXTENSION azure_local_ai")
-                user.execute("DROP EXTENSION azure_local_ai")
-        finally:
-            db.execute(owner.format(sql.Identifier(FRESH_DB), sql.Identifier("postgres")))
+    with (
+        fresh_db_owned_by(db, "alai_owner"),
+        connect_as(managed_pg, FRESH_DB, "alai_owner") as user,
+    ):
+        user.execute("CREATE EXTENSION azure_local_ai")  # trusted: runs as superuser
+        assert db.execute(SCHEMA_ACL, ["azure_local_ai"]).fetchone() == (
+            "postgres",
+            ["postgres=UC/postgres", "=U/postgres"],
+        )
+        with pytest.raises(errors.InsufficientPrivilege):
+            user.execute(HIJACK)
+        # a superuser's call as the console makes it reaches the extension's function
+        rows = db.execute(
+            "SELECT embedding FROM azure_local_ai.create_embeddings(%s, %s::text[], %s)",
+            [TINY_URI, ["a cat"], 64],
+        ).fetchall()
+        assert len(rows) == 1 and len(rows[0][0]) == 32
+        # the owner may still drop it, and create it again in the schema left behind
+        user.execute("DROP EXTENSION azure_local_ai")
+        user.execute("CREATE EXTENSION azure_local_ai")
+        user.execute("DROP EXTENSION azure_local_ai")
 
 
 # -- search_path --------------------------------------------------------------------------------
@@ -363,31 +366,26 @@ def test_the_install_script_ignores_the_creating_sessions_temporary_objects(
     managed_pg: ManagedServer, db: psycopg.Connection
 ) -> None:
     allow_extensions(db, "azure_local_ai")
-    owner = sql.SQL("ALTER DATABASE {} OWNER TO {}")
-    with login_roles(db, "alai_owner"):
-        db.execute(owner.format(sql.Identifier(FRESH_DB), sql.Identifier("alai_owner")))
-        try:
-            with connect_as(managed_pg, FRESH_DB, "alai_owner") as user:
-                # pg_temp is searched first for tables and types unless search_path names it:
-                # these would be the functions' "text" and the roles the script looks at.
-                user.execute("CREATE TEMP TABLE text (x int)")
-                user.execute("CREATE TEMP TABLE pg_roles (rolname name, rolcanlogin bool)")
-                user.execute("CREATE TEMP TABLE pg_auth_members (roleid oid)")
-                user.execute("CREATE EXTENSION azure_local_ai")
-            # the session ended and its temporary objects went: the functions are all there
-            types = db.execute(
-                """
-                SELECT DISTINCT t.typnamespace::regnamespace::text
-                  FROM pg_proc p, unnest(p.proargtypes::oid[] || p.prorettype) AS a(type)
-                  JOIN pg_type t ON t.oid = a.type
-                 WHERE p.pronamespace = 'azure_local_ai'::regnamespace
-                """
-            ).fetchall()
-            assert types == [("pg_catalog",)]
-            assert db.execute(
-                "SELECT count(*) FROM pg_proc WHERE pronamespace = 'azure_local_ai'::regnamespace"
-            ).fetchone() == (15,)
-            assert db.execute("SELECT azure_local_ai.version()").fetchone() == ("1.0.0",)
-            db.execute("DROP EXTENSION azure_local_ai")
-        finally:
-            db.execute(owner.format(sql.Identifier(FRESH_DB), sql.Identifier("postgres")))
+    with fresh_db_owned_by(db, "alai_owner"):
+        with connect_as(managed_pg, FRESH_DB, "alai_owner") as user:
+            # pg_temp is searched first for tables and types unless search_path names it:
+            # these would be the functions' "text" and the roles the script looks at.
+            user.execute("CREATE TEMP TABLE text (x int)")
+            user.execute("CREATE TEMP TABLE pg_roles (rolname name, rolcanlogin bool)")
+            user.execute("CREATE TEMP TABLE pg_auth_members (roleid oid)")
+            user.execute("CREATE EXTENSION azure_local_ai")
+        # the session ended and its temporary objects went: the functions are all there
+        types = db.execute(
+            """
+            SELECT DISTINCT t.typnamespace::regnamespace::text
+              FROM pg_proc p, unnest(p.proargtypes::oid[] || p.prorettype) AS a(type)
+              JOIN pg_type t ON t.oid = a.type
+             WHERE p.pronamespace = 'azure_local_ai'::regnamespace
+            """
+        ).fetchall()
+        assert types == [("pg_catalog",)]
+        assert db.execute(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'azure_local_ai'::regnamespace"
+        ).fetchone() == (15,)
+        assert db.execute("SELECT azure_local_ai.version()").fetchone() == ("1.0.0",)
+        db.execute("DROP EXTENSION azure_local_ai")
