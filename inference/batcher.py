@@ -174,15 +174,10 @@ class DynamicBatcher:
             started = time.monotonic()
             tokenized = self.model.tokenize(texts, input_type=input_type, truncate=truncate)
             vectors = self.model.run(tokenized.ids, alone=True)
-            run_s = time.monotonic() - started
-            self._last_run_end = started + run_s
-            self._last_run_callers = 1
-            if self.on_batch is not None:
-                tokens = int(tokenized.lengths.sum())
-                try:
-                    self.on_batch(len(texts), tokens, tokens, 0.0, run_s)
-                except Exception:
-                    log.exception("the on_batch callback failed; batching goes on")
+            tokens = int(tokenized.lengths.sum())
+            self._ran(
+                started, callers=1, texts=len(texts), tokens=tokens, padded=tokens, wait_s=0.0
+            )
             return EmbedResult(
                 vectors=vectors,
                 token_counts=tokenized.lengths.tolist(),
@@ -433,16 +428,15 @@ class DynamicBatcher:
         finally:
             with self._cond:
                 self._running -= 1
-        run_s = time.monotonic() - started
-        self._last_run_end = started + run_s
-        self._last_run_callers = len(run.parts)
         # Reported before any caller gets its rows: a finished request is always counted.
-        if self.on_batch is not None:
-            tokens = sum(len(row) for row in ids)
-            try:
-                self.on_batch(len(ids), tokens, len(ids) * run.width, queue_wait_s, run_s)
-            except Exception:
-                log.exception("the on_batch callback failed; batching goes on")
+        self._ran(
+            started,
+            callers=len(run.parts),
+            texts=len(ids),
+            tokens=sum(len(row) for row in ids),
+            padded=len(ids) * run.width,
+            wait_s=queue_wait_s,
+        )
         offset = 0
         for request, indices in run.parts:
             assert request.vectors is not None and request.tokenized is not None
@@ -459,6 +453,20 @@ class DynamicBatcher:
                         truncated=request.tokenized.truncated.tolist(),
                     )
                 )
+
+    def _ran(
+        self, started: float, *, callers: int, texts: int, tokens: int, padded: int, wait_s: float
+    ) -> None:
+        """A model run that began at ``started`` has just ended: remember how many callers it
+        served (the sign of concurrent clients) and report it to ``on_batch``."""
+        run_s = time.monotonic() - started
+        self._last_run_end = started + run_s
+        self._last_run_callers = callers
+        if self.on_batch is not None:
+            try:
+                self.on_batch(texts, tokens, padded, wait_s, run_s)
+            except Exception:
+                log.exception("the on_batch callback failed; batching goes on")
 
     def _drop_finished(self) -> None:
         self._pending = deque(r for r in self._pending if r.live)
