@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,13 @@ def usable_cpus() -> int:
 def physical_cores() -> int:
     """Physical cores this process may use: hyper-threads share a core's matrix units, so
     ONNX Runtime gains nothing from a second thread per core."""
-    return max(1, min(psutil.cpu_count(logical=False) or usable_cpus(), usable_cpus()))
+    return max(1, min(_machine_physical_cores() or usable_cpus(), usable_cpus()))
+
+
+@cache
+def _machine_physical_cores() -> int | None:
+    # Read once: psutil parses /proc for it (about 0.1 ms), and /health asks for the layout.
+    return psutil.cpu_count(logical=False)
 
 
 # The automatic layout: sessions of AUTO_MAX_THREADS threads at most, at least two sessions
