@@ -96,6 +96,15 @@ def error_response(
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 
 
+Refusal = APIError | ServiceError | RegistryError
+
+
+def refusal_response(exc: Refusal, metrics: Metrics) -> JSONResponse:
+    """The JSON answer of a route's refusal: an APIError as it is, the service's and the
+    registry's through ``api_error``."""
+    return error_response(exc if isinstance(exc, APIError) else api_error(exc), metrics)
+
+
 def invalid(message: str, param: str | None = None, status: int = 422) -> APIError:
     return APIError(status, ErrorCode.INVALID_INPUT, message, param=param)
 
@@ -134,13 +143,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Answer every error raised in a route with the JSON error body."""
 
     @app.exception_handler(APIError)
-    async def api(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc, metrics)
-
     @app.exception_handler(ServiceError)
     @app.exception_handler(RegistryError)
-    async def refused(request: Request, exc: ServiceError | RegistryError) -> JSONResponse:
-        return error_response(api_error(exc), metrics)
+    async def refused(request: Request, exc: Refusal) -> JSONResponse:
+        return refusal_response(exc, metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -466,10 +472,8 @@ class Gate:
     ) -> None:
         try:
             response = await handler(Request(scope, receive))
-        except APIError as error:
-            response = error_response(error, self.metrics)
-        except (ServiceError, RegistryError) as refusal:
-            response = error_response(api_error(refusal), self.metrics)
+        except (APIError, ServiceError, RegistryError) as refusal:
+            response = refusal_response(refusal, self.metrics)
         await response(scope, receive, send)
 
     async def _send_error(
