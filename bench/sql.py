@@ -148,28 +148,24 @@ def main() -> None:
                 conn.execute("SELECT pg_reload_conf()")
                 time.sleep(0.3)  # the backend reads the reloaded file between statements
 
-            def timed(call, count: int, model_s: list[float] | None = None) -> list[float]:
-                """``count`` timings of ``call``; with ``model_s``, also the sidecar's own time
-                in the model for them (its run-time histogram's sum over the block)."""
+            def timed(
+                call, count: int, model_s: list[float] | None = None, pause=None
+            ) -> list[float]:
+                """``count`` timings of ``call`` after a warm-up, each after ``pause()`` (not
+                timed) when given; with ``model_s``, also the sidecar's own time in the model
+                for them (its run-time histogram's sum over the block)."""
                 for _ in range(WARM_UP):  # caches, and the other side's idle threads settling
                     call()
-                before = model_seconds(sidecar.url)
+                before = model_seconds(sidecar.url) if model_s is not None else 0.0
                 times = []
                 for _ in range(count):
+                    if pause is not None:
+                        pause()
                     start = time.perf_counter()
                     call()
                     times.append(time.perf_counter() - start)
                 if model_s is not None:
                     model_s.append(model_seconds(sidecar.url) - before)
-                return times
-
-            def timed_after(pause, call, count: int) -> list[float]:
-                times = []
-                for _ in range(count):
-                    pause()
-                    start = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - start)
                 return times
 
             def sql_call(sql: str, params: list):
@@ -186,7 +182,7 @@ def main() -> None:
             engine_idle_times: list[float] = []
 
             def after_idle() -> None:
-                time.sleep(IDLE_GAP_S)  # not timed: timed() times the call that follows
+                time.sleep(IDLE_GAP_S)
 
             model_s: list[float] = []
             model_tcp_s: list[float] = []
@@ -197,8 +193,8 @@ def main() -> None:
                 use_service(sidecar.url)
                 sql_tcp_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_tcp_s)
                 engine_times += timed(lambda: engine.embed([SENTENCE]), per_round)
-                engine_idle_times += timed_after(
-                    after_idle, lambda: engine.embed([SENTENCE]), per_round
+                engine_idle_times += timed(
+                    lambda: engine.embed([SENTENCE]), per_round, pause=after_idle
                 )
             use_service(None)
 
