@@ -53,8 +53,12 @@ class Command(BaseCommand):
                 # The embedded server shares this machine with the sidecar: its SQL module
                 # reaches the sidecar over a Unix socket beside the server's own, which a lone
                 # query crosses faster than TCP's loopback. Children inherit the choice.
-                os.environ.setdefault("INFERENCE_SOCKET", str(server.socket_dir / "inference.sock"))
-                server = get_managed_server()
+                # (Where the sidecar listens on a Unix socket alone, that is the one.)
+                if not settings.INFERENCE_URL.startswith("unix:"):
+                    os.environ.setdefault(
+                        "INFERENCE_SOCKET", str(server.socket_dir / "inference.sock")
+                    )
+                    server = get_managed_server()
                 # Stop on the way out only what this command started: a server that was
                 # already running stays up.
                 started_server = not server.status().running
@@ -165,12 +169,14 @@ class Command(BaseCommand):
         self._step("inference sidecar")
         url = settings.INFERENCE_URL
         parts = urlsplit(url)
+        only_unix = url.startswith("unix:")
+        also_unix = None if only_unix else inference_socket()
         sidecar = start_sidecar(
             Path(settings.VAR_DIR),
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 8090,
-            uds=Path(url.removeprefix("unix:")) if url.startswith("unix:") else None,
-            unix_socket=None if url.startswith("unix:") else inference_socket(),
+            uds=Path(url.removeprefix("unix:")) if only_unix else None,
+            unix_socket=also_unix,
             token=settings.INFERENCE_TOKEN,
             log_dir=logs,
             timeout=START_TIMEOUT_S,
@@ -180,12 +186,7 @@ class Command(BaseCommand):
         # deploy); the sidecar itself loads again what was loaded when it last stopped.
         with sidecar.client as client:
             loaded = [m["model_uri"] for m in client.models() if m.get("loaded")]
-        socket_path = inference_socket()
-        also = (
-            f" and unix:{socket_path} (for SQL)"
-            if socket_path and url != f"unix:{socket_path}"
-            else ""
-        )
+        also = f" and unix:{also_unix} (for SQL)" if also_unix else ""
         self._ok(f"{url}{also}  models loaded: {', '.join(loaded) or 'none'}")
 
     def _watch(self) -> None:
