@@ -44,6 +44,12 @@ class JobBlocked(Exception):
     """The whole job cannot embed now; ``str()`` says why."""
 
 
+class StaleJob(Exception):
+    """The job's record is behind its tables: a model change started or ended on the server
+    after the record was read (the console commits the server's side first). Nothing was
+    taken; read the record again."""
+
+
 @dataclass
 class BatchResult:
     taken: int = 0  # queue entries taken
@@ -76,6 +82,11 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
         # the queue) or a job's deletion then waits for this batch, rather than this batch,
         # holding queue rows, waiting for them.
         conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
+        # Held from here to the commit, that lock keeps a model change from starting or ending
+        # (both lock the table against it): whether there is a shadow now is fixed, and it
+        # must be what the record says, or the batch would embed with the wrong model.
+        if objects.exists(conn, objects.destination(job, shadow=True)) != bool(job.next_model_uri):
+            raise StaleJob
         objects.act_as_owner(conn, job)
         entries = conn.execute(
             sql.SQL(

@@ -320,6 +320,9 @@ def start_model_change(conn: psycopg.Connection, job: EmbeddingJob, dimensions: 
     ``dimensions``, make deletes reach it, and queue every key to be embedded again; returns
     how many. The current vectors stay as they are."""
     n = Names(job.pk)
+    # As at the end of a change: batches in flight finish first, and later ones see the
+    # shadow (``run_batch`` checks the job's record against it under its own table lock).
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table(job)))
     drop_destination(conn, job, shadow=True)  # what an interrupted change may have left
     shadow = destination(job, shadow=True)
     if shadow.chunked:

@@ -57,6 +57,7 @@ BLOCKED_WAIT_S = 5.0  # between tries while the sidecar or the model is unavaila
 ABANDONED_AFTER = timedelta(seconds=60)  # a handover no task took up in this long
 INDEX_RETRY_AFTER = timedelta(seconds=60)  # after a failed index build
 SWAP_LOCK_TIMEOUT = "5s"  # a model change's swap waits this long for the table
+UNRECORDED_CHANGE_S = 30.0  # a shadow with no model change in the job's record, this long
 
 
 def worker_name() -> str:
@@ -143,6 +144,7 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
 def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> str:
     deadline = time.monotonic() + RUN_S
     last_work = time.monotonic()
+    unrecorded_since: float | None = None
     conn.autocommit = False
     while time.monotonic() < deadline:
         # Read again each time: pause, delete and a model change take effect at once.
@@ -158,6 +160,22 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
             _blocked(job, str(exc))
             time.sleep(min(BLOCKED_WAIT_S, max(0.0, deadline - time.monotonic())))
             continue
+        except batches.StaleJob:
+            if job.next_model_uri:  # the swap committed; its record is late, or was lost
+                _finish_model_change(conn, job)
+                continue
+            # A change started on the server, and the console records it a moment later.
+            unrecorded_since = unrecorded_since or time.monotonic()
+            wait = POLL_S
+            if time.monotonic() - unrecorded_since >= UNRECORDED_CHANGE_S:
+                _blocked(
+                    job,
+                    "a model change was started on the server but the console has no record"
+                    " of it (the console stopped midway?); change the model again",
+                )
+                wait = BLOCKED_WAIT_S
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            continue
         except psycopg.errors.UndefinedTable as exc:
             # Deleted while this batch started, or the user dropped the table: say so, stop.
             if EmbeddingJob.objects.filter(pk=job.pk, state=EmbeddingJob.State.ACTIVE).exists():
@@ -166,6 +184,7 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
         except psycopg.OperationalError as exc:  # the connection is gone: a new task reconnects
             _blocked(job, batches.describe(exc))
             return "active"
+        unrecorded_since = None
         if not result.taken:
             if time.monotonic() - last_work >= IDLE_S:
                 return "idle"

@@ -8,12 +8,13 @@ import time
 from datetime import timedelta
 from io import StringIO
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from psycopg import sql
 
-from console.jobs import objects, service
+from console.jobs import batches, objects, runner, service
 from console.jobs.models import EmbeddingJob, JobRunner
 from serverparams.server import ManagedServer
 from tests.console.jobstack import CLS_URI, Jobs
@@ -525,6 +526,80 @@ def test_a_model_change_embeds_again_while_the_old_vectors_stay_queryable(
     jobs.sql("UPDATE docs SET body = 'after the change' WHERE id = 1")
     jobs.wait("writes follow with the new model", lambda: jobs.stamps(job)[1] == 3)
     assert vectors_far_from(jobs, cls_model) == 0
+
+
+def _drain(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    """Run the job's batches here, without a worker, until its queue is empty."""
+    while batches.run_batch(conn, job).taken:
+        pass
+
+
+def _queued(jobs: Jobs, job: EmbeddingJob) -> int:
+    n = objects.Names(job.pk)
+    return jobs.sql(sql.SQL("SELECT count(*) FROM {}").format(n.queue).as_string())[0][0]
+
+
+def test_a_batch_with_a_record_read_before_a_model_change_started_or_ended_takes_nothing(
+    jobs: Jobs, cls_model: str
+) -> None:
+    # The console commits a change on the server before it records it, and a runner reads the
+    # record before each batch: in between, the batch must not embed with the wrong model.
+    jobs.table("docs", 20)
+    job = jobs.create(batch_size=8)  # no worker: the batches run here, one at a time
+    with service.connect(job.database, autocommit=False) as conn:
+        _drain(conn, job)
+        before = EmbeddingJob.objects.get(pk=job.pk)
+        service.change_model(job, cls_model)
+        with pytest.raises(batches.StaleJob):
+            batches.run_batch(conn, before)
+        assert _queued(jobs, job) == 20  # nothing taken, nothing stamped with the old model
+        job.refresh_from_db()
+        _drain(conn, job)
+        changing = EmbeddingJob.objects.get(pk=job.pk)
+        assert runner._caught_up(conn, changing, slot=0)  # the swap
+        jobs.sql("UPDATE docs SET body = 'after the swap' WHERE id = 1")
+        with pytest.raises(batches.StaleJob):  # the shadow it names is gone
+            batches.run_batch(conn, changing)
+        assert _queued(jobs, job) == 1
+        job.refresh_from_db()
+        assert job.model_uri == cls_model and not job.next_model_uri
+        _drain(conn, job)
+    assert vectors_far_from(jobs, cls_model) == 0
+    assert service.progress(job) == service.Progress(total=20, done=20, pending=0, failed=0)
+
+
+def test_a_runner_records_a_swap_whose_record_was_lost_and_waits_for_an_unrecorded_start(
+    jobs: Jobs, cls_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.table("docs", 10)
+    job = jobs.create()
+    monkeypatch.setattr(runner, "RUN_S", 1.5)
+    monkeypatch.setattr(runner, "IDLE_S", 0.5)
+    assert runner.run(job.pk, 0, "test", nudge=True) == "idle"
+    assert service.progress(job).done == 10
+    # The server's side of a change, as if the console had stopped before recording it.
+    with service.connect(job.database, autocommit=False) as conn:
+        objects.start_model_change(conn, job, dimensions=job.dimensions)
+    monkeypatch.setattr(runner, "UNRECORDED_CHANGE_S", 0.5)
+    assert runner.run(job.pk, 0, "test", nudge=True) == "active"
+    job.refresh_from_db()
+    assert "no record of it" in job.last_error and "change the model again" in job.last_error
+    assert _queued(jobs, job) == 10  # waiting, not embedded with the old model
+
+    # Changing the model again starts afresh; the swap then commits, and its record is lost.
+    service.pause(job)
+    service.change_model(job, cls_model)
+    job.refresh_from_db()
+    with service.connect(job.database, autocommit=False) as conn:
+        _drain(conn, job)
+        assert objects.finish_model_change(conn, job)
+    jobs.sql("UPDATE docs SET body = 'after the swap' WHERE id = 1")
+    service.resume(job)
+    assert runner.run(job.pk, 0, "test", nudge=True) == "idle"
+    job.refresh_from_db()
+    assert job.model_uri == cls_model and not job.next_model_uri and job.last_error == ""
+    assert vectors_far_from(jobs, cls_model) == 0
+    assert service.progress(job) == service.Progress(total=10, done=10, pending=0, failed=0)
 
 
 def test_a_model_change_of_a_chunking_job_swaps_its_chunk_table(jobs: Jobs, cls_model: str) -> None:
