@@ -399,6 +399,30 @@ class EmbeddingModel:
         self, session: ort.InferenceSession, ids: Sequence[Sequence[int]], lengths: np.ndarray
     ) -> np.ndarray:
         """One model run over ``ids`` padded to the longest of them."""
+        feed, mask = self.feed(ids, lengths)
+        (hidden,) = session.run([self._output], feed)
+        hidden = np.asarray(hidden, dtype=np.float32)
+        if hidden.ndim != 3 or hidden.shape[2] != self.config.dimensions:
+            raise ValueError(
+                f"{self.onnx_path} returned {self._output} of shape {hidden.shape}; the model "
+                f"config says {self.config.dimensions} dimensions"
+            )
+
+        if self.config.pooling == "cls":
+            pooled = np.array(hidden[:, 0, :])
+        else:
+            weights = mask.astype(np.float32)[:, None, :]  # (n, 1, width)
+            pooled = np.matmul(weights, hidden)[:, 0, :]
+            pooled /= lengths[:, None].astype(np.float32)
+        if self.config.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled /= np.maximum(norms, 1e-12)  # the epsilon sentence-transformers uses
+        return pooled
+
+    def feed(
+        self, ids: Sequence[Sequence[int]], lengths: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The graph's inputs for ``ids`` padded to the longest of them, and the padding mask."""
         count = len(ids)
         width = int(lengths.max())
         mask = np.arange(width) < lengths[:, None]
@@ -418,25 +442,7 @@ class EmbeddingModel:
             else:  # position_ids
                 value = np.broadcast_to(np.arange(width), (count, width))
             feed[name] = np.ascontiguousarray(value, dtype=dtype)
-
-        (hidden,) = session.run([self._output], feed)
-        hidden = np.asarray(hidden, dtype=np.float32)
-        if hidden.ndim != 3 or hidden.shape[2] != self.config.dimensions:
-            raise ValueError(
-                f"{self.onnx_path} returned {self._output} of shape {hidden.shape}; the model "
-                f"config says {self.config.dimensions} dimensions"
-            )
-
-        if self.config.pooling == "cls":
-            pooled = np.array(hidden[:, 0, :])
-        else:
-            weights = mask.astype(np.float32)[:, None, :]  # (n, 1, width)
-            pooled = np.matmul(weights, hidden)[:, 0, :]
-            pooled /= lengths[:, None].astype(np.float32)
-        if self.config.normalize:
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            pooled /= np.maximum(norms, 1e-12)  # the epsilon sentence-transformers uses
-        return pooled
+        return feed, mask
 
     def embed(
         self, texts: Sequence[str], *, input_type: str | None = None, truncate: bool = True
