@@ -128,8 +128,18 @@ def _prepare_int8(
         f"quantising to int8 (dynamic, {fmt} weights per channel, for {cpu.describe()})",
     )
     manifest["onnx"].pop("int8", None)
+    started = time.perf_counter()
     try:
-        quantize.quantize_int8(fp32, int8, fmt)
+        gate = quantize.build_int8(
+            fp32,
+            int8,
+            staging / str(manifest.get("tokenizer") or "."),
+            ModelConfig.from_manifest(manifest),
+            entry.int8_thresholds,
+            fmt,
+            cpu,
+            log=lambda line: report.emit("prepare", "log", line),
+        )
     except OSError:  # the machine's fault, not the graph's: nothing to record
         int8.unlink(missing_ok=True)
         raise
@@ -145,16 +155,6 @@ def _prepare_int8(
         report.emit("prepare", "log", f"int8 variant not built: {exc}")
         manifest.setdefault("quality", {})["int8"] = figures
         return figures
-    started = time.perf_counter()
-    gate = quantize.quality_gate(
-        fp32,
-        int8,
-        staging / str(manifest.get("tokenizer") or "."),
-        ModelConfig.from_manifest(manifest),
-        entry.int8_thresholds,
-        fmt,
-        cpu,
-    )
     report.emit("prepare", "log", f"{gate.summary()} ({time.perf_counter() - started:.1f} s)")
     manifest.setdefault("quality", {})["int8"] = gate.to_manifest()
     if gate.passed:

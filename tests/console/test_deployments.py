@@ -295,6 +295,10 @@ def test_a_worker_killed_mid_deployment_is_resumed_by_the_next_worker(
     prepare = final.steps.get(name="prepare")
     assert any("stopped" in line and "resuming" in line for line in prepare.log_lines)
     assert not list((stack.models_dir / "tiny-model").glob(".staging-*"))
+    # The model's page gives the gate's figures, and which products stayed fp32 (none here).
+    page = _client(_user("ada", ADMIN)).get(f"/models/{TINY_URI}/").content.decode()
+    assert "Passed: int8 available" in page
+    assert '<dd id="kept-fp32">none of 1 matrix products</dd>' in page
 
 
 def test_a_deployment_whose_worker_stopped_too_often_fails_with_the_reason(

@@ -78,6 +78,17 @@ def test_int8_gate_figures_are_recorded_and_decide_admission(
     )
     assert quality["passed"] is expected
     assert ("int8" in minilm_stored_model.precisions) is expected
+    # Products kept in fp32 come from the head of the outlier ranking, within the cap, and
+    # only while the verdict was not clear: the first layers' FFN down-projections lead it.
+    fp32_path = minilm_stored_model.path / minilm_stored_model.manifest["onnx"]["fp32"]
+    tokenizer = minilm_stored_model.path / str(minilm_stored_model.manifest.get("tokenizer") or ".")
+    ranking = quantize.outlier_ranking(fp32_path, tokenizer, minilm_stored_model.config)
+    assert len(ranking) == quality["matmuls"] == 36
+    assert all("/output/dense/" in name and "attention" not in name for name in ranking[:3])
+    kept = quality["kept_fp32"]
+    assert kept == ranking[: len(kept)] and len(kept) <= 36 * quantize.MAX_KEPT_SHARE
+    if kept:
+        assert "kept in fp32" in quantize.QualityReport.from_manifest(quality).summary()
     if expected:
         int8 = EmbeddingModel.from_stored(minilm_stored_model, {}, precision="int8")
         fp32 = EmbeddingModel.from_stored(minilm_stored_model, {})
