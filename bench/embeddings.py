@@ -9,7 +9,8 @@ requests of varied lengths.
 
 By profile (short queries, ~128-token passages, documents past the model's limit) and thread
 count 1..threads: the engine in-process against sentence-transformers on the same thread
-budget, with texts/s, their ratio and each one's scaling efficiency.
+budget, with texts/s, their ratio, each one's scaling efficiency and share of the SGEMM peak
+at that thread count, and the int8 variant where the store holds one.
 
 Usage: ``.venv/bin/python bench/embeddings.py [--texts N] [--requests N] [--profile-texts N]
 [--only profiles|concurrency]``. Prints a table and writes ``VAR_DIR/bench/embeddings.json``
@@ -236,42 +237,75 @@ def profile_counts(short: int) -> dict[str, int]:
     return {"short": short, "passage": max(1, short // 2), "document": max(1, short // 5)}
 
 
+def torch_sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """The best fp32 matrix-multiply rate PyTorch reaches on ``threads`` threads: the ceiling
+    of both systems' dense layers at that thread budget."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def measure_profiles(stored, reference_model, max_threads: int, short: int) -> list[dict]:
     """Engine in-process, with the layout it chooses for n cores (``layout_for``), against
     sentence-transformers (``torch.set_num_threads(n)``) per profile and thread count n in
-    1..max_threads."""
+    1..max_threads; with each one's model GFLOP/s as a share of the SGEMM peak at n threads,
+    and the int8 variant where the store holds one (it passed its gate on this machine)."""
     import torch
 
     counts = profile_counts(short)
     corpora = {name: make_profile_texts(name, counts[name]) for name in PROFILES}
+    thread_counts = range(1, max_threads + 1)
+    precisions = [p for p in ("fp32", "int8") if p in stored.precisions]
     engines = {
-        n: EmbeddingModel.from_stored(stored, layout_for(n), precision="fp32")
-        for n in range(1, max_threads + 1)
+        (n, p): EmbeddingModel.from_stored(stored, layout_for(n), precision=p)
+        for n in thread_counts
+        for p in precisions
     }
+    peaks = {n: torch_sgemm_peak_gflops(n) for n in thread_counts}
+    hidden, layers = _hidden_and_layers(stored.tokenizer_dir)
     max_tokens = stored.config.max_tokens
     rows = []
     for name, texts in corpora.items():
-        tokens = engines[1].count_tokens(texts)
-        for n, engine in engines.items():
+        counted = engines[(1, "fp32")].count_tokens(texts)
+        tokens = [min(t, max_tokens) for t in counted]
+        gflop = bert_flops(tokens, hidden, layers) / 1e9
+        for n in thread_counts:
             torch.set_num_threads(n)
+            engine = engines[(n, "fp32")]
             engine_s = timed(lambda: engine.embed(texts))  # noqa: B023
             st_s = timed(lambda: encode_reference(reference_model, texts))  # noqa: B023
-            rows.append(
-                {
-                    "profile": name,
-                    "threads": n,
-                    "layout": engine.layout.describe(),
-                    "texts": len(texts),
-                    "mean_tokens": round(sum(min(t, max_tokens) for t in tokens) / len(texts), 1),
-                    "truncated_share": round(sum(t > max_tokens for t in tokens) / len(texts), 3),
-                    "engine_texts_per_s": round(len(texts) / engine_s, 1),
-                    "st_texts_per_s": round(len(texts) / st_s, 1),
-                    "ratio": round(st_s / engine_s, 2),
-                }
-            )
+            row = {
+                "profile": name,
+                "threads": n,
+                "layout": engine.layout.describe(),
+                "texts": len(texts),
+                "mean_tokens": round(sum(tokens) / len(texts), 1),
+                "truncated_share": round(sum(t > max_tokens for t in counted) / len(texts), 3),
+                "engine_texts_per_s": round(len(texts) / engine_s, 1),
+                "st_texts_per_s": round(len(texts) / st_s, 1),
+                "ratio": round(st_s / engine_s, 2),
+                "sgemm_peak_gflops": round(peaks[n], 1),
+                "engine_share_of_peak": round(gflop / engine_s / peaks[n], 3),
+                "st_share_of_peak": round(gflop / st_s / peaks[n], 3),
+            }
+            line = f"engine {len(texts) / engine_s:.0f}"
+            if "int8" in precisions:
+                int8 = engines[(n, "int8")]
+                int8_s = timed(lambda: int8.embed(texts))  # noqa: B023
+                row["int8_texts_per_s"] = round(len(texts) / int8_s, 1)
+                row["int8_ratio"] = round(st_s / int8_s, 2)
+                line += f", int8 {len(texts) / int8_s:.0f}"
+            rows.append(row)
             print(
-                f"  {name} x{n}: engine {len(texts) / engine_s:.0f}, "
-                f"sentence-transformers {len(texts) / st_s:.0f} texts/s",
+                f"  {name} x{n}: {line}, sentence-transformers {len(texts) / st_s:.0f} texts/s",
                 flush=True,
             )
     one = {(r["profile"], r["threads"]): r for r in rows if r["threads"] == 1}
@@ -286,14 +320,23 @@ def measure_profiles(stored, reference_model, max_threads: int, short: int) -> l
 def _print_profiles(rows: list[dict]) -> None:
     print(
         f"\n{'profile':9} {'thr':>3} {'texts':>5} {'tokens':>6} {'engine/s':>9} {'ST/s':>8} "
-        f"{'ratio':>6} {'eng eff':>7} {'ST eff':>7}"
+        f"{'ratio':>6} {'eng eff':>7} {'ST eff':>7} {'eng pk':>6} {'ST pk':>6} "
+        f"{'int8/s':>7} {'int8 r':>7}"
     )
     for r in rows:
+        int8 = (
+            f"{r['int8_texts_per_s']:>7.0f} {r['int8_ratio']:>6.2f}x" if "int8_ratio" in r else ""
+        )
         print(
             f"{r['profile']:9} {r['threads']:>3} {r['texts']:>5} {r['mean_tokens']:>6.0f} "
             f"{r['engine_texts_per_s']:>9.0f} {r['st_texts_per_s']:>8.0f} {r['ratio']:>5.2f}x "
-            f"{r['engine_efficiency']:>7.0%} {r['st_efficiency']:>7.0%}"
+            f"{r['engine_efficiency']:>7.0%} {r['st_efficiency']:>7.0%} "
+            f"{r['engine_share_of_peak']:>6.0%} {r['st_share_of_peak']:>6.0%} {int8}"
         )
+    print(
+        "(eng pk, ST pk: model GFLOP/s over PyTorch's SGEMM peak at that thread count, the "
+        "ceiling of fp32 dense layers; int8 r: the int8 variant against sentence-transformers)"
+    )
 
 
 def main() -> None:
