@@ -48,18 +48,23 @@ MODEL_URI = "all-MiniLM-L6-v2:v1"
 BATCH = 32
 
 
-def sgemm_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """The best fp32 matrix-multiply rate numpy's BLAS reaches on this machine."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
+def _best_matmul_gflops(a, b, repeats: int) -> float:
+    """The best rate of ``a @ b`` (two n x n matrices) over ``repeats`` after a warm-up."""
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * a.shape[0] ** 3 / best / 1e9
+
+
+def sgemm_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """The best fp32 matrix-multiply rate numpy's BLAS reaches on this machine."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return _best_matmul_gflops(a, b, repeats)
 
 
 def bert_flops(token_counts: list[int], hidden: int, layers: int) -> float:
@@ -243,14 +248,7 @@ def torch_sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> fl
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return _best_matmul_gflops(torch.randn(n, n), torch.randn(n, n), repeats)
 
 
 def measure_profiles(stored, reference_model, max_threads: int, short: int) -> list[dict]:
