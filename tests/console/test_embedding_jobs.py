@@ -573,7 +573,7 @@ def test_a_runner_records_a_swap_whose_record_was_lost_and_waits_for_an_unrecord
 ) -> None:
     jobs.table("docs", 10)
     job = jobs.create()
-    monkeypatch.setattr(runner, "RUN_S", 1.5)
+    monkeypatch.setattr(runner, "RUN_S", 30.0)  # ends sooner: idle after IDLE_S
     monkeypatch.setattr(runner, "IDLE_S", 0.5)
     assert runner.run(job.pk, 0, "test", nudge=True) == "idle"
     assert service.progress(job).done == 10
@@ -581,6 +581,7 @@ def test_a_runner_records_a_swap_whose_record_was_lost_and_waits_for_an_unrecord
     with service.connect(job.database, autocommit=False) as conn:
         objects.start_model_change(conn, job, dimensions=job.dimensions)
     monkeypatch.setattr(runner, "UNRECORDED_CHANGE_S", 0.5)
+    monkeypatch.setattr(runner, "RUN_S", 1.5)  # waits for the record until the run ends
     assert runner.run(job.pk, 0, "test", nudge=True) == "active"
     job.refresh_from_db()
     assert "no record of it" in job.last_error and "change the model again" in job.last_error
@@ -595,6 +596,7 @@ def test_a_runner_records_a_swap_whose_record_was_lost_and_waits_for_an_unrecord
         assert objects.finish_model_change(conn, job)
     jobs.sql("UPDATE docs SET body = 'after the swap' WHERE id = 1")
     service.resume(job)
+    monkeypatch.setattr(runner, "RUN_S", 30.0)
     assert runner.run(job.pk, 0, "test", nudge=True) == "idle"
     job.refresh_from_db()
     assert job.model_uri == cls_model and not job.next_model_uri and job.last_error == ""
