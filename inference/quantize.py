@@ -55,7 +55,7 @@ QUANTISED_OPS = ("MatMul", "Attention")
 # Matrix products kept in fp32 to bring the gate's interval above its threshold: at most this
 # share of them (each costs some of int8's speed), chosen by their inputs' outliers.
 MAX_KEPT_SHARE = 0.125
-# Probes whose activations rank the matrix products (the first of the set: all its lengths).
+# Probes whose activations rank the matrix products (every n-th of the set: all its lengths).
 RANKING_PROBES = 100
 # What a manifest without a recorded format holds: the only recipe before formats were chosen.
 LEGACY_FORMAT: Int8Format = "u8"
@@ -313,16 +313,17 @@ def quality_gate(
     """Embed the probes with both graphs (through the engine) on this machine and compare them;
     ``fmt`` is the int8 graph's weight format and ``cpu`` the CPU it is measured on
     (``kept_fp32`` and ``matmuls`` only go into the report)."""
+    probes = probe_set()
+    fp32, int8 = (_embed_probes(path, tokenizer_dir, config) for path in (fp32_path, int8_path))
+    return verdict(compare(fp32, int8), thresholds, fmt, cpu, probes, kept_fp32, matmuls)
+
+
+def _embed_probes(onnx_path: Path, tokenizer_dir: Path, config: ModelConfig) -> np.ndarray:
+    """The probe set's vectors from one graph, through the engine."""
     from inference.engine import EmbeddingModel
 
-    probes = probe_set()
-    vectors = [
-        EmbeddingModel(path, tokenizer_dir, config, {}).embed(list(probes.texts)).vectors
-        for path in (fp32_path, int8_path)
-    ]
-    return verdict(
-        compare(vectors[0], vectors[1]), thresholds, fmt, cpu, probes, kept_fp32, matmuls
-    )
+    model = EmbeddingModel(onnx_path, tokenizer_dir, config, {})
+    return model.embed(list(probe_set().texts)).vectors
 
 
 def _weighted_matmuls(model: Any) -> list[tuple[str, str]]:
@@ -401,19 +402,16 @@ def build_int8(
     layers', 0.926 and 1.71x.)"""
     import onnx
 
-    from inference.engine import EmbeddingModel
-
     say = log or (lambda _line: None)
     probes = probe_set()
-    reference = EmbeddingModel(fp32_path, tokenizer_dir, config, {}).embed(list(probes.texts))
+    reference = _embed_probes(fp32_path, tokenizer_dir, config)
     matmuls = len(_weighted_matmuls(onnx.load(str(fp32_path), load_external_data=False)))
     limit = max(1, int(matmuls * MAX_KEPT_SHARE)) if matmuls else 0
     kept: list[str] = []
     ranking: list[str] = []
     while True:
         quantize_int8(fp32_path, int8_path, fmt, kept)
-        int8 = EmbeddingModel(int8_path, tokenizer_dir, config, {}).embed(list(probes.texts))
-        figures = compare(reference.vectors, int8.vectors)
+        figures = compare(reference, _embed_probes(int8_path, tokenizer_dir, config))
         report = verdict(figures, thresholds, fmt, cpu, probes, kept, matmuls)
         if report.clear or len(kept) >= limit:
             return report
