@@ -122,6 +122,23 @@ def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: in
     return count <= 1 or (count <= max_batch_size and count * width <= max_batch_tokens)
 
 
+def plan_batches(
+    lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int
+) -> list[np.ndarray]:
+    """Indices of texts of token ``lengths`` in batches for ``embed``: longest first, each
+    batch's first member setting its width and the rest padding up to it, as many as fit the
+    limits (at least one)."""
+    order = np.argsort(-lengths, kind="stable")
+    batches = []
+    start = 0
+    while start < len(order):
+        width = int(lengths[order[start]])
+        stop = min(len(order), start + max(1, min(max_batch_size, max_batch_tokens // width)))
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
 def session_options(settings: Mapping[str, Any], threads: int | None = None) -> ort.SessionOptions:
     """ONNX Runtime session options from the settings of ``inference/sidecar_settings.py``:
     ``threads`` intra-op threads (default: what the settings' layout gives a batch session)."""
@@ -458,17 +475,9 @@ class EmbeddingModel:
         lengths = tokenized.lengths
         vectors = np.empty((len(texts), self.config.dimensions), dtype=np.float32)
         settings = self._settings
-        max_size = int(settings["max_batch_size"])
-        max_tokens = int(settings["max_batch_tokens"])
-        # Longest first: each batch's first member sets its width, the rest pad up to it.
-        order = np.argsort(-lengths, kind="stable")
-        batches = []
-        start = 0
-        while start < len(order):
-            width = int(lengths[order[start]])
-            stop = min(len(order), start + max(1, min(max_size, max_tokens // width)))
-            batches.append(order[start:stop])
-            start = stop
+        batches = plan_batches(
+            lengths, int(settings["max_batch_size"]), int(settings["max_batch_tokens"])
+        )
         sessions = self.sessions
         if sessions == 1 or len(batches) == 1:
             for rows in batches:
