@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -251,28 +252,37 @@ def torch_sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> fl
     return _best_matmul_gflops(torch.randn(n, n), torch.randn(n, n), repeats)
 
 
-def measure_profiles(stored, reference_model, max_threads: int, short: int) -> list[dict]:
+def measure_profiles(
+    stored,
+    reference_model,
+    thread_counts: Sequence[int],
+    short: int,
+    corpora: dict[str, list[str]] | None = None,
+) -> list[dict]:
     """Engine in-process, with the layout it chooses for n cores (``layout_for``), against
     sentence-transformers (``torch.set_num_threads(n)``) per profile and thread count n in
-    1..max_threads; with each one's model GFLOP/s as a share of the SGEMM peak at n threads,
-    and the int8 variant where the store holds one (it passed its gate on this machine)."""
+    ``thread_counts`` (ascending); with each one's model GFLOP/s as a share of the SGEMM peak
+    at n threads, each one's scaling efficiency against the first thread count, and the int8
+    variant where the store holds one (it passed its gate on this machine). The texts:
+    ``corpora`` by profile, or ``short`` queries and as many others as ``profile_counts`` says."""
     import torch
 
-    counts = profile_counts(short)
-    corpora = {name: make_profile_texts(name, counts[name]) for name in PROFILES}
-    thread_counts = range(1, max_threads + 1)
+    if corpora is None:
+        counts = profile_counts(short)
+        corpora = {name: make_profile_texts(name, counts[name]) for name in PROFILES}
     precisions = [p for p in ("fp32", "int8") if p in stored.precisions]
     engines = {
         (n, p): EmbeddingModel.from_stored(stored, layout_for(n), precision=p)
         for n in thread_counts
         for p in precisions
     }
+    first = thread_counts[0]
     peaks = {n: torch_sgemm_peak_gflops(n) for n in thread_counts}
     hidden, layers = _hidden_and_layers(stored.tokenizer_dir)
     max_tokens = stored.config.max_tokens
     rows = []
     for name, texts in corpora.items():
-        counted = engines[(1, "fp32")].count_tokens(texts)
+        counted = engines[(first, "fp32")].count_tokens(texts)
         tokens = [min(t, max_tokens) for t in counted]
         gflop = bert_flops(tokens, hidden, layers) / 1e9
         for n in thread_counts:
@@ -306,12 +316,13 @@ def measure_profiles(stored, reference_model, max_threads: int, short: int) -> l
                 f"  {name} x{n}: {line}, sentence-transformers {len(texts) / st_s:.0f} texts/s",
                 flush=True,
             )
-    one = {(r["profile"], r["threads"]): r for r in rows if r["threads"] == 1}
+    base_rows = {r["profile"]: r for r in rows if r["threads"] == first}
     for row in rows:
-        base = one[(row["profile"], 1)]
+        base = base_rows[row["profile"]]
         for system in ("engine", "st"):
             key = f"{system}_texts_per_s"
-            row[f"{system}_efficiency"] = round(row[key] / (row["threads"] * base[key]), 2)
+            ideal = base[key] * row["threads"] / first
+            row[f"{system}_efficiency"] = round(row[key] / ideal, 2)
     return rows
 
 
@@ -359,7 +370,7 @@ def main() -> None:
     out = var_dir() / "bench" / "embeddings.json"
     if args.only == "profiles":
         print(f"by profile, threads 1..{threads} (best of 3 after a warm-up):")
-        rows = measure_profiles(stored, load_reference(), threads, args.profile_texts)
+        rows = measure_profiles(stored, load_reference(), range(1, threads + 1), args.profile_texts)
         _print_profiles(rows)
         report = json.loads(out.read_text()) if out.exists() else {"model": MODEL_URI}
         report["profiles"] = rows
@@ -448,7 +459,9 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
 
     print(f"by profile, threads 1..{threads} (best of 3 after a warm-up):")
-    profile_rows = measure_profiles(stored, reference_model, threads, args.profile_texts)
+    profile_rows = measure_profiles(
+        stored, reference_model, range(1, threads + 1), args.profile_texts
+    )
     torch.set_num_threads(threads)
 
     reference = results["sentence-transformers (PyTorch)"]
