@@ -14,12 +14,15 @@ import numpy as np
 import onnx
 import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from inference.engine import (
     MAX_CHARS_PER_TOKEN,
     EmbeddingModel,
     InputTooLongError,
+    plan_batches,
     split_by_length,
 )
 from inference.modelconfig import read_model_config
@@ -61,6 +64,25 @@ def test_a_run_of_mixed_lengths_is_split_where_padding_would_cost_more_than_a_ru
     assert [sorted(lengths[g].tolist()) for g in groups] == [[5, 5, 6, 7], [190, 200]]
     # Similar lengths stay in one run: a second run would cost more than the padding saved.
     assert len(split_by_length(np.array([10, 12, 11, 14]), overhead=48)) == 1
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=200),
+    max_size=st.integers(min_value=1, max_value=64),
+    max_tokens=st.integers(min_value=64, max_value=4096),
+)
+def test_batches_take_every_text_once_longest_first_within_the_limits(
+    lengths: list[int], max_size: int, max_tokens: int
+) -> None:
+    array = np.array(lengths)
+    batches = plan_batches(array, max_size, max_tokens)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    widths = [int(array[b].max()) for b in batches]
+    assert widths == sorted(widths, reverse=True)  # longest first
+    for batch, width in zip(batches, widths, strict=True):
+        assert array[batch[0]] == width  # the first member sets the width
+        # Within both limits, except a lone text longer than the token budget.
+        assert len(batch) == 1 or (len(batch) <= max_size and len(batch) * width <= max_tokens)
 
 
 def test_split_runs_give_the_same_vectors_as_one_padded_run(tiny_engine: EmbeddingModel) -> None:
