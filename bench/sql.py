@@ -11,6 +11,9 @@ chosen free), registers the model from the model store, then measures:
 * ``sql_in_server_p50_ms``: the same call with the vector used in the server
   (``cardinality(...)``), as a search's ``ORDER BY`` or an ``INSERT`` uses it: without
   formatting 384 floats as text and parsing them in the client;
+* ``sql_binary_p50_ms``: the same call with the result sent in binary (psycopg's
+  ``binary=True``): the vector reaches the client without formatting and parsing 384 floats
+  as text, the cost a client's choice of format adds (``path_binary_ms`` against the engine);
 * ``libpq_p50_ms``: ``SELECT 1``, the part of a call that is PostgreSQL's own;
 * ``engine_p50_ms``: the same single texts embedded by the engine in-process, and
   ``path_ms`` = ``sql_p50_ms - engine_p50_ms`` (``path_in_server_ms`` likewise): what the path
@@ -168,8 +171,8 @@ def main() -> None:
                     model_s.append(model_seconds(sidecar.url) - before)
                 return times
 
-            def sql_call(sql: str, params: list):
-                return lambda: conn.execute(sql, params).fetchone()
+            def sql_call(sql: str, params: list, binary: bool = False):
+                return lambda: conn.execute(sql, params, binary=binary).fetchone()
 
             # In alternating rounds, so that drift in the machine's speed (other processes,
             # frequency) falls on every measure alike; the engine runs in this process.
@@ -179,6 +182,7 @@ def main() -> None:
             # no 384 floats to format, send and parse in the client.
             in_server = "SELECT cardinality(azure_local_ai.create_embeddings(%s, %s))"
             sql_times, sql_tcp_times, engine_times, in_server_times = [], [], [], []
+            binary_times: list[float] = []
             engine_idle_times: list[float] = []
 
             def after_idle() -> None:
@@ -190,6 +194,7 @@ def main() -> None:
                 use_service(None)  # the Unix socket, as the server was started with
                 sql_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_s)
                 in_server_times += timed(sql_call(in_server, [uri, SENTENCE]), per_round)
+                binary_times += timed(sql_call(statement, [uri, SENTENCE], True), per_round)
                 use_service(sidecar.url)
                 sql_tcp_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_tcp_s)
                 engine_times += timed(lambda: engine.embed([SENTENCE]), per_round)
@@ -246,8 +251,10 @@ def main() -> None:
         "libpq_p50_ms": percentile_ms(libpq_times, 50),
         "engine_p50_ms": percentile_ms(engine_times, 50),
         "sql_in_server_p50_ms": percentile_ms(in_server_times, 50),
+        "sql_binary_p50_ms": percentile_ms(binary_times, 50),
         "path_ms": percentile_ms(sql_times, 50) - percentile_ms(engine_times, 50),
         "path_in_server_ms": percentile_ms(in_server_times, 50) - percentile_ms(engine_times, 50),
+        "path_binary_ms": percentile_ms(binary_times, 50) - percentile_ms(engine_times, 50),
         "engine_after_idle_p50_ms": percentile_ms(engine_idle_times, 50),
         "path_in_server_vs_idle_ms": percentile_ms(in_server_times, 50)
         - percentile_ms(engine_idle_times, 50),
@@ -274,8 +281,10 @@ def main() -> None:
         "libpq_p50_ms",
         "engine_p50_ms",
         "sql_in_server_p50_ms",
+        "sql_binary_p50_ms",
         "path_ms",
         "path_in_server_ms",
+        "path_binary_ms",
         "engine_after_idle_p50_ms",
         "path_in_server_vs_idle_ms",
         "path_beyond_model_ms",
