@@ -67,6 +67,7 @@ test: venv sysdeps-test extension lint
 # Benchmarks print tables and write JSON under $(VAR_DIR)/bench; they are not tests.
 bench: venv server
 	$(PY) bench/embeddings.py
+	$(PY) bench/cores.py
 	$(PY) bench/sql.py
 	$(PY) bench/console.py
 	$(PY) bench/deployments.py
