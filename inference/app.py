@@ -45,6 +45,7 @@ from inference import config as env
 from inference import protocol
 from inference.engine import EmbedResult
 from inference.http import (
+    DirectFirst,
     Gate,
     install_error_handlers,
     optional_bool,
@@ -58,6 +59,7 @@ from inference.http import (
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inference.registry import PRECISIONS
 from inference.service import VERSION, Sidecar
+from inference.transport import HTTPProtocol
 
 log = logging.getLogger("inference.sidecar")
 
@@ -126,7 +128,7 @@ def openai_model(facts: Mapping[str, Any]) -> dict[str, Any]:
 # -- the app ----------------------------------------------------------------------------------
 
 
-def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI:
+def create_app(var_dir: Path | None = None, token: str | None = None) -> DirectFirst:
     """The sidecar app; state under ``var_dir`` (default ``VAR_DIR``), bearer ``token``
     (default ``INFERENCE_TOKEN``; empty means none)."""
     sidecar = Sidecar(var_dir or env.var_dir())
@@ -150,13 +152,14 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     # Routes the gate answers itself, without FastAPI's routing and parameter machinery (see
     # ``Gate``): the embedding routes, where a request should pay for the model and little
     # else. They stay declared below as well, for the API's documentation.
+    # The direct routes reach their gate ahead of FastAPI's own middleware (``DirectFirst``).
     direct: dict[tuple[str, str], Any] = {}
-    app.add_middleware(
-        Gate,
-        metrics=sidecar.metrics,
-        token=env.inference_token() if token is None else token,
-        direct=direct,
-    )
+    gate_options = {
+        "metrics": sidecar.metrics,
+        "token": env.inference_token() if token is None else token,
+        "direct": direct,
+    }
+    app.add_middleware(Gate, **gate_options)
     install_error_handlers(app, sidecar.metrics)
 
     # -- OpenAI-compatible --------------------------------------------------------------------
@@ -321,7 +324,7 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> FastAPI
     async def metrics() -> Response:
         return Response(sidecar.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    return app
+    return DirectFirst(app, Gate(app, **gate_options))
 
 
 class ExposureError(SystemExit):
@@ -369,7 +372,13 @@ def serve(
     if uds is None:
         check_exposure(host, env.inference_token())
     app = create_app()
-    options: dict[str, Any] = {"access_log": False, "timeout_graceful_shutdown": 10}
+    options: dict[str, Any] = {
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+        "http": HTTPProtocol,  # each response in one write
+        # Not meant to sit behind a proxy: no X-Forwarded-* header is believed, from anyone.
+        "proxy_headers": False,
+    }
     if uds is not None or socket_path is None:
         where = f"unix:{uds}" if uds else f"http://{host}:{port}"
         log.info(

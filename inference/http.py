@@ -527,3 +527,21 @@ class Gate:
             label = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
             self.metrics.observe_request(label, scope["method"], status or 500, elapsed)
+
+
+class DirectFirst:
+    """The sidecar's ASGI app: a request for one of ``gate``'s direct routes goes straight to
+    the gate, ahead of the FastAPI app's own layers (its error, telemetry and body-limit
+    middleware, whose work the gate and the direct handlers do for these routes themselves);
+    every other request, and the lifespan, goes to ``app``, whose middleware holds a gate of
+    its own for its routes."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["method"], scope["path"]) in self.gate.direct:
+            await self.gate(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
