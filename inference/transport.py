@@ -6,8 +6,9 @@ client) is woken twice, and on a machine with few cores the second write waits u
 woken caller has looked at the head and gone back to sleep. ``HTTPProtocol`` is uvicorn's own
 protocol (httptools where installed) with its transport wrapped in ``CoalescingTransport``,
 which holds what is written during one step of the event loop and sends it as one write when
-the step ends: the head and body of a response come out together. Measured with
-``bench/sql.py``: see README.md.
+the step ends: the head and body of a response come out together. With ``http.DirectFirst``
+(the embedding routes ahead of FastAPI's middleware), ``bench/sql.py``'s path beyond the model
+fell from 1.24 ms to 0.75-0.89 ms on a 2-core VM; each alone gave 0.89 and 0.92.
 """
 
 from __future__ import annotations
