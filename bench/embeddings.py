@@ -293,7 +293,7 @@ def measure_profiles(
             row = {
                 "profile": name,
                 "threads": n,
-                "layout": engine.layout.describe(),
+                "layout": settings_schema.layout({}, cores=n).describe(),  # as on n cores
                 "texts": len(texts),
                 "mean_tokens": round(sum(tokens) / len(texts), 1),
                 "truncated_share": round(sum(t > max_tokens for t in counted) / len(texts), 3),
