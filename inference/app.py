@@ -149,10 +149,10 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> DirectF
     )
     app.state.sidecar = sidecar
 
-    # Routes the gate answers itself, without FastAPI's routing and parameter machinery (see
-    # ``Gate``): the embedding routes, where a request should pay for the model and little
-    # else. They stay declared below as well, for the API's documentation.
-    # The direct routes reach their gate ahead of FastAPI's own middleware (``DirectFirst``).
+    # Routes a gate answers itself, without FastAPI's routing, parameter machinery or
+    # middleware (see ``Gate`` and ``DirectFirst``): the embedding routes, where a request
+    # should pay for the model and little else. They stay declared below as well, for the API's
+    # documentation. The gate in FastAPI's middleware guards every other route.
     direct: dict[tuple[str, str], Any] = {}
     gate_options = {
         "metrics": sidecar.metrics,
