@@ -17,9 +17,10 @@ queries, ~128-token passages, documents past the model's limit):
   automatic one: texts/s per profile and a lone query's p50 (``embed`` of one text runs on the
   lone-request session where the layout has one).
 * **long texts**: documents on all cores, one session of every core and the automatic layout,
-  each with ONNX Runtime's memory arena off (the default) and on and with token budgets of
-  1024 (the default), 4096 and 16384; and where the time goes per operator type at 2 threads
-  and at all cores (ONNX Runtime's profiler, one session), with each type's speed-up.
+  each with the defaults (ONNX Runtime's memory arena off, a token budget of 1024), with the
+  arena on, and with budgets of 4096 and 16384; and where the time goes per operator type at
+  2 threads and at all cores (ONNX Runtime's profiler, one session), with each type's
+  speed-up.
 
 Usage: ``.venv/bin/python bench/cores.py [--thread-counts 1,2,4] [--only
 scaling|layouts|long]``. Prints tables and writes ``VAR_DIR/bench/cores.json``
@@ -221,8 +222,9 @@ def op_profile(stored, texts: list[str], threads: int, max_batch_tokens: int) ->
 
 
 def measure_long(stored, cores: int, documents: list[str]) -> dict:
-    """Documents on all cores: layouts x memory arena x token budget, and the operator
-    profile at 2 threads against all cores."""
+    """Documents on all cores: for one session of every core and the automatic layout, the
+    defaults, the memory arena on and larger token budgets; and the operator profile at 2
+    threads against all cores."""
     variants = []
     for sessions, threads in ((1, cores), (0, 0)):
         for arena in (False, True):
