@@ -42,12 +42,13 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import PROFILES, make_profile_texts
 from bench.embeddings import (
     _print_profiles,
     ensure_model,
+    layout_for_cores,
     load_reference,
     measure_profiles,
+    profile_corpora,
     timed,
     torch_sgemm_peak_gflops,
 )
@@ -135,8 +136,7 @@ def layout_corpora(cores: int) -> dict[str, list[str]]:
     """Texts of each profile enough for two batches per session of the layout with the most
     sessions (one per core) at the default budget: 64 short queries, 7 passages or 4
     documents a batch."""
-    counts = {"short": 128 * cores, "passage": 14 * cores, "document": 8 * cores}
-    return {name: make_profile_texts(name, counts[name]) for name in PROFILES}
+    return profile_corpora({"short": 128 * cores, "passage": 14 * cores, "document": 8 * cores})
 
 
 def bulk_texts_per_s(engine: EmbeddingModel, texts: list[str]) -> float:
@@ -166,17 +166,6 @@ def measure_layouts(stored, cores: int, corpora: dict[str, list[str]]) -> list[d
         rows.append(row)
         print(f"{line}  lone {row['lone_p50_ms']:.2f} ms", flush=True)
     return rows
-
-
-def layout_for_cores(settings: dict, cores: int) -> dict:
-    """``settings`` with the layout they give on ``cores`` cores written out, so that the
-    engine builds it whatever the machine's own core count."""
-    chosen = settings_schema.layout(settings, cores=cores)
-    return {
-        **settings,
-        "engine_sessions": chosen.sessions,
-        "intra_op_parallelism": chosen.threads,
-    }
 
 
 def op_profile(stored, texts: list[str], threads: int, max_batch_tokens: int) -> dict:
@@ -313,9 +302,7 @@ def main() -> None:
     sizes = ", ".join(f"{len(texts)} {name}" for name, texts in corpora.items())
     if args.only in (None, "scaling"):
         print(f"\nscaling, thread counts {thread_counts} ({sizes}; best of 3 after a warm-up):")
-        report["scaling"] = measure_profiles(
-            stored, load_reference(), thread_counts, 0, corpora=corpora
-        )
+        report["scaling"] = measure_profiles(stored, load_reference(), thread_counts, corpora)
         _print_profiles(report["scaling"])
         _save(report, out)
 

@@ -141,15 +141,21 @@ def plain_ort(onnx_path: Path, tokenizer_dir: Path, max_tokens: int, threads: in
     return embed
 
 
-def layout_for(threads: int) -> dict:
-    """Settings with the layout the engine chooses on a machine of ``threads`` cores: the
-    engine's side of a comparison at that thread budget."""
-    chosen = settings_schema.layout({}, cores=threads)
+def layout_for_cores(settings: dict, cores: int) -> dict:
+    """``settings`` with the layout they give on ``cores`` cores written out, so that the
+    engine builds it whatever the machine's own core count."""
+    chosen = settings_schema.layout(settings, cores=cores)
     return {
-        **settings_schema.defaults(),
+        **settings,
         "engine_sessions": chosen.sessions,
         "intra_op_parallelism": chosen.threads,
     }
+
+
+def layout_for(threads: int) -> dict:
+    """Settings with the layout the engine chooses on a machine of ``threads`` cores: the
+    engine's side of a comparison at that thread budget."""
+    return layout_for_cores(settings_schema.defaults(), threads)
 
 
 def start_bench_sidecar(stored_path: Path, state: Path, threads: int) -> SidecarProcess:
@@ -243,6 +249,11 @@ def profile_counts(short: int) -> dict[str, int]:
     return {"short": short, "passage": max(1, short // 2), "document": max(1, short // 5)}
 
 
+def profile_corpora(counts: dict[str, int]) -> dict[str, list[str]]:
+    """``counts[profile]`` texts of each profile of ``bench/corpus.py``."""
+    return {name: make_profile_texts(name, counts[name]) for name in PROFILES}
+
+
 def torch_sgemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     """The best fp32 matrix-multiply rate PyTorch reaches on ``threads`` threads: the ceiling
     of both systems' dense layers at that thread budget."""
@@ -256,20 +267,16 @@ def measure_profiles(
     stored,
     reference_model,
     thread_counts: Sequence[int],
-    short: int,
-    corpora: dict[str, list[str]] | None = None,
+    corpora: dict[str, list[str]],
 ) -> list[dict]:
     """Engine in-process, with the layout it chooses for n cores (``layout_for``), against
     sentence-transformers (``torch.set_num_threads(n)``) per profile and thread count n in
     ``thread_counts`` (ascending); with each one's model GFLOP/s as a share of the SGEMM peak
     at n threads, each one's scaling efficiency against the first thread count, and the int8
-    variant where the store holds one (it passed its gate on this machine). The texts:
-    ``corpora`` by profile, or ``short`` queries and as many others as ``profile_counts`` says."""
+    variant where the store holds one (it passed its gate on this machine), on ``corpora``
+    (texts by profile)."""
     import torch
 
-    if corpora is None:
-        counts = profile_counts(short)
-        corpora = {name: make_profile_texts(name, counts[name]) for name in PROFILES}
     precisions = [p for p in ("fp32", "int8") if p in stored.precisions]
     engines = {
         (n, p): EmbeddingModel.from_stored(stored, layout_for(n), precision=p)
@@ -293,7 +300,7 @@ def measure_profiles(
             row = {
                 "profile": name,
                 "threads": n,
-                "layout": settings_schema.layout({}, cores=n).describe(),  # as on n cores
+                "layout": settings_schema.layout(layout_for(n), cores=n).describe(),
                 "texts": len(texts),
                 "mean_tokens": round(sum(tokens) / len(texts), 1),
                 "truncated_share": round(sum(t > max_tokens for t in counted) / len(texts), 3),
@@ -370,7 +377,12 @@ def main() -> None:
     out = var_dir() / "bench" / "embeddings.json"
     if args.only == "profiles":
         print(f"by profile, threads 1..{threads} (best of 3 after a warm-up):")
-        rows = measure_profiles(stored, load_reference(), range(1, threads + 1), args.profile_texts)
+        rows = measure_profiles(
+            stored,
+            load_reference(),
+            range(1, threads + 1),
+            profile_corpora(profile_counts(args.profile_texts)),
+        )
         _print_profiles(rows)
         report = json.loads(out.read_text()) if out.exists() else {"model": MODEL_URI}
         report["profiles"] = rows
@@ -460,7 +472,10 @@ def main() -> None:
 
     print(f"by profile, threads 1..{threads} (best of 3 after a warm-up):")
     profile_rows = measure_profiles(
-        stored, reference_model, range(1, threads + 1), args.profile_texts
+        stored,
+        reference_model,
+        range(1, threads + 1),
+        profile_corpora(profile_counts(args.profile_texts)),
     )
     torch.set_num_threads(threads)
 
