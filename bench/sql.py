@@ -15,12 +15,26 @@ chosen free), registers the model from the model store, then measures:
   ``binary=True``): the vector reaches the client without formatting and parsing 384 floats
   as text, the cost a client's choice of format adds (``path_binary_ms`` against the engine);
 * ``libpq_p50_ms``: ``SELECT 1``, the part of a call that is PostgreSQL's own;
+* ``sql_control_p50_ms``: the same call against a control in place of the sidecar: a bare
+  socket loop in this process that answers every request with the same vector after keeping
+  its CPU busy for the engine's p50 (``control_wait_ms``), as the model keeps the sidecar's.
+  ``path_control_ms`` (the control's call less that wait) is what the path costs with no
+  sidecar software at all: libpq, the module, the HTTP exchange and each process waking;
+  ``sidecar_share_ms`` (``path_ms - path_control_ms``) is the sidecar's own part;
 * ``engine_p50_ms``: the same single texts embedded by the engine in-process, and
   ``path_ms`` = ``sql_p50_ms - engine_p50_ms`` (``path_in_server_ms`` likewise): what the path
   around the model costs; ``path_beyond_model_ms``: the mean SQL call less the sidecar's own
   mean model time for the same calls (from its metrics), which leaves out the engine's speed
   varying between processes; ``engine_after_idle_p50_ms``: the engine in-process with a pause
   of 1.5 ms before each call, as a lone query finds it, and ``path_in_server_vs_idle_ms``;
+* ``cpu_per_call_ms``: CPU time per call of each process on the path (this client, the
+  server's backend, the sidecar with all its threads), for ``SELECT 1``, the SQL call over the
+  Unix socket and the engine in-process, from the kernel's per-thread accounting
+  (``/proc/<pid>/task/*/schedstat``, Linux). Unlike the latencies, which drift with the
+  machine's speed between runs, these say which process the path's time goes to;
+  ``sidecar_cpu_beyond_engine_ms`` is what the sidecar spends on a call beyond what the same
+  embedding costs in-process, ``backend_cpu_beyond_select_1_ms`` what the module adds to a
+  statement's own work;
 * ``concurrent_rows_per_s``: 8 sessions issuing single-text calls at once;
 * ``array_rows_per_s``: the array overload over 10,000 texts in one statement;
 * ``engine_rows_per_s``: the engine in-process over the same 10,000 texts.
@@ -38,6 +52,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -51,6 +66,7 @@ import psycopg.sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import make_texts
+from inference import protocol
 from inference import sidecar_settings as settings_schema
 from inference.__main__ import USER_ERRORS
 from inference.config import models_dir, var_dir
@@ -89,6 +105,113 @@ def model_seconds(url: str) -> float:
         if line.startswith("inference_batch_run_seconds_sum"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds process ``pid`` has run on a CPU, all its threads together (Linux's
+    per-thread ``schedstat``, exact to the nanosecond); None where the kernel does not say."""
+    total = 0
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return None
+    for task in tasks.iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total
+
+
+class CpuMeter:
+    """CPU time per call of each named process, summed over the blocks of calls it watches."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.spent: dict[str, dict[str, int]] = {}
+        self.calls: dict[str, int] = {}
+
+    @property
+    def available(self) -> bool:
+        return all(cpu_ns(pid) is not None for pid in self.pids.values())
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: cpu_ns(pid) or 0 for name, pid in self.pids.items()}
+
+    def add(self, measure: str, before: dict[str, int], calls: int) -> None:
+        after = self.snapshot()
+        spent = self.spent.setdefault(measure, dict.fromkeys(self.pids, 0))
+        for name in self.pids:
+            spent[name] += after[name] - before[name]
+        self.calls[measure] = self.calls.get(measure, 0) + calls
+
+    def per_call_ms(self) -> dict[str, dict[str, float]]:
+        return {
+            measure: {name: ns / self.calls[measure] / 1e6 for name, ns in spent.items()}
+            for measure, spent in self.spent.items()
+        }
+
+
+class ControlResponder:
+    """The control of ``sql_control_p50_ms``: on the Unix socket ``path``, answers each HTTP
+    request with ``body`` (the binary route's response) after keeping its thread busy for
+    ``busy_s``; no framework, no model, nothing but reading the request and writing the
+    answer in one write. Each connection on a thread of its own."""
+
+    def __init__(self, path: Path, body: bytes, busy_s: float) -> None:
+        self.head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.body = body
+        self.busy_s = busy_s
+        path.unlink(missing_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        path.chmod(0o666)  # the server's backends run as its own user
+        self.listener.listen()
+        self.path = path
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            self._answer_each(connection)
+
+    def _answer_each(self, connection: socket.socket) -> None:
+        pending = b""
+        while True:
+            while b"\r\n\r\n" not in pending:
+                data = connection.recv(65536)
+                if not data:
+                    return
+                pending += data
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(pending) < length:
+                data = connection.recv(65536)
+                if not data:
+                    return
+                pending += data
+            pending = pending[length:]
+            until = time.perf_counter() + self.busy_s
+            while time.perf_counter() < until:  # busy, as the model keeps the sidecar
+                pass
+            connection.sendall(self.head + self.body)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.path.unlink(missing_ok=True)
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -151,15 +274,31 @@ def main() -> None:
                 conn.execute("SELECT pg_reload_conf()")
                 time.sleep(0.3)  # the backend reads the reloaded file between statements
 
+            cpu = CpuMeter(
+                {
+                    "client": os.getpid(),
+                    "backend": conn.execute("SELECT pg_backend_pid()").fetchone()[0],
+                    "sidecar": sidecar.process.pid,
+                }
+            )
+            measure_cpu = cpu.available
+
             def timed(
-                call, count: int, model_s: list[float] | None = None, pause=None
+                call,
+                count: int,
+                model_s: list[float] | None = None,
+                pause=None,
+                cpu_measure: str | None = None,
             ) -> list[float]:
                 """``count`` timings of ``call`` after a warm-up, each after ``pause()`` (not
                 timed) when given; with ``model_s``, also the sidecar's own time in the model
-                for them (its run-time histogram's sum over the block)."""
+                for them (its run-time histogram's sum over the block); with ``cpu_measure``,
+                each process's CPU time over the block, under that name."""
                 for _ in range(WARM_UP):  # caches, and the other side's idle threads settling
                     call()
                 before = model_seconds(sidecar.url) if model_s is not None else 0.0
+                cpu_measure = cpu_measure if measure_cpu else None
+                cpu_before = cpu.snapshot() if cpu_measure else {}
                 times = []
                 for _ in range(count):
                     if pause is not None:
@@ -167,6 +306,8 @@ def main() -> None:
                     start = time.perf_counter()
                     call()
                     times.append(time.perf_counter() - start)
+                if cpu_measure:
+                    cpu.add(cpu_measure, cpu_before, count)
                 if model_s is not None:
                     model_s.append(model_seconds(sidecar.url) - before)
                 return times
@@ -177,7 +318,7 @@ def main() -> None:
             # In alternating rounds, so that drift in the machine's speed (other processes,
             # frequency) falls on every measure alike; the engine runs in this process.
             per_round = max(1, args.single // ROUNDS)
-            libpq_times = timed(sql_call("SELECT 1", []), args.single)
+            libpq_times = timed(sql_call("SELECT 1", []), args.single, cpu_measure="select_1")
             # The vector used in the server, as a query's ORDER BY or an INSERT uses it:
             # no 384 floats to format, send and parse in the client.
             in_server = "SELECT cardinality(azure_local_ai.create_embeddings(%s, %s))"
@@ -190,18 +331,34 @@ def main() -> None:
 
             model_s: list[float] = []
             model_tcp_s: list[float] = []
+            # The control answers with this sentence's real vector after as long as the
+            # engine takes for it (its p50 over a first block).
+            control_wait_s = float(np.median(timed(lambda: engine.embed([SENTENCE]), 50)))
+            control = ControlResponder(
+                server.socket_dir / "control.sock",
+                protocol.encode_response(engine.embed([SENTENCE]).vectors),
+                control_wait_s,
+            )
+            control_times: list[float] = []
             for _ in range(ROUNDS):
+                use_service(f"unix:{control.path}")
+                control_times += timed(sql_call(statement, [uri, SENTENCE]), per_round)
                 use_service(None)  # the Unix socket, as the server was started with
-                sql_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_s)
+                sql_times += timed(
+                    sql_call(statement, [uri, SENTENCE]), per_round, model_s, cpu_measure="sql"
+                )
                 in_server_times += timed(sql_call(in_server, [uri, SENTENCE]), per_round)
                 binary_times += timed(sql_call(statement, [uri, SENTENCE], True), per_round)
                 use_service(sidecar.url)
                 sql_tcp_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_tcp_s)
-                engine_times += timed(lambda: engine.embed([SENTENCE]), per_round)
+                engine_times += timed(
+                    lambda: engine.embed([SENTENCE]), per_round, cpu_measure="engine"
+                )
                 engine_idle_times += timed(
                     lambda: engine.embed([SENTENCE]), per_round, pause=after_idle
                 )
             use_service(None)
+            control.close()
 
             start = time.perf_counter()
             (rows,) = conn.execute(
@@ -249,10 +406,13 @@ def main() -> None:
         "sql_p99_ms": percentile_ms(sql_times, 99),
         "sql_tcp_p50_ms": percentile_ms(sql_tcp_times, 50),
         "libpq_p50_ms": percentile_ms(libpq_times, 50),
+        "sql_control_p50_ms": percentile_ms(control_times, 50),
+        "control_wait_ms": control_wait_s * 1000,
         "engine_p50_ms": percentile_ms(engine_times, 50),
         "sql_in_server_p50_ms": percentile_ms(in_server_times, 50),
         "sql_binary_p50_ms": percentile_ms(binary_times, 50),
         "path_ms": percentile_ms(sql_times, 50) - percentile_ms(engine_times, 50),
+        "path_control_ms": percentile_ms(control_times, 50) - control_wait_s * 1000,
         "path_in_server_ms": percentile_ms(in_server_times, 50) - percentile_ms(engine_times, 50),
         "path_binary_ms": percentile_ms(binary_times, 50) - percentile_ms(engine_times, 50),
         "engine_after_idle_p50_ms": percentile_ms(engine_idle_times, 50),
@@ -267,7 +427,21 @@ def main() -> None:
         "concurrent_rows_per_s": SESSIONS * per_session / concurrent_s,
         "array_rows_per_s": len(texts) / array_s,
         "engine_rows_per_s": len(texts) / engine_s,
+        "cpu_per_call_ms": None,
     }
+    results["sidecar_share_ms"] = results["path_ms"] - results["path_control_ms"]
+    if measure_cpu:
+        per_call = cpu.per_call_ms()
+        results["cpu_per_call_ms"] = per_call
+        results["sidecar_cpu_beyond_engine_ms"] = (
+            per_call["sql"]["sidecar"] - per_call["engine"]["client"]
+        )
+        results["backend_cpu_beyond_select_1_ms"] = (
+            per_call["sql"]["backend"] - per_call["select_1"]["backend"]
+        )
+        results["client_cpu_beyond_select_1_ms"] = (
+            per_call["sql"]["client"] - per_call["select_1"]["client"]
+        )
     out = var_dir() / "bench" / "sql.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -279,10 +453,14 @@ def main() -> None:
         "sql_p99_ms",
         "sql_tcp_p50_ms",
         "libpq_p50_ms",
+        "sql_control_p50_ms",
+        "control_wait_ms",
         "engine_p50_ms",
         "sql_in_server_p50_ms",
         "sql_binary_p50_ms",
         "path_ms",
+        "path_control_ms",
+        "sidecar_share_ms",
         "path_in_server_ms",
         "path_binary_ms",
         "engine_after_idle_p50_ms",
@@ -294,6 +472,27 @@ def main() -> None:
         "engine_rows_per_s",
     ):
         print(f"{key:34} {results[key]:12.2f}")
+    if measure_cpu:
+        print()
+        print(f"{'CPU per call (ms)':34} {'client':>8} {'backend':>8} {'sidecar':>8} {'total':>8}")
+        for measure, label in (
+            ("select_1", "SELECT 1"),
+            ("sql", "create_embeddings (Unix socket)"),
+            ("engine", "engine in-process"),
+        ):
+            row = results["cpu_per_call_ms"][measure]
+            print(
+                f"{label:34} {row['client']:8.3f} {row['backend']:8.3f} {row['sidecar']:8.3f} "
+                f"{sum(row.values()):8.3f}"
+            )
+        for key in (
+            "sidecar_cpu_beyond_engine_ms",
+            "backend_cpu_beyond_select_1_ms",
+            "client_cpu_beyond_select_1_ms",
+        ):
+            print(f"{key:34} {results[key]:12.3f}")
+    else:
+        print("CPU per call: not measured (the kernel gives no per-thread schedstat here)")
     print(f"written to {out}")
 
 
