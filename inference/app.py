@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope
 
 from inference import config as env
 from inference import protocol
@@ -203,10 +204,10 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> DirectF
 
     # -- binary route for the SQL module ------------------------------------------------------
 
-    @app.post(protocol.PATH)
-    async def internal_embed(request: Request) -> Response:
-        """The compact route of ``inference/protocol.py``; same limits as /v1/embeddings."""
-        asked = await read_binary_request(request, sidecar.values)
+    async def binary_embed(scope: Scope, receive: Receive) -> Response:
+        """The binary route, read from the ASGI scope and messages: what a lone query from SQL
+        pays for besides its model run is kept small (see ``read_binary_request``)."""
+        asked = await read_binary_request(scope, receive, sidecar.values)
         result = await sidecar.embed(
             asked.model,
             asked.texts,
@@ -220,8 +221,16 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> DirectF
             headers={"X-Prompt-Tokens": str(int(sum(result.token_counts)))},
         )
 
-    direct[("POST", "/v1/embeddings")] = embeddings
-    direct[("POST", protocol.PATH)] = internal_embed
+    @app.post(protocol.PATH)
+    async def internal_embed(request: Request) -> Response:
+        """The compact route of ``inference/protocol.py``; same limits as /v1/embeddings."""
+        return await binary_embed(request.scope, request.receive)
+
+    async def direct_embeddings(scope: Scope, receive: Receive) -> Response:
+        return await embeddings(Request(scope, receive))
+
+    direct[("POST", "/v1/embeddings")] = direct_embeddings
+    direct[("POST", protocol.PATH)] = binary_embed
 
     # -- chunking ----------------------------------------------------------------------------
 

@@ -14,11 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import protocol
@@ -185,22 +187,41 @@ def _too_large(size: int, limit: int) -> APIError:
     )
 
 
+def _check_declared_size(declared: str | None, limit: int) -> None:
+    """Refuse a body whose ``Content-Length`` is not a number (400) or exceeds ``limit`` (413)."""
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError:
+        raise invalid(f"Content-Length {declared!r} is not a number", status=400) from None
+    if size > limit:
+        raise _too_large(size, limit)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise invalid(f"Content-Length {declared!r} is not a number", status=400) from None
-        if size > limit:
-            raise _too_large(size, limit)
+    _check_declared_size(request.headers.get("content-length"), limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise _too_large(len(body), limit)
     return bytes(body)
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    """``read_body`` from the ASGI messages themselves, for the binary route."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+        if not message.get("more_body", False):
+            return body
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
@@ -286,7 +307,10 @@ def check_texts(texts: list[str], limit: int, *, single: bool = False) -> None:
 
 def parse_timeout(request: Request) -> float | None:
     """Seconds from ``X-Timeout-Ms``; None when absent or 0 (no limit)."""
-    raw = request.headers.get("x-timeout-ms")
+    return _timeout_seconds(request.headers.get("x-timeout-ms"))
+
+
+def _timeout_seconds(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
@@ -391,9 +415,21 @@ async def read_chunks_request(request: Request, limits: Mapping[str, Any]) -> Ch
     )
 
 
-async def read_binary_request(request: Request, limits: Mapping[str, Any]) -> EmbeddingsRequest:
-    """A request of the binary route of ``inference/protocol.py``: the query, then the body."""
-    query = request.query_params
+async def read_binary_request(
+    scope: Scope, receive: Receive, limits: Mapping[str, Any]
+) -> EmbeddingsRequest:
+    """A request of the binary route of ``inference/protocol.py``: the query, then the body.
+
+    Read from the ASGI scope and messages themselves, with what Starlette's ``Request`` would
+    give (the last of repeated query parameters, the first of repeated headers): the lone
+    query from SQL pays for little besides its model run."""
+    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    declared_size = timeout_raw = None
+    for name, value in scope["headers"]:
+        if name == b"content-length" and declared_size is None:
+            declared_size = value.decode("latin-1")
+        elif name == b"x-timeout-ms" and timeout_raw is None:
+            timeout_raw = value.decode("latin-1")
     uri = query.get("model") or ""
     if not uri:
         raise invalid("query parameter model is required, e.g. ?model=name:version", "model")
@@ -403,7 +439,9 @@ async def read_binary_request(request: Request, limits: Mapping[str, Any]) -> Em
     truncate_raw = (query.get("truncate") or "true").lower()
     if truncate_raw not in ("true", "false"):
         raise invalid(f"truncate must be true or false, got {truncate_raw!r}", "truncate")
-    body = await read_body(request, limits["max_request_bytes"])
+    limit = limits["max_request_bytes"]
+    _check_declared_size(declared_size, limit)
+    body = await _receive_body(receive, limit)
     try:
         texts = protocol.decode_request(body)
     except protocol.ProtocolError as exc:
@@ -414,14 +452,15 @@ async def read_binary_request(request: Request, limits: Mapping[str, Any]) -> Em
         texts=texts,
         input_type=input_type,
         truncate=truncate_raw == "true",
-        timeout_s=parse_timeout(request),
+        timeout_s=_timeout_seconds(timeout_raw),
     )
 
 
 # -- the gate ---------------------------------------------------------------------------------
 
 
-DirectHandler = Callable[[Request], Awaitable[Response]]
+# A direct route's handler: from the request's scope and receive channel to its response.
+DirectHandler = Callable[[Scope, Receive], Awaitable[ASGIApp]]
 
 
 @dataclass(frozen=True)
@@ -441,8 +480,8 @@ class Gate:
     Written as plain ASGI so that it adds next to nothing to the embedding routes. Routes in
     ``direct`` (``{(method, path): handler}``) are answered here, without FastAPI's routing and
     parameter machinery: the SQL module's binary route, where a lone query should pay for the
-    model and little else. A handler takes the Starlette request and returns the response;
-    the refusals it raises get the same JSON error bodies as every other route.
+    model and little else. A handler takes the request's scope and receive channel and returns
+    the response; the refusals it raises get the same JSON error bodies as every other route.
     """
 
     def __init__(
@@ -471,7 +510,7 @@ class Gate:
         self, handler: DirectHandler, scope: Scope, receive: Receive, send: Send
     ) -> None:
         try:
-            response = await handler(Request(scope, receive))
+            response = await handler(scope, receive)
         except (APIError, ServiceError, RegistryError) as refusal:
             response = refusal_response(refusal, self.metrics)
         await response(scope, receive, send)

@@ -30,6 +30,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # (route, method, status) -> its children of the two request metrics
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "inference_requests",
             "HTTP requests by route template, method and status code.",
@@ -103,8 +105,17 @@ class Metrics:
         )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_duration.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # the labels are looked up once per route, method and status
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_duration.labels(route),
+            )
+            self._request_children[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     def observe_error(self, code: str) -> None:
         self.errors.labels(code).inc()

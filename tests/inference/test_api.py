@@ -324,6 +324,11 @@ def test_request_limits_follow_the_settings_live(http: httpx.Client) -> None:
             protocol.PATH, params={"model": TINY_URI}, content=protocol.encode_request(big)
         )
         error_of(binary, 413, "request_too_large")
+        encoded = protocol.encode_request(big)
+        binary_chunked = http.post(
+            protocol.PATH, params={"model": TINY_URI}, content=iter([encoded[:500], encoded[500:]])
+        )
+        error_of(binary_chunked, 413, "request_too_large")
     finally:
         restore = {k: before[k] for k in ("max_inputs_per_request", "max_request_bytes")}
         assert http.put("/settings", json=restore).status_code == 200
@@ -389,6 +394,11 @@ def test_binary_route_applies_input_type_and_truncate(
     np.testing.assert_allclose(
         protocol.decode_response(query.content), vectors_of(expected), atol=1e-6
     )
+    # A repeated query parameter counts by its last value, as on every other route.
+    repeated = http.post(
+        protocol.PATH, params=[("model", "nope:v1"), ("model", prefixed_uri)], content=body
+    )
+    assert repeated.status_code == 200, repeated.text
     long = protocol.encode_request(["cat " * 100])
     refused = http.post(
         protocol.PATH, params={"model": TINY_URI, "truncate": "false"}, content=long
