@@ -17,8 +17,9 @@ chosen free), registers the model from the model store, then measures:
 * ``libpq_p50_ms``: ``SELECT 1``, the part of a call that is PostgreSQL's own;
 * ``sql_control_p50_ms``: the same call against a control in place of the sidecar: a bare
   socket loop in this process that answers every request with the same vector after keeping
-  its CPU busy for the engine's p50 (``control_wait_ms``), as the model keeps the sidecar's.
-  ``path_control_ms`` (the control's call less that wait) is what the path costs with no
+  its CPU busy for the engine's p50 (``control_wait_ms``; over the engine's block of the
+  round before, so that it follows the machine's speed), as the model keeps the sidecar's.
+  ``path_control_ms`` (the control's calls less their wait) is what the path costs with no
   sidecar software at all: libpq, the module, the HTTP exchange and each process waking;
   ``sidecar_share_ms`` (``path_ms - path_control_ms``) is the sidecar's own part;
 * ``engine_p50_ms``: the same single texts embedded by the engine in-process, and
@@ -332,17 +333,18 @@ def main() -> None:
             model_s: list[float] = []
             model_tcp_s: list[float] = []
             # The control answers with this sentence's real vector after as long as the
-            # engine takes for it (its p50 over a first block).
-            control_wait_s = float(np.median(timed(lambda: engine.embed([SENTENCE]), 50)))
+            # engine takes for it: its p50 over a first block, then over the round before.
             control = ControlResponder(
                 server.socket_dir / "control.sock",
                 protocol.encode_response(engine.embed([SENTENCE]).vectors),
-                control_wait_s,
+                float(np.median(timed(lambda: engine.embed([SENTENCE]), per_round))),
             )
             control_times: list[float] = []
+            control_waits: list[float] = []
             for _ in range(ROUNDS):
                 use_service(f"unix:{control.path}")
                 control_times += timed(sql_call(statement, [uri, SENTENCE]), per_round)
+                control_waits += [control.busy_s] * per_round
                 use_service(None)  # the Unix socket, as the server was started with
                 sql_times += timed(
                     sql_call(statement, [uri, SENTENCE]), per_round, model_s, cpu_measure="sql"
@@ -351,9 +353,11 @@ def main() -> None:
                 binary_times += timed(sql_call(statement, [uri, SENTENCE], True), per_round)
                 use_service(sidecar.url)
                 sql_tcp_times += timed(sql_call(statement, [uri, SENTENCE]), per_round, model_tcp_s)
-                engine_times += timed(
+                engine_block = timed(
                     lambda: engine.embed([SENTENCE]), per_round, cpu_measure="engine"
                 )
+                engine_times += engine_block
+                control.busy_s = float(np.median(engine_block))
                 engine_idle_times += timed(
                     lambda: engine.embed([SENTENCE]), per_round, pause=after_idle
                 )
@@ -407,12 +411,14 @@ def main() -> None:
         "sql_tcp_p50_ms": percentile_ms(sql_tcp_times, 50),
         "libpq_p50_ms": percentile_ms(libpq_times, 50),
         "sql_control_p50_ms": percentile_ms(control_times, 50),
-        "control_wait_ms": control_wait_s * 1000,
+        "control_wait_ms": percentile_ms(control_waits, 50),
         "engine_p50_ms": percentile_ms(engine_times, 50),
         "sql_in_server_p50_ms": percentile_ms(in_server_times, 50),
         "sql_binary_p50_ms": percentile_ms(binary_times, 50),
         "path_ms": percentile_ms(sql_times, 50) - percentile_ms(engine_times, 50),
-        "path_control_ms": percentile_ms(control_times, 50) - control_wait_s * 1000,
+        "path_control_ms": percentile_ms(
+            [call - wait for call, wait in zip(control_times, control_waits, strict=True)], 50
+        ),
         "path_in_server_ms": percentile_ms(in_server_times, 50) - percentile_ms(engine_times, 50),
         "path_binary_ms": percentile_ms(binary_times, 50) - percentile_ms(engine_times, 50),
         "engine_after_idle_p50_ms": percentile_ms(engine_idle_times, 50),
