@@ -212,16 +212,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def _receive_body(receive: Receive, limit: int) -> bytes:
     """``read_body`` from the ASGI messages themselves, for the binary route."""
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        body += message.get("body", b"")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body = message.get("body", b"")  # the whole body in one message, as a lone query's is
         if len(body) > limit:
             raise _too_large(len(body), limit)
+        return body
+    parts = bytearray()
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        parts += message.get("body", b"")
+        if len(parts) > limit:
+            raise _too_large(len(parts), limit)
         if not message.get("more_body", False):
-            return body
+            return bytes(parts)
+        message = await receive()
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
