@@ -147,6 +147,9 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> DirectF
         version=VERSION,
         description="Local text embeddings with ONNX Runtime; OpenAI-compatible.",
         lifespan=lifespan,
+        # Its clients are programs, the SQL module first, which take a redirect for an error
+        # they cannot read: a path that matches no route is answered 404 as it is.
+        redirect_slashes=False,
     )
     app.state.sidecar = sidecar
 

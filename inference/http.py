@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,7 @@ from inference.registry import (
     RegistrationConflict,
     RegistryError,
     UnknownModel,
+    check_uri,
 )
 from inference.service import (
     DimensionsNotSupported,
@@ -465,6 +466,29 @@ async def read_binary_request(
 # -- the gate ---------------------------------------------------------------------------------
 
 
+# Paths whose next segment is a model URI.
+_MODEL_PATH_PREFIXES = (b"/models/", b"/v1/models/")
+
+
+def model_segment_refusal(scope: Scope) -> InvalidModelURI | None:
+    """The refusal of a model URI holding a '/' in a model route's path, else None.
+
+    No model URI holds one (``catalog.parse_uri``), but a client that escapes a URI sends it as
+    ``%2F``, which routing, on the decoded path, would take for a separator: another route's
+    405, a redirect or "no route" instead of saying what is wrong with the URI."""
+    raw = scope.get("raw_path") or b""
+    for prefix in _MODEL_PATH_PREFIXES:
+        if raw.startswith(prefix):
+            segment = raw[len(prefix) :].split(b"/", 1)[0]
+            if b"%2f" not in segment.lower():
+                return None
+            try:
+                check_uri(unquote(segment.decode("latin-1")))
+            except InvalidModelURI as refusal:
+                return refusal
+    return None
+
+
 # A direct route's handler: from the request's scope and receive channel to its response.
 DirectHandler = Callable[[Scope, Receive], Awaitable[ASGIApp]]
 
@@ -551,6 +575,8 @@ class Gate:
                     "<token>' with the sidecar's INFERENCE_TOKEN",
                 )
                 await self._send_error(scope, receive, send_and_watch, error)
+            elif (refusal := model_segment_refusal(scope)) is not None:
+                await self._send_error(scope, receive, send_and_watch, api_error(refusal))
             elif (handler := self.direct.get((scope["method"], scope["path"]))) is not None:
                 scope["route"] = _DirectRoute(scope["path"])  # the metrics' route label
                 await self._answer_direct(handler, scope, receive, send_and_watch)

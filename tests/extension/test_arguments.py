@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.extension.conftest import TINY_DIMS, TINY_URI
@@ -258,6 +258,9 @@ def test_array_overloads_answer_any_arguments_correctly_or_with_a_clear_error(
     text=st.text(TEXT_CHARS, max_size=12),
     timeout_ms=TIMEOUTS,
 )
+# A '/' in a model URI, escaped into the request's path, once drew a redirect (08P01).
+@example(function="model_loaded", argument="/", text="", timeout_ms=60000)
+@example(function="model_loaded", argument="a/load", text="", timeout_ms=60000)
 def test_single_value_functions_answer_any_arguments_correctly_or_with_a_clear_error(
     conn: psycopg.Connection, function: str, argument: str, text: str, timeout_ms: int
 ) -> None:

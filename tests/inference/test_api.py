@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -461,6 +462,34 @@ def test_timeout_header_gives_504_when_the_model_cannot_answer_in_time(http: htt
 
 
 # -- models -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        ("GET", "/models/{}"),
+        ("DELETE", "/models/{}"),
+        ("POST", "/models/{}/load"),
+        ("POST", "/models/{}/unload"),
+        ("GET", "/v1/models/{}"),
+    ],
+)
+def test_a_model_uri_with_a_slash_is_refused_as_that_uri_on_every_model_route(
+    http: httpx.Client, method: str, route: str
+) -> None:
+    # Escaped as a client escapes it, the slash must not become a separator of the path: no
+    # other route's 405, no redirect, no "no route".
+    for uri in ("/", "a/load", "x/y:v1", f"{TINY_URI}/"):
+        response = http.request(method, route.format(quote(uri, safe="")))
+        error = error_of(response, 400, "invalid_input")
+        assert error["param"] == "model_uri"
+        assert f"model URI {uri!r} must look like name:version" in error["message"]
+
+
+def test_a_path_matching_no_route_is_answered_404_not_redirected(http: httpx.Client) -> None:
+    for path in ("/models/", "/v1/models/", "/settings/"):
+        error = error_of(http.get(path), 404, "invalid_input")
+        assert f"no route GET {path}" in error["message"]
 
 
 def test_openai_model_list_names_the_registered_models(http: httpx.Client) -> None:
