@@ -203,16 +203,12 @@ def _check_declared_size(declared: str | None, limit: int) -> None:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     _check_declared_size(request.headers.get("content-length"), limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(len(body), limit)
-    return bytes(body)
+    return await _receive_body(request.receive, limit)
 
 
 async def _receive_body(receive: Receive, limit: int) -> bytes:
-    """``read_body`` from the ASGI messages themselves, for the binary route."""
+    """The body from the ASGI messages of ``receive``, refused with 413 as soon as it exceeds
+    ``limit`` bytes (the declared size is ``_check_declared_size``'s to check)."""
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):
         body = message.get("body", b"")  # the whole body in one message, as a lone query's is
