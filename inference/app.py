@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope
@@ -78,13 +78,17 @@ def embeddings_body(uri: str, result: EmbedResult, encoding_format: str) -> byte
     included, after truncation) and whether it was ``truncated`` to the model's max tokens:
     fields the OpenAI clients ignore.
     """
+    vectors = np.ascontiguousarray(result.vectors, dtype=np.float32)
     if encoding_format == "base64":
-        rows: list[Any] = [
-            base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
-            for row in result.vectors
+        rows: Any = [
+            base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
+            for row in vectors
         ]
     else:
-        rows = result.vectors.tolist()
+        # Each float as the shortest decimal that reads back as the same float32, written by
+        # orjson straight from the array: a tenth of the time of json over Python floats, and
+        # about half the bytes of their float64 digits.
+        rows = vectors
     tokens = int(sum(result.token_counts))
     body = {
         "object": "list",
@@ -103,7 +107,7 @@ def embeddings_body(uri: str, result: EmbedResult, encoding_format: str) -> byte
         "model": uri,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _created(registered_at: str) -> int:

@@ -131,6 +131,22 @@ def test_base64_encoding_is_float32_little_endian_of_the_same_vector(http: httpx
     np.testing.assert_array_equal(decoded, floats)
 
 
+def test_float_encoding_writes_each_float32_in_the_fewest_digits_that_read_back_exactly(
+    http: httpx.Client,
+) -> None:
+    response = embed(http, input=TEXTS)
+    vectors = vectors_of(response)
+    # The numbers as the body writes them, not as a JSON reader rounds them to float64.
+    arrays = re.findall(r'"embedding":\[([^\]]*)\]', response.text)
+    written = [number.split(",") for number in arrays]
+    assert len(written) == len(TEXTS)
+    for row, numbers in zip(vectors, written, strict=True):
+        assert np.array_equal(np.array(numbers, dtype=np.float64).astype(np.float32), row)
+        # float32 needs at most 9 significant digits; float64 digits would take up to 17.
+        digits = [len(n.split("e")[0].lstrip("-").replace(".", "").strip("0")) for n in numbers]
+        assert max(digits) <= 9, numbers
+
+
 def test_dimensions_keeps_the_first_n_and_renormalises(
     http: httpx.Client, matryoshka_uri: str
 ) -> None:
