@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from inference import sidecar_settings
-from inference.engine import SESSION_KEYS, EmbeddingModel, EmbedResult, Tokenized, batch_fits
+from inference.engine import (
+    SESSION_KEYS,
+    EmbeddingModel,
+    EmbedResult,
+    Tokenized,
+    batch_fits,
+    padded_tokens,
+    split_by_length,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,12 +419,14 @@ class DynamicBatcher:
         for request, indices in run.parts:
             assert request.tokenized is not None
             ids.extend(request.tokenized.ids[i] for i in indices)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        groups = split_by_length(lengths)
         started = time.monotonic()
         queue_wait_s = started - min(request.enqueued for request, _ in run.parts)
         with self._cond:
             self._running += 1
         try:
-            vectors = self.model.run(ids, slot)
+            vectors = self.model.run(ids, slot, groups=groups)
         except Exception as exc:
             log.warning("embedding run of %d inputs failed: %s", len(ids), exc)
             for request, _ in run.parts:
@@ -433,8 +443,8 @@ class DynamicBatcher:
             started,
             callers=len(run.parts),
             texts=len(ids),
-            tokens=sum(len(row) for row in ids),
-            padded=len(ids) * run.width,
+            tokens=int(lengths.sum()),
+            padded=padded_tokens(lengths, groups),
             wait_s=queue_wait_s,
         )
         offset = 0

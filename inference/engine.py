@@ -113,6 +113,12 @@ def split_by_length(lengths: np.ndarray, overhead: int = RUN_OVERHEAD_TOKENS) ->
     return groups[::-1]
 
 
+def padded_tokens(lengths: np.ndarray, groups: list[np.ndarray]) -> int:
+    """The tokens a run computes over rows of ``lengths`` split into ``groups`` (as
+    ``split_by_length`` makes them): each group's rows padded to its longest."""
+    return sum(len(rows) * int(lengths[rows].max()) for rows in groups if len(rows))
+
+
 def batch_fits(count: int, width: int, max_batch_size: int, max_batch_tokens: int) -> bool:
     """Whether ``count`` texts padded to ``width`` tokens fit one model run.
 
@@ -387,7 +393,12 @@ class EmbeddingModel:
     # -- running ------------------------------------------------------------------------------
 
     def run(
-        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+        self,
+        ids: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         """Embed one batch of token id rows (as ``tokenize`` makes them) on session ``slot``
         (modulo the sessions there are: the layout may have shrunk meanwhile), or with
@@ -395,15 +406,17 @@ class EmbeddingModel:
         batch sessions are idle: both use the same cores).
 
         Rows of very different lengths are split into sub-runs of similar length where the
-        padding saved outweighs the cost of another run (see ``split_by_length``); each
-        sub-run is padded to its longest row. Returns float32 ``(len(ids), dimensions)`` in
-        the given order.
+        padding saved outweighs the cost of another run (``groups``, default
+        ``split_by_length`` of the rows' lengths, which a caller that counts the padded
+        tokens has already worked out); each sub-run is padded to its longest row. Returns
+        float32 ``(len(ids), dimensions)`` in the given order.
         """
         count = len(ids)
         if count == 0:
             return np.empty((0, self.config.dimensions), dtype=np.float32)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
-        groups = split_by_length(lengths)
+        if groups is None:
+            groups = split_by_length(lengths)
         session = self._session(slot, alone)  # for the whole run: see apply_settings
         if len(groups) == 1:
             return self._run_padded(session, ids, lengths)

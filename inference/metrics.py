@@ -81,7 +81,8 @@ class Metrics:
         )
         self.batch_padded_tokens = Histogram(
             "inference_batch_padded_tokens",
-            "Tokens per model run including padding (texts x longest text).",
+            "Tokens per model run including padding: each text padded to the longest of its "
+            "sub-run of similar lengths.",
             ["model"],
             buckets=_TOKEN_BUCKETS,
             registry=r,

@@ -96,6 +96,11 @@ class WrappedEngine:
         return self.engine.tokenize(texts, **options)
 
     def run(
-        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+        self,
+        ids: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
     ) -> np.ndarray:
-        return self.engine.run(ids, slot, alone=alone)
+        return self.engine.run(ids, slot, alone=alone, groups=groups)

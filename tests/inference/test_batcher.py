@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inference.batcher import BatcherClosedError, DynamicBatcher
-from inference.engine import EmbeddingModel, InputTooLongError
+from inference.engine import RUN_OVERHEAD_TOKENS, EmbeddingModel, InputTooLongError
 from tests.inference.conftest import WrappedEngine
 
 WORDS = "the cat dog house car tree water fire book music city river mountain".split()
@@ -43,13 +43,18 @@ class ControlledModel(WrappedEngine):
         self.release.set()
 
     def run(
-        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+        self,
+        ids: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         self.started.set()
         self.release.wait(10)
         if any(self.poison in row for row in ids):
             raise RuntimeError("the model run failed")
-        return super().run(ids, slot, alone=alone)
+        return super().run(ids, slot, alone=alone, groups=groups)
 
 
 async def _queued_together(batcher: DynamicBatcher, *calls: Awaitable[Any]) -> list[Any]:
@@ -164,6 +169,26 @@ def test_on_batch_reports_texts_tokens_and_padding(make_batcher: Any) -> None:
     ((count, tokens, padded, wait_s, run_s),) = batches.runs
     assert (count, tokens, padded) == (2, 32, 56)
     assert wait_s >= 0 and run_s >= 0
+
+
+def test_on_batch_counts_the_padding_of_each_sub_run_of_similar_lengths(
+    make_batcher: Any, tiny_engine: EmbeddingModel
+) -> None:
+    batcher, batches = make_batcher(max_batch_size=16, max_batch_tokens=100_000, max_wait_ms=1000)
+    short, long = ["the cat"] * 8, [" ".join(WORDS * 8)]
+    long_tokens = int(tiny_engine.tokenize(long).lengths[0])
+    # Long enough for the engine to run the eight short texts apart from the long one: one run
+    # more costs less than padding them (see split_by_length).
+    assert 8 * (long_tokens - 4) > RUN_OVERHEAD_TOKENS
+
+    async def scenario() -> None:
+        await _queued_together(batcher, batcher.embed(short), batcher.embed(long))
+
+    asyncio.run(scenario())
+    ((count, tokens, padded, _, _),) = batches.runs
+    assert (count, tokens) == (9, 8 * 4 + long_tokens)
+    # Each text padded only to the longest of its sub-run, not all nine to the long one.
+    assert padded == tokens < 9 * long_tokens
 
 
 def test_short_request_is_not_held_behind_a_bulk_one(make_batcher: Any) -> None:
@@ -294,10 +319,15 @@ class ThreadRecorder(ControlledModel):
         self.threads: list[str] = []
 
     def run(
-        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+        self,
+        ids: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         self.threads.append(threading.current_thread().name)
-        return super().run(ids, slot, alone=alone)
+        return super().run(ids, slot, alone=alone, groups=groups)
 
 
 def test_a_lone_short_request_runs_on_the_callers_thread(

@@ -140,7 +140,12 @@ class SlotRecorder(WrappedEngine):
         self.most_at_once = 0
 
     def run(
-        self, ids: Sequence[Sequence[int]], slot: int = 0, *, alone: bool = False
+        self,
+        ids: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         with self.lock:
             self.slots.append(slot)
@@ -148,7 +153,7 @@ class SlotRecorder(WrappedEngine):
             self.most_at_once = max(self.most_at_once, self.running)
         try:
             time.sleep(self.hold_s)  # long enough for the other workers to take runs meanwhile
-            return super().run(ids, slot, alone=alone)
+            return super().run(ids, slot, alone=alone, groups=groups)
         finally:
             with self.lock:
                 self.running -= 1
