@@ -419,13 +419,13 @@ class DynamicBatcher:
         for request, indices in run.parts:
             assert request.tokenized is not None
             ids.extend(request.tokenized.ids[i] for i in indices)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        groups = split_by_length(lengths)
         started = time.monotonic()
         queue_wait_s = started - min(request.enqueued for request, _ in run.parts)
         with self._cond:
             self._running += 1
         try:
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            groups = split_by_length(lengths)  # the engine's sub-runs, counted below
             vectors = self.model.run(ids, slot, groups=groups)
         except Exception as exc:
             log.warning("embedding run of %d inputs failed: %s", len(ids), exc)
