@@ -3,16 +3,18 @@
 ``EmbeddingModel.embed`` tokenises the whole request at once, sorts the inputs by token
 length, cuts them into batches bounded by ``max_batch_size`` texts and ``max_batch_tokens``
 padded tokens, pads each batch only to its longest member, runs the graph, pools (mean or CLS,
-under the attention mask), L2-normalises when the model says so, and returns float32 rows in
-input order. The dynamic batcher (``inference/batcher.py``) uses the two halves separately:
-``tokenize`` for each request, ``run`` for each batch it assembles across requests.
+under the attention mask), applies the model's sentence-transformers Dense layers, if any,
+L2-normalises when the model says so, and returns float32 rows in input order. The dynamic
+batcher (``inference/batcher.py``) uses the two halves separately: ``tokenize`` for each request,
+``run`` for each batch it assembles across requests.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +196,49 @@ def _load_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:
     return backend, int(pad_id) if pad_id is not None else 0
 
 
+def _gelu(x: np.ndarray) -> np.ndarray:
+    # torch.nn.GELU's default, the exact form with erf; numpy has no erf, so through math's.
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
+
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": lambda x: (1.0 / (1.0 + np.exp(-x))).astype(np.float32),
+    "gelu": _gelu,
+}
+
+DenseWeights = tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]
+
+
+def _load_dense(model_dir: Path, config: ModelConfig) -> list[DenseWeights]:
+    """The weights of the config's Dense layers, from ``model_dir`` (the model's folder)."""
+    from safetensors.numpy import load_file
+
+    layers = []
+    for layer in config.dense:
+        path = model_dir / layer.weights
+        if not path.is_file():
+            raise FileNotFoundError(f"the Dense layer's weights {path} do not exist")
+        tensors = load_file(str(path))
+        weight = np.asarray(tensors["linear.weight"], dtype=np.float32)
+        if weight.shape != (layer.out_features, layer.in_features):
+            raise ValueError(
+                f"{path} holds a {weight.shape} weight; its config says "
+                f"{layer.out_features}x{layer.in_features}"
+            )
+        bias = tensors.get("linear.bias") if layer.bias else None
+        bias = (
+            np.asarray(bias, dtype=np.float32)
+            if bias is not None
+            else np.zeros(layer.out_features, np.float32)
+        )
+        layers.append((weight, bias, _ACTIVATIONS[layer.activation]))
+    return layers
+
+
 @dataclass(frozen=True)
 class _Sessions:
     """A model's sessions, swapped as one when the settings change."""
@@ -252,6 +297,7 @@ class EmbeddingModel:
                 "as int32 or int64 tensors)"
             )
         self._output = self._hidden_output_name()
+        self._dense = _load_dense(Path(tokenizer_dir), config)
 
     @classmethod
     def from_stored(
@@ -432,10 +478,10 @@ class EmbeddingModel:
         feed, mask = self.feed(ids, lengths)
         (hidden,) = session.run([self._output], feed)
         hidden = np.asarray(hidden, dtype=np.float32)
-        if hidden.ndim != 3 or hidden.shape[2] != self.config.dimensions:
+        if hidden.ndim != 3 or hidden.shape[2] != self.config.hidden_dimensions:
             raise ValueError(
                 f"{self.onnx_path} returned {self._output} of shape {hidden.shape}; the model "
-                f"config says {self.config.dimensions} dimensions"
+                f"config says {self.config.hidden_dimensions} dimensions"
             )
 
         if self.config.pooling == "cls":
@@ -444,6 +490,8 @@ class EmbeddingModel:
             weights = mask.astype(np.float32)[:, None, :]  # (n, 1, width)
             pooled = np.matmul(weights, hidden)[:, 0, :]
             pooled /= lengths[:, None].astype(np.float32)
+        for weight, bias, activation in self._dense:
+            pooled = activation(np.matmul(pooled, weight.T) + bias)
         if self.config.normalize:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled /= np.maximum(norms, 1e-12)  # the epsilon sentence-transformers uses

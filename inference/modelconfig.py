@@ -3,7 +3,8 @@
 ``read_model_config`` reads it from a Hugging Face / sentence-transformers repository layout;
 ``ModelConfig.from_manifest`` / ``to_manifest`` move it in and out of the model store's
 ``manifest.json`` (keys ``dimensions``, ``max_tokens``, ``pooling``, ``normalize``, ``prefixes``,
-``matryoshka_dimensions``).
+``matryoshka_dimensions`` and, for a model with sentence-transformers Dense layers after its
+pooling, ``dense``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,24 @@ from typing import Any
 
 POOLINGS = ("mean", "cls")
 
-# The sentence-transformers modules the engine reproduces; any other module (Dense, LayerNorm,
-# ...) would change the vectors, so a model that has one is refused rather than served wrongly.
-_SUPPORTED_MODULES = {"Transformer", "Pooling", "Normalize"}
+# The sentence-transformers modules the engine reproduces; any other module (LayerNorm,
+# WeightedLayerPooling, ...) would change the vectors, so a model that has one is refused rather
+# than served wrongly.
+_SUPPORTED_MODULES = {"Transformer", "Pooling", "Dense", "Normalize"}
+
+# A Dense module's activation, by the name of the torch class its config names, as the engine
+# applies it (numpy, after pooling).
+DENSE_ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "gelu")
+_TORCH_ACTIVATIONS = {
+    "Identity": "identity",
+    "Tanh": "tanh",
+    "ReLU": "relu",
+    "Sigmoid": "sigmoid",
+    "GELU": "gelu",
+}
+# Where a Dense module keeps its weights, in its own folder (safetensors: the engine reads it
+# without PyTorch).
+DENSE_WEIGHTS = "model.safetensors"
 
 # Legacy sentence-transformers pooling flags and the mode each one turns on.
 _LEGACY_POOLING_FLAGS = {
@@ -39,6 +55,41 @@ class ModelConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers Dense module: ``activation(W @ pooled + b)``; its weights are
+    ``path``/model.safetensors (keys ``linear.weight``, ``linear.bias``) under the model's
+    folder."""
+
+    path: str
+    in_features: int
+    out_features: int
+    activation: str = "identity"
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.activation not in DENSE_ACTIVATIONS:
+            raise ModelConfigError(
+                f"the Dense layer in {self.path} uses activation {self.activation!r}; the engine "
+                f"applies {', '.join(DENSE_ACTIVATIONS)}"
+            )
+        if self.in_features < 1 or self.out_features < 1:
+            raise ModelConfigError(f"the Dense layer in {self.path} has no features")
+
+    @property
+    def weights(self) -> str:
+        return f"{self.path}/{DENSE_WEIGHTS}"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "activation": self.activation,
+            "bias": self.bias,
+        }
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     dimensions: int
     max_tokens: int  # special tokens included
@@ -49,6 +100,9 @@ class ModelConfig:
     # The shorter lengths the model was trained to be cut to (Matryoshka representation
     # learning), ascending; empty for a model whose vectors lose their meaning when cut.
     matryoshka_dimensions: tuple[int, ...] = ()
+    # Dense layers applied after pooling (and before normalising), in order; ``dimensions`` is
+    # the last one's output.
+    dense: tuple[DenseLayer, ...] = ()
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -66,6 +120,20 @@ class ModelConfig:
                 f"matryoshka_dimensions must be distinct ascending integers from 1 to "
                 f"{self.dimensions}, got {list(cuts)}"
             )
+        widths = [layer.in_features for layer in self.dense]
+        if self.dense and (
+            [layer.out_features for layer in self.dense[:-1]] != widths[1:]
+            or self.dense[-1].out_features != self.dimensions
+        ):
+            chain = ", ".join(f"{d.in_features}->{d.out_features}" for d in self.dense)
+            raise ModelConfigError(
+                f"the Dense layers ({chain}) do not chain to {self.dimensions} dimensions"
+            )
+
+    @property
+    def hidden_dimensions(self) -> int:
+        """The width of the transformer's per-token output, which pooling keeps."""
+        return self.dense[0].in_features if self.dense else self.dimensions
 
     def output_dimensions(self) -> tuple[int, ...]:
         """The lengths a caller may ask for: the Matryoshka ones and the full dimension."""
@@ -91,6 +159,19 @@ class ModelConfig:
         prefixes = manifest.get("prefixes") or {}
         cuts = manifest.get("matryoshka_dimensions") or []
         try:
+            dense = tuple(
+                DenseLayer(
+                    path=str(layer["path"]),
+                    in_features=int(layer["in_features"]),
+                    out_features=int(layer["out_features"]),
+                    activation=str(layer.get("activation", "identity")),
+                    bias=bool(layer.get("bias", True)),
+                )
+                for layer in manifest.get("dense") or []
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelConfigError(f"model config has an invalid dense layer: {exc}") from None
+        try:
             dimensions = int(manifest["dimensions"])
             max_tokens = int(manifest["max_tokens"])
             query_prefix = str(prefixes.get("query", ""))
@@ -109,10 +190,13 @@ class ModelConfig:
             query_prefix=query_prefix,
             passage_prefix=passage_prefix,
             matryoshka_dimensions=tuple(cuts),
+            dense=dense,
         )
 
     def to_manifest(self) -> dict[str, Any]:
-        """The manifest keys this config owns."""
+        """The manifest keys this config owns (``dense`` only where there is a Dense layer, so
+        that manifests of models without one read as before)."""
+        extra = {"dense": [layer.to_manifest() for layer in self.dense]} if self.dense else {}
         return {
             "dimensions": self.dimensions,
             "max_tokens": self.max_tokens,
@@ -120,6 +204,7 @@ class ModelConfig:
             "normalize": self.normalize,
             "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
             "matryoshka_dimensions": list(self.matryoshka_dimensions),
+            **extra,
         }
 
 
@@ -149,6 +234,11 @@ def _pooling_mode(config: Mapping[str, Any], path: Path) -> str:
             f"the engine serves exactly one of {', '.join(POOLINGS)} pooling"
         )
     mode = str(modes[0])
+    if mode == "lasttoken":
+        raise ModelConfigError(
+            f"{path} asks for last-token pooling, as decoder embedders (Qwen3-Embedding and "
+            "the like) do; the engine serves encoder models with mean or CLS pooling only"
+        )
     if mode not in POOLINGS:
         raise ModelConfigError(
             f"{path} asks for {mode!r} pooling; "
@@ -183,8 +273,9 @@ def read_model_config(directory: str | Path) -> ModelConfig:
     modules_path = root / "modules.json"
     modules: list[dict[str, Any]] = _read_json(modules_path) if modules_path.is_file() else []
     pooling_dir = "1_Pooling"
-    for module in modules:
-        kind = _module_kind(str(module.get("type", "")))
+    dense_dirs: list[str] = []
+    kinds = [_module_kind(str(module.get("type", ""))) for module in modules]
+    for module, kind in zip(modules, kinds, strict=True):
         if kind not in _SUPPORTED_MODULES:
             raise ModelConfigError(
                 f"{modules_path} uses a {kind} module, which the engine does not reproduce; "
@@ -192,6 +283,14 @@ def read_model_config(directory: str | Path) -> ModelConfig:
             )
         if kind == "Pooling":
             pooling_dir = str(module.get("path") or pooling_dir)
+        elif kind == "Dense":
+            dense_dirs.append(str(module.get("path") or ""))
+    order = [k for k in kinds if k in ("Pooling", "Dense", "Normalize")]
+    if order and order != sorted(order, key=("Pooling", "Dense", "Normalize").index):
+        raise ModelConfigError(
+            f"{modules_path} orders its modules {' -> '.join(kinds)}; the engine applies "
+            "pooling, then Dense layers, then normalisation"
+        )
     normalize = any(_module_kind(str(m.get("type", ""))) == "Normalize" for m in modules)
     if not modules:
         normalize = True
@@ -212,6 +311,10 @@ def read_model_config(directory: str | Path) -> ModelConfig:
             f"cannot tell the embedding dimensions: {config_path} has no hidden_size and "
             f"{pooling_path} gives no embedding dimension"
         )
+
+    dense = tuple(_dense_layer(root, folder) for folder in dense_dirs)
+    if dense:
+        dimensions = dense[-1].out_features
 
     max_tokens: int | None = None
     st_path = root / "sentence_bert_config.json"
@@ -246,4 +349,30 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         normalize=normalize,
         query_prefix=str(prefixes.get("query", "")),
         passage_prefix=str(prefixes.get("passage", prefixes.get("document", ""))),
+        dense=dense,
     )
+
+
+def _dense_layer(root: Path, folder: str) -> DenseLayer:
+    """A Dense module's config (``<folder>/config.json``), as the engine applies it."""
+    path = root / folder / "config.json"
+    if not folder or not path.is_file():
+        raise ModelConfigError(f"the Dense module's folder {root / folder} has no config.json")
+    config = _read_json(path)
+    raw = str(config.get("activation_function") or "torch.nn.modules.linear.Identity")
+    name = raw.rsplit(".", 1)[-1]
+    if name not in _TORCH_ACTIVATIONS:
+        raise ModelConfigError(
+            f"{path} uses activation {raw}; the engine applies "
+            f"{', '.join(sorted(_TORCH_ACTIVATIONS))}"
+        )
+    try:
+        return DenseLayer(
+            path=folder,
+            in_features=int(config["in_features"]),
+            out_features=int(config["out_features"]),
+            activation=_TORCH_ACTIVATIONS[name],
+            bias=bool(config.get("bias", True)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelConfigError(f"{path} lacks or has a bad {exc}") from None

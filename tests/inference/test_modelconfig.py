@@ -20,6 +20,7 @@ def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
 
 
 def _write(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
 
@@ -130,9 +131,37 @@ def test_plain_transformers_repository_gets_mean_pooling(model_copy: Path) -> No
 
 def test_module_the_engine_cannot_reproduce_is_refused(model_copy: Path) -> None:
     modules = json.loads((model_copy / "modules.json").read_text())
+    modules.append({"path": "3_LayerNorm", "type": "sentence_transformers.models.LayerNorm"})
+    _write(model_copy / "modules.json", modules)
+    with pytest.raises(ModelConfigError, match="LayerNorm module"):
+        read_model_config(model_copy)
+
+
+def test_dense_module_is_read_and_sets_the_output_dimensions(model_copy: Path) -> None:
+    modules = json.loads((model_copy / "modules.json").read_text())
+    hidden = read_model_config(model_copy).dimensions
+    modules.insert(-1, {"path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    _write(model_copy / "modules.json", modules)
+    _write(
+        model_copy / "2_Dense" / "config.json",
+        {
+            "in_features": hidden,
+            "out_features": 8,
+            "bias": True,
+            "activation_function": "torch.nn.modules.activation.Tanh",
+        },
+    )
+    config = read_model_config(model_copy)
+    assert (config.dimensions, config.hidden_dimensions) == (8, hidden)
+    assert [(d.path, d.activation) for d in config.dense] == [("2_Dense", "tanh")]
+    assert ModelConfig.from_manifest(config.to_manifest()) == config
+
+
+def test_dense_after_normalize_is_refused(model_copy: Path) -> None:
+    modules = json.loads((model_copy / "modules.json").read_text())
     modules.append({"path": "3_Dense", "type": "sentence_transformers.models.Dense"})
     _write(model_copy / "modules.json", modules)
-    with pytest.raises(ModelConfigError, match="Dense module"):
+    with pytest.raises(ModelConfigError, match="pooling, then Dense layers, then normalisation"):
         read_model_config(model_copy)
 
 
