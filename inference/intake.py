@@ -417,7 +417,14 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
     remote = bool(config.get("auto_map")) or any(
         t and not t.startswith("sentence_transformers.") for t in module_types
     )
-    if any(heads.endswith(h) for h in _CROSS_ENCODER_HEADS) and not module_types:
+    st_model = _read_json(folder, "config_sentence_transformers.json")
+    st_task = _read_json(folder, "sentence_bert_config.json").get("transformer_task")
+    cross_encoder = (
+        any(heads.endswith(h) for h in _CROSS_ENCODER_HEADS)
+        or st_model.get("model_type") == "CrossEncoder"
+        or st_task == "sequence-classification"
+    )
+    if cross_encoder:
         ins.refuse(
             f"{', '.join(ins.architectures)} is a cross-encoder (a reranker): it scores "
             "query-document pairs and gives no embeddings",
@@ -478,8 +485,7 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
     except ModelConfigError as exc:
         ins.refuse(f"the model's configuration cannot be served as it is: {exc}", _ST_ADVICE)
         return
-    st_config = _read_json(folder, "config_sentence_transformers.json")
-    ins.prompts = {str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()}
+    ins.prompts = {str(k): str(v) for k, v in (st_model.get("prompts") or {}).items() if v}
     cuts = _matryoshka(folder, ins.config.dimensions)
     if cuts:
         ins.config = ModelConfig(**{**ins.config.__dict__, "matryoshka_dimensions": cuts})

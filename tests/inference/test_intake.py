@@ -1,0 +1,288 @@
+"""Adding a model: inspecting a folder or a Hub repository (served by a FakeHub over HTTP),
+the refusals, the added models' catalog, and deployments of added models with their parity
+gate, on random-weight models of each supported architecture generated here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference import catalog as catalog_module
+from inference.catalog import CatalogError
+from inference.engine import EmbeddingModel
+from inference.intake import IntakeError, inspect_source, parse_source
+from inference.provision import ProvisionError, deploy
+from inference.resources import Resources
+from inference.store import ModelStore
+from tests.fixtures.fakehub import FakeHub
+from tests.fixtures.stmodels import (
+    ARCHITECTURES,
+    make_cross_encoder,
+    make_generative,
+    make_remote_code,
+    make_st_model,
+    make_without_tokenizer,
+    st_encode,
+)
+
+TEXTS = [
+    "PostgreSQL stores vectors beside the rows they describe.",
+    "Wie viele Einwohner hat Berlin?",
+    "数据库中的向量搜索",
+    "",
+    "a long text that runs past the model's max tokens " * 40,
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("byom-models")
+
+
+@pytest.fixture
+def added_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The added models' catalog in a file of this test's own."""
+    path = tmp_path / "added.json"
+    monkeypatch.setenv("ADDED_MODELS_CATALOG", str(path))
+    catalog_module.catalog.cache_clear()
+    yield path
+    catalog_module.catalog.cache_clear()
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _add(folder_or_source: str, uri: str) -> None:
+    inspection = inspect_source(folder_or_source)
+    assert inspection.ok, inspection.refusals
+    catalog_module.add_entry(inspection.entry(uri, added_by="tests"))
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "give a source"),
+        ("hf:not a repo", "not a Hub source"),
+        ("relative/folder", "absolute folder path"),
+        ("/no/such/folder", "not a folder"),
+    ],
+)
+def test_a_source_that_cannot_be_read_says_what_to_write(text: str, problem: str) -> None:
+    with pytest.raises(IntakeError, match=problem):
+        parse_source(text)
+
+
+def test_hub_sources_take_a_revision() -> None:
+    spec = parse_source("hf:BAAI/bge-small-en-v1.5@v2.0")
+    assert (spec.kind, spec.ref, spec.revision) == ("hub", "BAAI/bge-small-en-v1.5", "v2.0")
+    assert spec.label == "hf:BAAI/bge-small-en-v1.5@v2.0"
+
+
+# -- what inspection finds ----------------------------------------------------------------------
+
+
+def test_inspection_reports_what_the_folder_holds(models: Path) -> None:
+    folder = make_st_model(
+        models / "dense-model",
+        "bert",
+        pooling="cls",
+        dense_out=16,
+        prompts={"query": "query: ", "passage": "passage: "},
+        license="mit",
+        matryoshka=[32, 16, 8],
+    )
+    found = inspect_source(str(folder))
+    assert found.ok, found.refusals
+    assert (found.model_type, found.architectures) == ("bert", ["BertModel"])
+    assert found.config is not None
+    assert (found.hidden_size, found.config.dimensions) == (32, 16)
+    assert (found.config.pooling, found.config.normalize, found.config.max_tokens) == (
+        "cls",
+        True,
+        64,
+    )
+    assert found.prompts == {"query": "query: ", "passage": "passage: "}
+    assert found.config.matryoshka_dimensions == (8,)  # the shorter ones than its 16
+    assert found.license == {"name": "mit", "url": "https://opensource.org/license/mit"}
+    assert found.parameters_exact and found.parameters and found.parameters > 10_000
+    assert found.needs_export and found.onnx is None
+    assert found.proposed_uri == "dense-model:v1"
+    facts = dict(found.facts())
+    assert facts["Dense layers"] == "32->16 (tanh)"
+    assert facts["Output dimensions"] == "16"
+
+
+def test_a_card_without_a_license_reads_unknown_never_a_guess(models: Path) -> None:
+    found = inspect_source(str(make_st_model(models / "no-license", license=None)))
+    assert found.ok and found.license is None
+    assert dict(found.facts())["License"].startswith("unknown")
+    entry = found.entry("no-license:v1")
+    assert entry["license"] == {"name": "unknown", "url": ""}
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def _refusal(source: Path | str, **kwargs: object) -> str:
+    found = inspect_source(str(source), **kwargs)  # type: ignore[arg-type]
+    assert not found.ok
+    with pytest.raises(ValueError):
+        found.entry("refused:v1")
+    return " | ".join(map(str, found.refusals))
+
+
+def test_remote_code_without_onnx_is_refused_without_running_it(models: Path) -> None:
+    reason = _refusal(make_remote_code(models / "remote"))
+    assert "trust_remote_code" in reason and "ships no ONNX graph" in reason
+    assert "never runs a repository's Python code" in reason
+
+
+def test_remote_code_with_onnx_is_refused_because_parity_would_run_it(models: Path) -> None:
+    reason = _refusal(make_remote_code(models / "remote-onnx", with_onnx=True))
+    assert "trust_remote_code" in reason and "cannot be checked against the original" in reason
+
+
+def test_an_architecture_the_exporter_does_not_handle_is_refused(models: Path) -> None:
+    folder = make_st_model(models / "unsupported")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="electra", architectures=["ElectraModel"])
+    (folder / "config.json").write_text(json.dumps(config))
+    reason = _refusal(folder)
+    assert "architecture electra (ElectraModel) is not one the ONNX exporter supports" in reason
+
+
+def test_a_model_without_a_tokenizer_is_refused(models: Path) -> None:
+    assert "no tokenizer" in _refusal(make_without_tokenizer(models / "no-tokenizer"))
+
+
+def test_a_cross_encoder_offered_as_an_embedder_is_refused(models: Path) -> None:
+    reason = _refusal(make_cross_encoder(models / "cross-encoder"))
+    assert "is a cross-encoder (a reranker)" in reason
+
+
+def test_a_generative_model_is_refused(models: Path) -> None:
+    assert "generative language model" in _refusal(make_generative(models / "generative"))
+
+
+def test_a_model_too_large_for_the_machine_is_refused(models: Path) -> None:
+    small = Resources(
+        cores=2,
+        memory_mb=256,
+        available_memory_mb=200,
+        disk_total_gb=10,
+        disk_free_gb=5,
+        disk_path=models,
+    )
+    reason = _refusal(make_st_model(models / "big"), machine=small)
+    assert "needs about" in reason and "this machine has 256 MB" in reason
+
+
+# -- the Hub, over HTTP -------------------------------------------------------------------------
+
+
+def test_a_hub_repository_is_inspected_from_its_small_files_alone(
+    models: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_st_model(models / "hub-roberta", "roberta", dense_out=8)
+    fake_hub.add_repo("acme/hub-roberta", folder)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
+    found = inspect_source("hf:acme/hub-roberta")
+    assert found.ok, found.refusals
+    assert found.revision == fake_hub.repos["acme/hub-roberta"].commit
+    assert found.config is not None and found.config.dimensions == 8
+    assert found.parameters == inspect_source(str(folder)).parameters
+    weights = (folder / "model.safetensors").stat().st_size
+    assert found.download_bytes > weights
+    assert "config.json" in fake_hub.downloaded("acme/hub-roberta")
+    # The weights are read for their header alone (the parameter count): ranged reads.
+    weights_reads = [r for r in fake_hub.downloads() if r.server == "cdn"]
+    assert weights_reads and all(r.range for r in weights_reads)
+
+
+def test_a_missing_and_a_gated_repository_are_refused_clearly(
+    models: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
+    with pytest.raises(IntakeError, match="there is no Hub repository acme/missing"):
+        inspect_source("hf:acme/missing")
+    fake_hub.add_repo("acme/gated", make_st_model(models / "gated"), gated=True)
+    with pytest.raises(IntakeError, match=r"gated repository.*accept"):
+        inspect_source("hf:acme/gated")
+
+
+# -- the added models' catalog ------------------------------------------------------------------
+
+
+def test_added_models_join_the_catalog_and_leave_it(models: Path, added_catalog: Path) -> None:
+    shipped = catalog_module.catalog().uris()
+    _add(str(make_st_model(models / "listed")), "listed:v1")
+    assert catalog_module.catalog().uris() == [*shipped, "listed:v1"]
+    entry = catalog_module.catalog().get("listed:v1")
+    assert entry.added is not None and entry.added["by"] == "tests" and entry.needs_parity
+    with pytest.raises(CatalogError, match="already has a model listed:v1"):
+        _add(str(models / "listed"), "listed:v1")
+    with pytest.raises(CatalogError, match="already has"):
+        _add(str(models / "listed"), shipped[0])
+    assert not catalog_module.remove_entry(shipped[0])  # shipped models stay
+    assert catalog_module.remove_entry("listed:v1")
+    assert catalog_module.catalog().uris() == shipped
+
+
+# -- deployments of added models, with the parity gate -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("bert", {"pooling": "mean"}),
+        ("bert", {"pooling": "cls", "dense_out": 16, "prompts": {"query": "query: "}}),
+        ("roberta", {"pooling": "mean"}),
+        ("xlm-roberta", {"pooling": "cls"}),
+        ("mpnet", {"pooling": "mean", "dense_out": 24, "dense_activation": "identity"}),
+        ("distilbert", {"pooling": "cls", "normalize": False}),
+    ],
+)
+def test_an_added_model_deploys_and_embeds_as_sentence_transformers_does(
+    models: Path, added_catalog: Path, tmp_path: Path, arch: str, options: dict
+) -> None:
+    assert arch in ARCHITECTURES
+    folder = make_st_model(models / f"{arch}-{len(options)}-{options['pooling']}", arch, **options)
+    uri = f"{arch}-added:v1"
+    _add(str(folder), uri)
+    result = deploy(uri, store=ModelStore(tmp_path / "store"))
+    parity = result.stored.manifest["quality"]["parity"]
+    assert parity["passed"] and parity["min_cosine"] >= 0.9999
+    assert parity["texts"] >= 16
+    assert not (result.stored.path / "model.safetensors").exists()  # the store serves ONNX
+    model = EmbeddingModel.from_stored(result.stored, {})
+    ours = model.embed(TEXTS).vectors
+    assert _cosines(ours, st_encode(folder, TEXTS)).min() >= 0.9999
+    if "query" in (options.get("prompts") or {}):
+        queried = model.embed(TEXTS, input_type="query").vectors
+        assert _cosines(queried, st_encode(folder, TEXTS, prompt_name="query")).min() >= 0.9999
+
+
+def test_a_graph_that_differs_from_the_original_fails_the_gate_and_installs_nothing(
+    models: Path, added_catalog: Path, tmp_path: Path
+) -> None:
+    folder = make_st_model(models / "mismatch", seed=1)
+    other = make_st_model(models / "other-weights", seed=2)
+    # The folder ships an ONNX graph of other weights than its PyTorch ones.
+    store = ModelStore(tmp_path / "store")
+    _add(str(other), "other:v1")
+    exported = deploy("other:v1", store=store).stored
+    shutil.copytree(exported.path / "onnx", folder / "onnx")
+    _add(str(folder), "mismatch:v1")
+    with pytest.raises(ProvisionError, match=r"does not serve what the original model computes"):
+        deploy("mismatch:v1", store=store)
+    assert store.get("mismatch:v1") is None
+    assert not [p for p in (tmp_path / "store").glob("mismatch/*") if p.is_dir()]  # no staging
