@@ -34,6 +34,9 @@ OPSET = 17
 SPEEDUP_NEEDED = 1.05
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
+# A protobuf message cannot exceed 2 GiB: a model whose weights come near that keeps them in
+# one external-data file beside the graph (``<graph>_data``, where ONNX Runtime finds it).
+EXTERNAL_DATA_BYTES = 1536 * 1024 * 1024
 
 # Inputs that check a graph: several batch widths, padding, special characters, and one text
 # far past every model's max tokens (the engine truncates it to max_tokens).
@@ -95,6 +98,7 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
 
     sample = tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    before = set(out_path.parent.iterdir())
     dynamic = {n: {0: "batch", 1: "sequence"} for n in [*names, OUTPUT_NAME]}
     say(f"exporting the model to ONNX with PyTorch {torch.__version__}")
     with torch.no_grad(), warnings.catch_warnings():
@@ -116,6 +120,11 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
         )
     # The exporter leaves the module in training mode; dropout would spoil the comparison.
     model.eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weights > EXTERNAL_DATA_BYTES:
+        external = to_external_data(out_path, before)
+        size = f"{weights / 1024**2:,.0f} MB"
+        say(f"the weights ({size}) are kept apart from the graph, in {external}")
     diff = _compare_with_torch(model, tokenizer, names, out_path, model_dir, torch)
     say(f"exported graph matches PyTorch within {diff:.1e}")
     if diff > TOLERANCE:
@@ -124,6 +133,35 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
             "the model cannot be served faithfully"
         )
     return diff
+
+
+def external_data_path(onnx_path: Path) -> Path:
+    """Where a graph of the store keeps its weights when they are kept apart from it."""
+    return onnx_path.with_name(onnx_path.name + "_data")
+
+
+def to_external_data(onnx_path: Path, keep: set[Path] | None = None) -> str:
+    """Rewrite ``onnx_path`` with its weights in one external-data file beside it (the
+    exporter of a model over 2 GiB writes one file per tensor: those go, as does every other
+    new file in the folder but ``keep``'s). Returns the data file's name."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    data = external_data_path(onnx_path)
+    data.unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(onnx_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    if keep is not None:
+        for stray in set(onnx_path.parent.iterdir()) - keep - {onnx_path, data}:
+            if stray.is_file():
+                stray.unlink()
+    return data.name
 
 
 def _compare_with_torch(
@@ -196,6 +234,11 @@ def optimize_onnx(
     from onnxruntime.transformers.optimizer import optimize_model
 
     say = log or (lambda _line: None)
+    if external_data_path(onnx_path).exists():
+        # The optimiser would write a graph of its own layout; ONNX Runtime fuses the same at
+        # session start.
+        say("graph optimisation skipped: the graph keeps its weights in external data")
+        return {"optimized": False, "reason": "weights in external data"}
     model_type, heads, hidden = _architecture(model_dir, dict(architecture or {}))
     candidate = onnx_path.with_name(onnx_path.stem + ".optimized.onnx")
     try:

@@ -21,6 +21,8 @@ ONNX_FILES = {
     ),
 }
 FP32_ONNX = ONNX_FILES["fp32"][0]
+# Beside a graph too large for one file, its weights (the suffixes ONNX exporters use).
+EXTERNAL_DATA_SUFFIXES = ("_data", ".data")
 INT8_ONNX = ONNX_FILES["int8"][0]
 
 # The files that decide a model's output besides its graph: the transformers and
@@ -67,7 +69,8 @@ def hub_files(onnx: str | None) -> tuple[str, ...]:
     """What a deployment takes from a Hub repository that ships its fp32 graph at ``onnx``
     (None: it ships none): that graph, the config files, the modules' files and the model
     card (patterns, as ``snapshot_download`` takes them)."""
-    return (*((onnx,) if onnx else ()), *DEPLOYED_FILES, *MODULE_PATTERNS)
+    graph = (onnx, *(onnx + suffix for suffix in EXTERNAL_DATA_SUFFIXES)) if onnx else ()
+    return (*graph, *DEPLOYED_FILES, *MODULE_PATTERNS)
 
 
 def is_module_file(rel: str) -> bool:

@@ -127,6 +127,10 @@ def _select(
         if (path := present(rel)) is not None:
             chosen[layout.FP32_ONNX] = path
             onnx = layout.FP32_ONNX
+            # A graph too large for one file names its weights' file, by the graph's name.
+            for suffix in layout.EXTERNAL_DATA_SUFFIXES:
+                if (data := present(rel + suffix)) is not None:
+                    chosen[layout.FP32_ONNX + suffix] = data
             break
     if onnx is None or entry.needs_parity:
         for rel in layout.WEIGHT_FILES:

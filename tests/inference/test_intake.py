@@ -286,3 +286,34 @@ def test_a_graph_that_differs_from_the_original_fails_the_gate_and_installs_noth
         deploy("mismatch:v1", store=store)
     assert store.get("mismatch:v1") is None
     assert not [p for p in (tmp_path / "store").glob("mismatch/*") if p.is_dir()]  # no staging
+
+
+def test_weights_kept_in_external_data_deploy_from_an_export_and_from_a_shipped_graph(
+    models: Path, added_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model over 2 GiB keeps its weights beside the graph; the threshold is lowered so that
+    a small model takes the same path."""
+    from inference import export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    folder = make_st_model(models / "external", "xlm-roberta", dense_out=16)
+    store = ModelStore(tmp_path / "store")
+    _add(str(folder), "external:v1")
+    exported = deploy("external:v1", store=store).stored
+    files = exported.manifest["files"]
+    assert "onnx/model.onnx_data" in files
+    assert (exported.path / "onnx/model.onnx").stat().st_size < 64 * 1024  # the graph alone
+    assert exported.manifest["quality"]["parity"]["passed"]
+    vectors = EmbeddingModel.from_stored(exported, {}).embed(TEXTS).vectors
+    assert _cosines(vectors, st_encode(folder, TEXTS)).min() >= 0.9999
+
+    # A repository that ships such a graph (at model.onnx, weights in model.onnx_data).
+    shipped = models / "ships-external"
+    shutil.copytree(folder, shipped)
+    for name in ("model.onnx", "model.onnx_data"):
+        shutil.copyfile(exported.path / "onnx" / name, shipped / name)
+    _add(str(shipped), "ships-external:v1")
+    stored = deploy("ships-external:v1", store=store).stored
+    assert not stored.manifest["preparation"]["exported"]
+    assert stored.manifest["files"]["onnx/model.onnx_data"] == files["onnx/model.onnx_data"]
+    assert stored.manifest["quality"]["parity"]["passed"]
