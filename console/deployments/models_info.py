@@ -63,6 +63,13 @@ class ModelInfo:
         return "Not deployed"
 
     @property
+    def parity(self) -> dict[str, Any] | None:
+        """The parity gate's figures (serving graph against the original), if it ran."""
+        if self.stored is None:
+            return None
+        return (self.stored.manifest.get("quality") or {}).get("parity")
+
+    @property
     def quality(self) -> dict[str, Any] | None:
         if self.stored is None:
             return None

@@ -10,9 +10,9 @@ from django.contrib.auth.decorators import permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console.deployments import models_info, pipeline, queries, service
+from console.deployments import adding, models_info, pipeline, queries, service
 from console.deployments.models import MANAGE_DEPLOYMENTS, Deployment
 from console.deployments.steps import STEPS_BY_ACTION, TITLES
 from inference import catalog as model_catalog
@@ -96,11 +96,41 @@ def deployment_retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "deployments/models.html",
-        {"models": models_info.all_models(), "can_manage": _can_manage(request)},
-    )
+    context = {
+        "models": models_info.all_models(),
+        "can_manage": _can_manage(request),
+        "removed": request.GET.get("removed", ""),
+    }
+    return render(request, "deployments/models.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required(MANAGE_DEPLOYMENTS, raise_exception=True)
+def model_add(request: HttpRequest) -> HttpResponse:
+    """Add a model: inspect a source (nothing downloaded but its small files), show what was
+    found, then add it to the catalog and deploy it on confirmation."""
+    source = request.POST.get("source", "").strip()
+    uri = request.POST.get("uri", "").strip()
+    precision = request.POST.get("precision", "fp32")
+    context: dict[str, Any] = {"source": source, "uri": uri, "precision": precision}
+    context["precisions"] = PRECISIONS
+    if request.method == "GET":
+        return render(request, "deployments/add.html", context)
+    try:
+        if request.POST.get("action") != "add":
+            inspection = adding.inspect(source)
+            context.update(inspection=inspection, uri=uri or inspection.proposed_uri)
+            return render(request, "deployments/add.html", context)
+        _, deployment = adding.add_model(source, uri, request.user, precision=precision)
+    except adding.AddModelError as exc:
+        context["errors"] = exc.errors
+        if "source" not in exc.errors:
+            context["inspection"] = adding.inspect(source)
+        return render(request, "deployments/add.html", context, status=422)
+    except service.DeploymentError as exc:
+        context["errors"] = {"deployment": str(exc)}
+        return render(request, "deployments/add.html", context, status=422)
+    return redirect("deployments:detail", pk=deployment.pk)
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,19 @@ def _model_context(request: HttpRequest, uri: str, form: DeployForm | None = Non
         "precisions": PRECISIONS,
         "form": form or DeployForm(source="", precision=info.precision_wanted, errors={}),
     }
+
+
+@require_POST
+@permission_required(MANAGE_DEPLOYMENTS, raise_exception=True)
+def model_remove(request: HttpRequest, uri: str) -> HttpResponse:
+    try:
+        adding.remove_model(uri)
+    except adding.RemoveModelError as exc:
+        form = DeployForm(source="", precision="fp32", errors={"remove": str(exc)})
+        return render(
+            request, "deployments/model.html", _model_context(request, uri, form), status=409
+        )
+    return redirect(f"{reverse('deployments:models')}?removed={uri}")
 
 
 @require_GET

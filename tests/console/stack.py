@@ -160,7 +160,8 @@ def worker_env(
 @contextlib.contextmanager
 def fresh_deployment_state(server: ManagedServer, sidecar: SidecarProcess) -> Iterator[Path]:
     """An empty allowlist and model store (yielded) on the shared server; afterwards the
-    allowlist, the sidecar's registrations and the store are put back as they were."""
+    allowlist, the sidecar's registrations, the store and the added models' catalog are put
+    back as they were."""
     registered_before = {m["model_uri"] for m in sidecar.client.models()}
     with server.connect() as conn:
         snapshot = auto_conf(conn)
@@ -177,6 +178,7 @@ def fresh_deployment_state(server: ManagedServer, sidecar: SidecarProcess) -> It
         with server.connect() as conn:
             restore_auto_conf(conn, snapshot)
         shutil.rmtree(models_dir, ignore_errors=True)
+        shutil.rmtree(server.var_dir / "catalog", ignore_errors=True)
 
 
 def configure_like_the_worker(

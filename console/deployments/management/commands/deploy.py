@@ -37,13 +37,16 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="print the steps until it ends")
         parser.add_argument("--user", default="", help="console user to record as requester")
 
+    def _user(self, username: str) -> Any:
+        if not username:
+            return AnonymousUser()
+        try:
+            return get_user_model().objects.get(username=username)
+        except get_user_model().DoesNotExist:
+            raise CommandError(f"no console user {username!r}") from None
+
     def handle(self, *args: Any, **options: Any) -> None:
-        user: Any = AnonymousUser()
-        if options["user"]:
-            try:
-                user = get_user_model().objects.get(username=options["user"])
-            except get_user_model().DoesNotExist:
-                raise CommandError(f"no console user {options['user']!r}") from None
+        user = self._user(options["user"])
         action = Deployment.Action.DISABLE if options["disable"] else Deployment.Action.ENABLE
         try:
             deployment = service.start(
