@@ -152,7 +152,8 @@ class Inspection:
     def proposed_uri(self) -> str:
         """``<repository or folder name>:v1``, cut to the characters a URI allows."""
         base = self.source.ref.rstrip("/").rsplit("/", 1)[-1]
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-._") or "model"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", base)
+        name = re.sub(r"\.{2,}", ".", name).strip("-._") or "model"
         return f"{name}:v1"
 
     @property

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference import catalog as catalog_module
 from inference.catalog import CatalogError
@@ -317,3 +319,43 @@ def test_weights_kept_in_external_data_deploy_from_an_export_and_from_a_shipped_
     assert not stored.manifest["preparation"]["exported"]
     assert stored.manifest["files"]["onnx/model.onnx_data"] == files["onnx/model.onnx_data"]
     assert stored.manifest["quality"]["parity"]["passed"]
+
+
+@given(st.text(max_size=80))
+def test_any_source_text_is_parsed_or_refused_with_a_clear_error(text: str) -> None:
+    try:
+        spec = parse_source(text)
+    except IntakeError as exc:
+        assert str(exc)
+    else:
+        assert spec.kind in ("hub", "folder")
+        if spec.kind == "hub":
+            assert parse_source(spec.label) == spec
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_the_proposed_uri_is_always_a_valid_one(name: str) -> None:
+    from inference.catalog import parse_uri
+    from inference.intake import Inspection, SourceSpec
+
+    inspection = Inspection(source=SourceSpec("hub", f"org/{name}"), revision=None, files={})
+    parse_uri(inspection.proposed_uri)
+
+
+def test_a_decoder_embedder_with_last_token_pooling_is_refused_with_the_reason(
+    models: Path,
+) -> None:
+    folder = make_generative(models / "decoder-embedder")
+    st_modules = "sentence_transformers.models."
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": st_modules + "Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": st_modules + "Pooling"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"embedding_dimension": 32, "pooling_mode": "lasttoken"})
+    )
+    reason = _refusal(folder)
+    assert "last-token pooling" in reason and "decoder embedders" in reason
+    assert "generative" not in reason  # it is an embedder, refused for what it is
