@@ -71,6 +71,7 @@ bench: venv server
 	$(PY) bench/sql.py
 	$(PY) bench/console.py
 	$(PY) bench/deployments.py
+	$(PY) bench/addmodel.py
 	$(PY) bench/jobs.py
 	$(PY) bench/load.py
 	$(PY) bench/drills.py
