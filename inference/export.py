@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.config import env_int
 from inference.modelconfig import read_model_config
 
 Log = Callable[[str], None]
@@ -36,7 +37,14 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
 # A protobuf message cannot exceed 2 GiB: a model whose weights come near that keeps them in
 # one external-data file beside the graph (``<graph>_data``, where ONNX Runtime finds it).
-EXTERNAL_DATA_BYTES = 1536 * 1024 * 1024
+# ONNX_EXTERNAL_DATA_MB moves the line (down, to keep the weights of smaller models apart too).
+EXTERNAL_DATA_MB_DEFAULT = 1536
+
+
+def external_data_bytes() -> int:
+    """Weights above this many bytes are exported into an external-data file."""
+    return env_int("ONNX_EXTERNAL_DATA_MB", EXTERNAL_DATA_MB_DEFAULT) * 1024 * 1024
+
 
 # Inputs that check a graph: several batch widths, padding, special characters, and one text
 # far past every model's max tokens (the engine truncates it to max_tokens).
@@ -121,7 +129,7 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
     # The exporter leaves the module in training mode; dropout would spoil the comparison.
     model.eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    if weights > EXTERNAL_DATA_BYTES:
+    if weights > external_data_bytes():
         external = to_external_data(out_path, before)
         size = f"{weights / 1024**2:,.0f} MB"
         say(f"the weights ({size}) are kept apart from the graph, in {external}")

@@ -41,11 +41,13 @@ _GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "
 # Bytes per parameter of each torch_dtype a config may declare (weights on disk).
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 _MB = 1024 * 1024
-# Memory a model needs to serve, and to deploy (PyTorch and ONNX Runtime both hold it during
-# the export and the parity gate): this many times its fp32 weights, plus a fixed part for the
-# runtimes and the activations of a batch.
-_MEMORY_FACTOR = 3.0
-_MEMORY_BASE_MB = 512
+# Memory a model needs, as multiples of its fp32 weights plus a fixed part for the runtimes,
+# measured with bench/addmodel.py on a model shaped like bge-base (418 MB of weights): deploying
+# peaked at 4.7 GB (PyTorch's model, the traced export, the optimiser's copies, ONNX Runtime's
+# sessions of the parity gate), the sidecar held 1.9 GB serving it (a session per batch worker).
+_DEPLOY_FACTOR = 11.0
+_SERVE_FACTOR = 5.0
+_MEMORY_BASE_MB = 256
 # The small files read before a download are capped: a "config" larger than this is no config.
 _SMALL_FILE_LIMIT = 4 * _MB
 # Well-known licenses of model cards (their Hub identifiers) and where each is written.
@@ -134,7 +136,8 @@ class Inspection:
     config: ModelConfig | None = None
     prompts: dict[str, str] = field(default_factory=dict)
     license: dict[str, str] | None = None  # None: the card declares none ("unknown")
-    memory_mb: int = 0
+    memory_mb: int = 0  # to deploy, the larger need: what the machine is checked against
+    serve_memory_mb: int = 0
     onnx: str | None = None  # the fp32 graph the source ships, if any
     kind: str = "embedding"
     refusals: list[Refusal] = field(default_factory=list)
@@ -170,6 +173,7 @@ class Inspection:
         if self.parameters:
             estimated = "" if self.parameters_exact else " (estimated from the weights' size)"
             params = f"{self.parameters / 1e6:,.1f} M{estimated}"
+        exported = ": exported with PyTorch at deployment" if self.ok else ""
         license_text = "unknown (the model card declares none)"
         if self.license:
             license_text = self.license["name"]
@@ -177,21 +181,27 @@ class Inspection:
             ("Source", self.source.label + (f" ({self.revision[:12]})" if self.revision else "")),
             ("Architecture", f"{self.model_type or '?'} ({', '.join(self.architectures) or '?'})"),
             ("Parameters", params),
-            ("Download", f"{self.download_bytes / _MB:,.1f} MB"),
+            (
+                "Download" if self.source.kind == "hub" else "Files to copy",
+                f"{self.download_bytes / _MB:,.1f} MB",
+            ),
             ("Hidden size", str(self.hidden_size or "?")),
             ("Output dimensions", str(config.dimensions) if config else "?"),
             ("Max tokens", str(config.max_tokens) if config else "?"),
             ("Pooling", config.pooling if config else "?"),
             ("Dense layers", _dense_text(config)),
             ("Normalised", ("yes" if config.normalize else "no") if config else "?"),
-            ("Prompts", ", ".join(f"{k}: {v!r}" for k, v in self.prompts.items()) or "none"),
+            ("Prompts", "; ".join(f'{k}: "{v}"' for k, v in self.prompts.items()) or "none"),
             (
                 "Matryoshka dimensions",
                 ", ".join(map(str, config.matryoshka_dimensions)) if config else "",
             ),
             ("License", license_text),
-            ("Memory needed", f"{self.memory_mb:,} MB"),
-            ("ONNX graph", self.onnx or "none shipped: exported with PyTorch at deployment"),
+            (
+                "Memory needed",
+                f"about {self.memory_mb:,} MB to deploy, {self.serve_memory_mb:,} MB to serve",
+            ),
+            ("ONNX graph", self.onnx or f"none shipped{exported}"),
         ]
         return [(label, value or "none") for label, value in rows]
 
@@ -252,7 +262,7 @@ class Inspection:
 def _dense_text(config: ModelConfig | None) -> str:
     if config is None or not config.dense:
         return "none"
-    return ", ".join(f"{d.in_features}->{d.out_features} ({d.activation})" for d in config.dense)
+    return ", ".join(f"{d.in_features} → {d.out_features} ({d.activation})" for d in config.dense)
 
 
 # -- reading a source -------------------------------------------------------------------------
@@ -293,10 +303,15 @@ def _hub_files(spec: SourceSpec, into: Path, endpoint: str | None) -> tuple[dict
         RevisionNotFoundError,
     )
 
-    from inference.sources import hub_endpoint, hub_reachable
+    from inference.sources import hub_endpoint, hub_offline, hub_reachable
 
     endpoint = endpoint or hub_endpoint()
     repo, revision = spec.ref, spec.revision or "main"
+    if hub_offline():
+        raise IntakeError(
+            "HF_HUB_OFFLINE is set, so the Hugging Face Hub is not asked: unset it for the "
+            "console and the workers to add models from the Hub, or add the model from a folder"
+        )
     if not hub_reachable(endpoint):
         raise IntakeError(
             f"the Hugging Face Hub ({endpoint}) cannot be reached from this machine; download "
@@ -558,10 +573,11 @@ def _size_and_memory(ins: Inspection, machine: Resources) -> None:
         ins.parameters = weights // 4  # fp32 weights, the common case
         ins.parameters_exact = False
     fp32_mb = (ins.parameters or 0) * 4 / _MB
-    ins.memory_mb = math.ceil(fp32_mb * _MEMORY_FACTOR + _MEMORY_BASE_MB)
+    ins.memory_mb = math.ceil(fp32_mb * _DEPLOY_FACTOR + _MEMORY_BASE_MB)
+    ins.serve_memory_mb = math.ceil(fp32_mb * _SERVE_FACTOR + _MEMORY_BASE_MB)
     if ins.memory_mb > machine.memory_mb:
         ins.refuse(
-            f"the model needs about {ins.memory_mb:,} MB of memory to deploy and serve; this "
-            f"machine has {machine.memory_mb:,} MB",
+            f"the model needs about {ins.memory_mb:,} MB of memory to deploy (and "
+            f"{ins.serve_memory_mb:,} MB to serve); this machine has {machine.memory_mb:,} MB",
             "Choose a smaller model, or add it on a machine with more memory",
         )

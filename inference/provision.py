@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import catalog as catalog_module
-from inference import export, layout, parity, quantize, sources
+from inference import layout, preparation, quantize, sources
 from inference.catalog import Catalog, CatalogEntry
 from inference.cpu import CpuFeatures, read_cpu
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
@@ -162,36 +162,6 @@ def _prepare_int8(
     else:
         int8.unlink()
     return gate.to_manifest()
-
-
-def _parity_gate(
-    entry: CatalogEntry, staging: Path, fp32: Path, report: _Reporter
-) -> dict[str, Any] | None:
-    """Prove the graph that will serve against the original model (``inference/parity.py``);
-    the figures for the manifest, or None where there is nothing to compare with (a shipped
-    model whose source has no PyTorch weights, or a machine without the reference extra).
-    An added model must pass: it has no other warrant."""
-    say = report.log("prepare")
-    if not any((staging / rel).is_file() for rel in layout.WEIGHT_FILES):
-        if entry.needs_parity:
-            raise ProvisionError(
-                f"{entry.uri}'s source has no PyTorch weights to check the serving graph against"
-            )
-        say("parity gate: the source ships the ONNX graph alone, with no original to compare")
-        return None
-    if not entry.needs_parity and not parity.reference_available():
-        say("parity gate skipped: sentence-transformers is not installed (the reference extra)")
-        return None
-    try:
-        result = parity.check_parity(staging, fp32, read_model_config(staging), log=say)
-    except (parity.ParityError, ModelConfigError) as exc:
-        raise ProvisionError(f"the parity gate cannot run: {exc}") from None
-    if not result.passed:
-        raise ProvisionError(
-            f"{entry.uri} does not serve what the original model computes: {result.summary()}; "
-            f"the worst text was {result.worst_text[:60]!r}. Nothing was installed"
-        )
-    return result.to_manifest()
 
 
 def deploy(
@@ -359,29 +329,27 @@ def _deploy_fresh(
         )
 
         report.emit("prepare", "start", "preparing the ONNX graph for CPU")
-        preparation: dict[str, Any] = {"exported": fetched.onnx is None}
-        fp32 = staging / layout.FP32_ONNX
-        if fetched.onnx is None:
-            try:
-                preparation["export_max_abs_diff"] = export.export_onnx(
-                    staging, fp32, report.log("prepare")
-                )
-            except export.ExportError as exc:
-                raise ProvisionError(str(exc)) from None
-        preparation.update(
-            export.optimize_onnx(staging, fp32, dict(entry.architecture), report.log("prepare"))
-        )
-        figures = _parity_gate(entry, staging, fp32, report)
+        try:
+            prepared = preparation.prepare_in_child(
+                staging,
+                log=report.log("prepare"),
+                uri=entry.uri,
+                export_needed=fetched.onnx is None,
+                architecture=dict(entry.architecture),
+                parity_required=entry.needs_parity,
+            )
+        except preparation.PreparationError as exc:
+            raise ProvisionError(str(exc)) from None
         sources.remove_weights(staging)
         manifest: dict[str, Any] = {
             **entry.manifest_fields(),
             "source": fetched.source_info(),
             "onnx": {"fp32": layout.FP32_ONNX},
             "tokenizer": ".",
-            "preparation": preparation,
+            "preparation": prepared["preparation"],
         }
-        if figures is not None:
-            manifest["quality"] = {"parity": figures}
+        if prepared["parity"] is not None:
+            manifest["quality"] = {"parity": prepared["parity"]}
         gate = _prepare_int8(entry, staging, manifest, report, cpu) if precision == "int8" else None
         report.emit("prepare", "done")
         stored = _install(entry, store, staging, manifest, report)

@@ -4,6 +4,7 @@ files and quality figures, the sidecar's live state and the latest deployment.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
@@ -61,6 +62,16 @@ class ModelInfo:
         if self.stored is not None:
             return "In the store, not loaded"
         return "Not deployed"
+
+    @property
+    def source_label(self) -> str:
+        """Where an added model came from, short: the Hub repository, or the folder's name
+        (the full path is the models page's tooltip and the model page's Added row)."""
+        added = self.entry.added or {}
+        source = str(added.get("source") or "")
+        if self.entry.local_path:
+            return f"folder {PurePath(self.entry.local_path).name}"
+        return source
 
     @property
     def parity(self) -> dict[str, Any] | None:

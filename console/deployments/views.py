@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -96,11 +97,7 @@ def deployment_retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
-    context = {
-        "models": models_info.all_models(),
-        "can_manage": _can_manage(request),
-        "removed": request.GET.get("removed", ""),
-    }
+    context = {"models": models_info.all_models(), "can_manage": _can_manage(request)}
     return render(request, "deployments/models.html", context)
 
 
@@ -162,7 +159,9 @@ def model_remove(request: HttpRequest, uri: str) -> HttpResponse:
         return render(
             request, "deployments/model.html", _model_context(request, uri, form), status=409
         )
-    return redirect(f"{reverse('deployments:models')}?removed={uri}")
+    done = f"{uri} was removed: it was unloaded, its files were deleted and it left the catalog."
+    messages.success(request, done)
+    return redirect("deployments:models")
 
 
 @require_GET

@@ -60,7 +60,7 @@ def test_a_model_added_on_the_models_page_deploys_and_serves_like_a_shipped_one(
     admin = _client("ada", ADMIN)
     assert "Add a model" in admin.get("/models/").content.decode()
     page = admin.post("/models/add/", {"action": "inspect", "source": str(folder)}).content
-    for fact in ("Output dimensions", "32-&gt;16 (tanh)", "query: &#x27;query: &#x27;", "mit"):
+    for fact in ("Output dimensions", "32 → 16 (tanh)", "query: &quot;query: &quot;", "mit"):
         assert fact in page.decode()
     final = stack.wait(_add_from_the_page(admin, folder), timeout=240)
     assert final.state == "succeeded", final.error

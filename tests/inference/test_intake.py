@@ -119,7 +119,7 @@ def test_inspection_reports_what_the_folder_holds(models: Path) -> None:
     assert found.needs_export and found.onnx is None
     assert found.proposed_uri == "dense-model:v1"
     facts = dict(found.facts())
-    assert facts["Dense layers"] == "32->16 (tanh)"
+    assert facts["Dense layers"] == "32 → 16 (tanh)"
     assert facts["Output dimensions"] == "16"
 
 
@@ -295,9 +295,7 @@ def test_weights_kept_in_external_data_deploy_from_an_export_and_from_a_shipped_
 ) -> None:
     """A model over 2 GiB keeps its weights beside the graph; the threshold is lowered so that
     a small model takes the same path."""
-    from inference import export
-
-    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setenv("ONNX_EXTERNAL_DATA_MB", "0")
     folder = make_st_model(models / "external", "xlm-roberta", dense_out=16)
     store = ModelStore(tmp_path / "store")
     _add(str(folder), "external:v1")
@@ -359,3 +357,11 @@ def test_a_decoder_embedder_with_last_token_pooling_is_refused_with_the_reason(
     reason = _refusal(folder)
     assert "last-token pooling" in reason and "decoder embedders" in reason
     assert "generative" not in reason  # it is an embedder, refused for what it is
+
+
+def test_the_hub_is_not_asked_when_hf_hub_offline_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(IntakeError, match=r"HF_HUB_OFFLINE is set.*from a folder"):
+        inspect_source("hf:acme/anything")

@@ -189,8 +189,32 @@ def test_export_without_torch_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     with pytest.raises(ExportError, match=r"pip install '\.\[export\]'"):
         export_onnx(folder, tmp_path / "out.onnx")
+    # The deployment prepares the graph in a child process: hide torch from that one too.
+    hidden = tmp_path / "without-torch" / "torch"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('torch is hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hidden.parent))
     store = ModelStore(tmp_path / "models")
     with pytest.raises(ProvisionError, match=r"torch==2\.13\.0"):
+        deploy(TINY_URI, source=str(folder), store=store, catalog=tiny_catalog)
+    assert store.get(TINY_URI) is None and _leftovers(store) == []
+
+
+def test_a_preparation_killed_mid_export_fails_with_the_reason_and_installs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_catalog: Catalog
+) -> None:
+    """The export runs in a child process; one killed (as the kernel kills a process out of
+    memory) fails the deployment, the deploying process itself untouched."""
+    folder = make_tiny_model(tmp_path / "no-onnx", onnx_file=False)
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    killer = tmp_path / "killer" / "torch"
+    killer.mkdir(parents=True)
+    (killer / "__init__.py").write_text(
+        "import os, signal\nprint('exporting', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(killer.parent))
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ProvisionError, match=r"killed by signal 9 \(out of memory\?\)"):
         deploy(TINY_URI, source=str(folder), store=store, catalog=tiny_catalog)
     assert store.get(TINY_URI) is None and _leftovers(store) == []
 
