@@ -165,10 +165,10 @@ def test_remote_code_with_onnx(tmp_path: Path) -> None:
     session = ort.InferenceSession(
         str(directory / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    assert [i.name for i in session.get_inputs()] == [
+    assert sorted(i.name for i in session.get_inputs()) == [
+        "attention_mask",
         "input_ids",
         "token_type_ids",
-        "attention_mask",
     ]
     ids = np.array([[2, 10, 11, 3]], dtype=np.int64)
     feeds = {
