@@ -5,9 +5,9 @@ runs the parity gate against the original model (``inference/parity.py``). That 
 PyTorch's model, the traced graph, the optimiser's copies and the gate's sessions at once:
 several times the model's weights (about 11 times for bge-base, ``bench/addmodel.py``). A
 long-running worker would keep most of that memory after it finished, so ``prepare_in_child``
-runs it in a child process (``python -m inference.preparation``), which gives it all back on
-exit; the child dies with its parent, streams its log lines, and a child killed (out of memory,
-say) fails the deployment with what it last said.
+runs it in a child process (``python -m inference.preparation``) whenever PyTorch is involved,
+which gives it all back on exit; the child dies with its parent, streams its log lines, and a
+child killed (out of memory, say) fails the deployment with what it last said.
 
 The child's protocol, one JSON object per line on its standard output: ``{"log": line}``,
 then ``{"result": {...}}`` or ``{"error": message}``. Anything else it prints goes to its
@@ -89,6 +89,15 @@ def _parity_gate(
             f"the worst text was {result.worst_text[:60]!r}. Nothing was installed"
         )
     return result.to_manifest()
+
+
+def prepare(staging: Path, *, log: Log, **arguments: Any) -> dict[str, Any]:
+    """``prepare_graph``, in a child process where PyTorch runs (an export, or the parity gate
+    on the source's weights); a graph that only needs the optimiser is prepared here, without
+    the child's start-up (a few seconds of imports)."""
+    if arguments["export_needed"] or any((staging / rel).is_file() for rel in layout.WEIGHT_FILES):
+        return prepare_in_child(staging, log=log, **arguments)
+    return prepare_graph(staging, log=log, **arguments)
 
 
 # -- the child process ---------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def _deploy_fresh(
 
         report.emit("prepare", "start", "preparing the ONNX graph for CPU")
         try:
-            prepared = preparation.prepare_in_child(
+            prepared = preparation.prepare(
                 staging,
                 log=report.log("prepare"),
                 uri=entry.uri,
