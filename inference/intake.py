@@ -99,7 +99,10 @@ def parse_source(text: str) -> SourceSpec:
                 "example hf:BAAI/bge-small-en-v1.5"
             )
         return SourceSpec("hub", match.group(1), match.group(2))
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        path = Path(text)
     if not path.is_absolute():
         raise IntakeError(
             f"{text!r} is neither hf:ORG/REPO nor an absolute folder path; give the folder's full "
