@@ -75,18 +75,18 @@ def _torch() -> Any:
     return torch
 
 
-def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> float:
-    """Export the transformer in ``model_dir`` to ``out_path``; return its largest difference
-    from PyTorch on ``CHECK_TEXTS`` (ExportError if above ``TOLERANCE``)."""
-    torch = _torch()
-    from transformers import AutoModel, AutoTokenizer
+def load_for_export(model_dir: Path, auto_class: str) -> tuple[Any, Any, list[str]]:
+    """The tokenizer and the transformers model (``auto_class``, e.g. "AutoModel") in
+    ``model_dir``, in eval mode, and the graph inputs its tokenizer feeds."""
+    import transformers
 
-    say = log or (lambda _line: None)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(model_dir), local_files_only=True
+        )
         # Eager attention traces to the plain MatMul/Softmax subgraph that ONNX Runtime's
         # optimiser recognises and fuses into its Attention operator.
-        model = AutoModel.from_pretrained(
+        model = getattr(transformers, auto_class).from_pretrained(
             str(model_dir), local_files_only=True, attn_implementation="eager"
         )
     except (OSError, ValueError) as exc:
@@ -94,34 +94,48 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
             f"cannot load the model in {model_dir} with transformers: {exc}"
         ) from None
     model.eval()
-    names = [n for n in INPUT_NAMES if n in tokenizer.model_input_names]
+    return tokenizer, model, [n for n in INPUT_NAMES if n in tokenizer.model_input_names]
 
-    class Encoder(torch.nn.Module):
+
+def trace(
+    model: Any,
+    output: str,
+    names: list[str],
+    sample: Any,
+    out_path: Path,
+    dynamic: dict[str, dict[int, str]],
+    say: Log,
+) -> None:
+    """Export ``model``'s ``output`` (an attribute of its result) fed ``names`` to
+    ``out_path`` with the TorchScript exporter, tracing ``sample``; weights over
+    ``external_data_bytes()`` go to an external-data file."""
+    torch = _torch()
+
+    class Graph(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, *inputs: Any) -> Any:
-            return self.model(**dict(zip(names, inputs, strict=True))).last_hidden_state
+            return getattr(self.model(**dict(zip(names, inputs, strict=True))), output)
 
-    sample = tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     before = set(out_path.parent.iterdir())
-    dynamic = {n: {0: "batch", 1: "sequence"} for n in [*names, OUTPUT_NAME]}
     say(f"exporting the model to ONNX with PyTorch {torch.__version__}")
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about shape-dependent Python branches in transformers' mask code;
-        # the comparison with PyTorch below, on shapes the trace never saw, is the real check.
+        # the comparison with PyTorch after it, on shapes the trace never saw, is the real
+        # check.
         warnings.simplefilter("ignore")
         # The TorchScript exporter (dynamo=False): the dynamo exporter needs onnxscript, which
         # the project does not ship, and this one reproduces BERT-family encoders exactly.
         torch.onnx.export(
-            Encoder(),
+            Graph(),
             tuple(sample[n] for n in names),
             str(out_path),
             dynamo=False,
             input_names=names,
-            output_names=[OUTPUT_NAME],
+            output_names=[output],
             dynamic_axes=dynamic,
             opset_version=OPSET,
             do_constant_folding=True,
@@ -133,6 +147,17 @@ def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> floa
         external = to_external_data(out_path, before)
         size = f"{weights / 1024**2:,.0f} MB"
         say(f"the weights ({size}) are kept apart from the graph, in {external}")
+
+
+def export_onnx(model_dir: Path, out_path: Path, log: Log | None = None) -> float:
+    """Export the transformer in ``model_dir`` to ``out_path``; return its largest difference
+    from PyTorch on ``CHECK_TEXTS`` (ExportError if above ``TOLERANCE``)."""
+    torch = _torch()
+    say = log or (lambda _line: None)
+    tokenizer, model, names = load_for_export(model_dir, "AutoModel")
+    sample = tokenizer(list(CHECK_TEXTS[:2]), padding=True, return_tensors="pt")
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in [*names, OUTPUT_NAME]}
+    trace(model, "last_hidden_state", names, sample, out_path, dynamic, say)
     diff = _compare_with_torch(model, tokenizer, names, out_path, model_dir, torch)
     say(f"exported graph matches PyTorch within {diff:.1e}")
     if diff > TOLERANCE:

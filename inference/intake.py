@@ -99,6 +99,8 @@ def parse_source(text: str) -> SourceSpec:
                 "example hf:BAAI/bge-small-en-v1.5"
             )
         return SourceSpec("hub", match.group(1), match.group(2))
+    if "\0" in text:
+        raise IntakeError("a source cannot hold a NUL character")
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # "~someone" with no such user

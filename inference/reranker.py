@@ -1,0 +1,669 @@
+"""The engine half of cross-encoder reranking: export, config, scoring and the parity gate.
+
+A cross-encoder reads a (query, document) pair as one sequence and its classification head
+gives one logit, the relevance; sentence-transformers' ``CrossEncoder.predict`` turns it into a
+score with the model's activation (sigmoid for one label). ``export_cross_encoder`` traces
+``AutoModelForSequenceClassification`` into an ONNX graph with output ``logits``;
+``read_rerank_config`` reads what scoring needs besides the weights; ``RerankModel`` scores
+documents against a query on ONNX Runtime, batched like the embedding engine; and
+``check_rerank_parity`` holds its scores against ``CrossEncoder.predict`` before the model serves.
+
+Pairs are tokenised as ``CrossEncoder.predict`` tokenises them: sentence-transformers 6.2 calls
+the tokenizer with ``truncation="longest_first"`` at the tokenizer's ``model_max_length``, so a
+long document gives up tokens before a short query does, and two long texts are each cut to
+half the room. ``RerankModel`` applies that rule itself (``longest_first``) to texts tokenised
+one by one, rather than letting ``tokenizers`` truncate the pair: for a pair, ``tokenizers``
+keeps every combination of the two texts' overflowing windows, which for two texts of 12,800
+characters took a second and 700 MB per pair.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from inference import sidecar_settings
+from inference.engine import (
+    _ONNX_INT_TYPES,
+    MAX_CHARS_PER_TOKEN,
+    _full_settings,
+    _load_tokenizer,
+    plan_batches,
+    session_options,
+    split_by_length,
+)
+from inference.export import (
+    CHECK_TEXTS,
+    INPUT_NAMES,
+    TOLERANCE,
+    ExportError,
+    Log,
+    _torch,
+    load_for_export,
+    trace,
+)
+from inference.modelconfig import ModelConfigError, _read_json, read_model_config
+from inference.parity import PROBE_TEXTS, ParityError
+
+OUTPUT_NAME = "logits"
+ACTIVATIONS = ("sigmoid", "identity")
+# The activations CrossEncoder may name (as a torch class path) that the reranker applies.
+_TORCH_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
+_GRAPH_INPUTS = set(INPUT_NAMES)
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """What scoring a pair needs besides the weights: the length limit of the pair (special
+    tokens included), the activation ``CrossEncoder.predict`` applies to the logit, and the
+    labels of the head (exactly one: its logit is the relevance)."""
+
+    max_tokens: int
+    activation: str = "sigmoid"
+    num_labels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_labels != 1:
+            raise ModelConfigError(
+                f"the classification head has {self.num_labels} labels; a reranker needs exactly "
+                "one, whose logit is the relevance score"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ModelConfigError(
+                f"activation {self.activation!r} is not supported; use one of "
+                f"{', '.join(ACTIVATIONS)}"
+            )
+        if self.max_tokens < 2:
+            raise ModelConfigError(f"max_tokens must be at least 2, got {self.max_tokens}")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> RerankConfig:
+        """Build the config from a store manifest, naming the key that is missing or wrong."""
+        missing = [k for k in ("max_tokens", "activation", "num_labels") if k not in manifest]
+        if missing:
+            raise ModelConfigError(f"rerank config lacks {', '.join(missing)}")
+        try:
+            max_tokens, num_labels = int(manifest["max_tokens"]), int(manifest["num_labels"])
+        except (TypeError, ValueError) as exc:
+            raise ModelConfigError(f"rerank config has an invalid value: {exc}") from None
+        return cls(
+            max_tokens=max_tokens, activation=str(manifest["activation"]), num_labels=num_labels
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "max_tokens": self.max_tokens,
+            "activation": self.activation,
+            "num_labels": self.num_labels,
+        }
+
+
+def _activation_path(root: Path, hf_config: Mapping[str, Any]) -> str | None:
+    """The activation CrossEncoder loads, as the torch class path it names (None: its default).
+
+    In CrossEncoder's order: ``config_sentence_transformers.json``, then ``config.json``'s
+    ``sentence_transformers`` entry, else its pre-4.0 ``sbert_ce_default_activation_function``.
+    A path outside ``torch`` is code CrossEncoder runs only with ``trust_remote_code``; without
+    it, as here, it falls back to its default, and so does this.
+    """
+    candidates = []
+    st_path = root / "config_sentence_transformers.json"
+    if st_path.is_file():
+        candidates.append(_read_json(st_path).get("activation_fn"))
+    embedded = hf_config.get("sentence_transformers")
+    if isinstance(embedded, dict) and "activation_fn" in embedded:
+        candidates.append(embedded["activation_fn"])
+    else:
+        candidates.append(hf_config.get("sbert_ce_default_activation_function"))
+    return next((p for p in candidates if isinstance(p, str) and p.startswith("torch.")), None)
+
+
+def read_rerank_config(directory: str | Path) -> RerankConfig:
+    """Read a cross-encoder's config from its repository (as CrossEncoder saves one).
+
+    * max_tokens: as ``read_model_config`` reads it for embedders, which is where CrossEncoder
+      cuts too: ``sentence_bert_config.json`` max_seq_length, else the tokenizer's
+      model_max_length capped by ``config.json`` max_position_embeddings;
+    * num_labels: the labels of ``config.json`` (``id2label``, else ``num_labels``, else
+      transformers' default of 2); anything but 1 is refused;
+    * activation: the one ``config_sentence_transformers.json`` (or ``config.json``) names,
+      Sigmoid or Identity, else sigmoid, CrossEncoder's default for one label.
+
+    A repository whose scores are not its classifier's logit (sentence-transformers modules
+    after the transformer, or a generative model scoring yes/no tokens) is refused.
+    """
+    root = Path(directory)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise ModelConfigError(f"{root} has no config.json; is it a Hugging Face model directory?")
+    hf_config = _read_json(config_path)
+    architectures = hf_config.get("architectures") or []
+    if architectures and not any(
+        str(a).endswith("ForSequenceClassification") for a in architectures
+    ):
+        raise ModelConfigError(
+            f"{config_path} describes a {', '.join(map(str, architectures))}; the reranker "
+            "serves cross-encoders with a sequence-classification head"
+        )
+    modules_path = root / "modules.json"
+    if modules_path.is_file():
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in _read_json(modules_path)]
+        if kinds != ["Transformer"]:
+            raise ModelConfigError(
+                f"{modules_path} lists modules {' -> '.join(kinds) or 'none'}; the reranker "
+                "serves a Transformer alone, whose classifier logit is the score"
+            )
+    labels = hf_config.get("id2label")
+    if isinstance(labels, dict) and labels:
+        if len(labels) != 1:
+            names = ", ".join(map(str, labels.values()))
+            raise ModelConfigError(
+                f"{config_path} gives the classification head {len(labels)} labels ({names}); "
+                "a reranker needs exactly one, whose logit is the relevance score"
+            )
+        num_labels = 1
+    else:
+        num_labels = int(hf_config.get("num_labels", 2))
+    activation = "sigmoid"
+    path = _activation_path(root, hf_config)
+    if path is not None:
+        name = path.rsplit(".", 1)[-1]
+        if name not in _TORCH_ACTIVATIONS:
+            raise ModelConfigError(
+                f"{root} scores with activation {path}; the reranker applies "
+                f"{' or '.join(sorted(_TORCH_ACTIVATIONS))}"
+            )
+        activation = _TORCH_ACTIVATIONS[name]
+    return RerankConfig(
+        max_tokens=read_model_config(root).max_tokens,
+        activation=activation,
+        num_labels=num_labels,
+    )
+
+
+# -- export -------------------------------------------------------------------------------------
+
+# Pairs that check an exported graph, cut as the reranker cuts them: one pair alone, then one
+# padded batch with an empty document, a document far past max tokens and a query past it.
+_CHECK_QUERY = CHECK_TEXTS[1]
+_CHECK_BATCHES = (
+    [(_CHECK_QUERY, CHECK_TEXTS[2])],
+    [(_CHECK_QUERY, text) for text in CHECK_TEXTS] + [(CHECK_TEXTS[-1], CHECK_TEXTS[0])],
+)
+
+
+def export_cross_encoder(model_dir: Path, out_path: Path, log: Log | None = None) -> float:
+    """Export the cross-encoder in ``model_dir`` to ``out_path`` (inputs among input_ids,
+    attention_mask, token_type_ids; output ``logits``, batch x labels); return its largest
+    difference from PyTorch on ``_CHECK_BATCHES`` (ExportError above ``TOLERANCE``).
+    ModelConfigError, before anything is traced, for a model the reranker cannot serve."""
+    torch = _torch()
+    say = log or (lambda _line: None)
+    limit = read_rerank_config(model_dir).max_tokens
+    tokenizer, model, names = load_for_export(model_dir, "AutoModelForSequenceClassification")
+    # Two pairs of different lengths, so that the trace sees padding and both segments.
+    sample = _encode(tokenizer, _CHECK_BATCHES[1][:2], limit)
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in names} | {OUTPUT_NAME: {0: "batch"}}
+    trace(model, OUTPUT_NAME, names, sample, out_path, dynamic, say)
+    diff = _compare_logits(model, tokenizer, names, out_path, limit, torch)
+    say(f"exported graph matches PyTorch within {diff:.1e}")
+    if diff > TOLERANCE:
+        raise ExportError(
+            f"the exported graph's logits differ from PyTorch by {diff:.2e} (more than "
+            f"{TOLERANCE:g}); the model cannot be served faithfully"
+        )
+    return diff
+
+
+def _encode(tokenizer: Any, pairs: Sequence[tuple[str, str]], limit: int) -> Any:
+    """PyTorch inputs for ``pairs``, padded and cut as CrossEncoder cuts them."""
+    return tokenizer(
+        [q for q, _ in pairs],
+        [d for _, d in pairs],
+        padding=True,
+        truncation="longest_first",
+        max_length=limit,
+        return_tensors="pt",
+    )
+
+
+def _compare_logits(
+    model: Any, tokenizer: Any, names: list[str], onnx_path: Path, limit: int, torch: Any
+) -> float:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for pairs in _CHECK_BATCHES:
+        enc = _encode(tokenizer, pairs, limit)
+        with torch.no_grad():
+            reference = model(**{n: enc[n] for n in names}).logits.numpy()
+        (got,) = session.run([OUTPUT_NAME], {n: enc[n].numpy() for n in names})
+        worst = max(worst, float(np.abs(got - reference).max()))
+    return worst
+
+
+# -- tokenising ---------------------------------------------------------------------------------
+
+
+def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
+    """The tokens ``tokenizers`` keeps of a pair of ``first`` and ``second`` tokens under its
+    ``longest_first`` truncation to ``budget`` tokens (special tokens excluded).
+
+    A shorter text that fits in half the budget is kept whole and the longer one gets the rest;
+    otherwise each gets half, and of an odd budget the longer one (the second, on a tie) the
+    extra token.
+    """
+    if first + second <= budget:
+        return first, second
+    short = min(first, second)
+    if 2 * short <= budget:
+        kept_short, kept_long = short, budget - short
+    else:
+        kept_short, kept_long = budget // 2, budget - budget // 2
+    return (kept_long, kept_short) if first > second else (kept_short, kept_long)
+
+
+@dataclass(frozen=True)
+class _PairLayout:
+    """Where the tokenizer's post-processor puts its special tokens around the two texts, and
+    the type id of each position: ``prefix query middle document suffix``."""
+
+    prefix: tuple[list[int], list[int]]  # token ids, type ids
+    middle: tuple[list[int], list[int]]
+    suffix: tuple[list[int], list[int]]
+    query_type: int
+    document_type: int
+
+    @property
+    def special_tokens(self) -> int:
+        return len(self.prefix[0]) + len(self.middle[0]) + len(self.suffix[0])
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> _PairLayout:
+        """Read the layout off the tokenizer's own encoding of a probe pair."""
+        probe = tokenizer.encode("a", "b")
+        spans = []
+        for sequence in (0, 1):
+            where = [i for i, s in enumerate(probe.sequence_ids) if s == sequence]
+            types = {probe.type_ids[i] for i in where}
+            if not where or where != list(range(where[0], where[-1] + 1)) or len(types) != 1:
+                raise ValueError(
+                    "the tokenizer's post-processor does not frame a pair as one span of each "
+                    "text between special tokens; the reranker cannot tokenise pairs for it"
+                )
+            spans.append((where[0], where[-1] + 1, types.pop()))
+        (a, b, query_type), (c, d, document_type) = spans
+        ids, types = probe.ids, probe.type_ids
+        return cls(
+            prefix=(ids[:a], types[:a]),
+            middle=(ids[b:c], types[b:c]),
+            suffix=(ids[d:], types[d:]),
+            query_type=query_type,
+            document_type=document_type,
+        )
+
+    def join(self, query: Sequence[int], document: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Token ids and type ids of the pair."""
+        ids = [*self.prefix[0], *query, *self.middle[0], *document, *self.suffix[0]]
+        types = [
+            *self.prefix[1],
+            *[self.query_type] * len(query),
+            *self.middle[1],
+            *[self.document_type] * len(document),
+            *self.suffix[1],
+        ]
+        return ids, types
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """The (query, document) pairs of one request as the model reads them, in document order."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]  # segment of each token, as BERT's token_type_ids
+    lengths: np.ndarray  # int64, len(ids[i]) for each i
+    truncated: np.ndarray  # bool, whether the query or document i was cut to fit max_tokens
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+class RerankModel:
+    """One cross-encoder: its tokenizer, its config and its ONNX Runtime sessions.
+
+    Sessions follow the settings' layout as ``EmbeddingModel``'s do: ``run(..., slot=i)`` on
+    batch session ``i``, ``alone=True`` on the session of every core where there is one. Safe to
+    call from several threads at once. An empty document is scored like any other text.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        tokenizer_dir: str | Path,
+        config: RerankConfig,
+        settings: Mapping[str, Any],
+    ) -> None:
+        self.config = config
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"ONNX model file {self.onnx_path} does not exist")
+        backend, self._pad_id = _load_tokenizer(Path(tokenizer_dir))
+        # A private copy, configured once and never changed after: it tokenises each text
+        # whole; the pair is cut and framed here (see longest_first).
+        self._tokenizer = Tokenizer.from_str(backend.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._layout = _PairLayout.of(self._tokenizer)
+        self._budget = config.max_tokens - self._layout.special_tokens
+        if self._budget < 2:
+            raise ValueError(
+                f"max_tokens {config.max_tokens} leaves no room for a query and a document "
+                f"besides the {self._layout.special_tokens} special tokens of a pair"
+            )
+
+        self._settings = _full_settings(settings)
+        chosen = sidecar_settings.layout(self._settings)
+        self._batch = tuple(self._new_session(chosen.threads) for _ in range(chosen.sessions))
+        self._lone = self._new_session(chosen.lone_threads) if chosen.lone_threads else None
+        first = self._batch[0]
+        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in first.get_inputs()}
+        unknown = sorted(set(self._inputs) - _GRAPH_INPUTS)
+        bad_types = sorted(name for name, dtype in self._inputs.items() if dtype is None)
+        if unknown or bad_types or "input_ids" not in self._inputs:
+            raise ValueError(
+                f"{self.onnx_path} is not a cross-encoder the reranker can feed: it needs inputs "
+                f"{', '.join(sorted(self._inputs))} (known: {', '.join(INPUT_NAMES)}, as int32 "
+                "or int64 tensors)"
+            )
+        outputs = {o.name: o for o in first.get_outputs()}
+        output = outputs.get(OUTPUT_NAME)
+        if output is None and len(outputs) == 1:
+            (output,) = outputs.values()
+        # A symbolic label axis (a str) is left to run's check of each result.
+        labels = output.shape[1] if output is not None and len(output.shape) == 2 else None
+        if labels != 1 and not isinstance(labels, str):
+            raise ValueError(
+                f"{self.onnx_path} has no (batch, 1) logits output to score with (outputs: "
+                f"{', '.join(outputs)})"
+            )
+        self._output = output.name
+
+    def _new_session(self, threads: int) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            str(self.onnx_path),
+            sess_options=session_options(self._settings, threads),
+            providers=["CPUExecutionProvider"],
+        )
+
+    @property
+    def sessions(self) -> int:
+        """How many batch sessions the model has (``run``'s slots)."""
+        return len(self._batch)
+
+    def tokenize_pairs(self, query: str, documents: Sequence[str]) -> PairTokens:
+        """Token ids of ``(query, document)`` for each document, cut to ``max_tokens`` as
+        CrossEncoder cuts them (``longest_first``) and framed by the model's special tokens."""
+        if not isinstance(query, str):
+            raise TypeError(f"the query must be a string, got {type(query).__name__}")
+        for index, document in enumerate(documents):
+            if not isinstance(document, str):
+                raise TypeError(f"document {index} must be a string, got {type(document).__name__}")
+        texts = [query, *documents]
+        # No token spans more than MAX_CHARS_PER_TOKEN characters, so what lies past this many
+        # characters can never be kept: cut it before tokenising, as the engine does.
+        cap = self.config.max_tokens * MAX_CHARS_PER_TOKEN
+        cut = [len(text) > cap for text in texts]
+        encodings = self._tokenizer.encode_batch(
+            [text[:cap] for text in texts], add_special_tokens=False
+        )
+        pieces = [encoding.ids for encoding in encodings]
+        whole: dict[int, int] = {}
+
+        def length(index: int) -> int:
+            # Only which of two halved texts is longer still depends on what was cut off: it
+            # keeps the odd token of an odd budget. Rare (a query over half the budget beside a
+            # text over the cap), so only then is the cut text counted whole.
+            if index not in whole:
+                whole[index] = len(
+                    self._tokenizer.encode(texts[index], add_special_tokens=False).ids
+                )
+            return whole[index]
+
+        budget = self._budget
+        ids, type_ids, truncated = [], [], np.zeros(len(documents), dtype=bool)
+        query_length = len(pieces[0])
+        for row, document in enumerate(pieces[1:]):
+            first, second = query_length, len(document)
+            if (cut[0] or cut[row + 1]) and budget % 2 and 2 * min(first, second) > budget:
+                first = length(0) if cut[0] else first
+                second = length(row + 1) if cut[row + 1] else second
+            keep_query, keep_document = longest_first(first, second, budget)
+            truncated[row] = cut[0] or cut[row + 1] or first + second > budget
+            pair_ids, pair_types = self._layout.join(
+                pieces[0][:keep_query], document[:keep_document]
+            )
+            ids.append(pair_ids)
+            type_ids.append(pair_types)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        return PairTokens(ids=ids, type_ids=type_ids, lengths=lengths, truncated=truncated)
+
+    def run(
+        self,
+        ids: Sequence[Sequence[int]],
+        type_ids: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """The logits (float32, one per row, in the given order) of one batch of pair rows as
+        ``tokenize_pairs`` makes them, on batch session ``slot`` (modulo the sessions there
+        are) or with ``alone`` on the lone-request session where there is one. Rows are run in
+        ``groups`` of similar length (default ``split_by_length``), each padded to its
+        longest."""
+        count = len(ids)
+        logits = np.empty(count, dtype=np.float32)
+        if count == 0:
+            return logits
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
+        session = (
+            self._lone if alone and self._lone is not None else self._batch[slot % self.sessions]
+        )
+        for rows in split_by_length(lengths) if groups is None else groups:
+            feed = self._feed([ids[i] for i in rows], [type_ids[i] for i in rows], lengths[rows])
+            (out,) = session.run([self._output], feed)
+            out = np.asarray(out, dtype=np.float32)
+            if out.shape != (len(rows), 1):
+                raise ValueError(
+                    f"{self.onnx_path} returned {self._output} of shape {out.shape} for "
+                    f"{len(rows)} pairs; a reranker gives one logit per pair"
+                )
+            logits[rows] = out[:, 0]
+        return logits
+
+    def _feed(
+        self,
+        ids: Sequence[Sequence[int]],
+        type_ids: Sequence[Sequence[int]],
+        lengths: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs for pair rows padded to the longest of them."""
+        count, width = len(ids), int(lengths.max())
+        mask = np.arange(width) < lengths[:, None]
+        total = int(lengths.sum())
+        feed: dict[str, np.ndarray] = {}
+        for name, dtype in self._inputs.items():
+            if name == "attention_mask":
+                value = mask
+            else:
+                rows, pad = (ids, self._pad_id) if name == "input_ids" else (type_ids, 0)
+                value = np.full((count, width), pad, dtype=np.int64)
+                # Boolean-mask assignment fills row by row, left to right: the flat order.
+                value[mask] = np.fromiter(itertools.chain.from_iterable(rows), np.int64, total)
+            feed[name] = np.ascontiguousarray(value, dtype=dtype)
+        return feed
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """Scores from logits, as CrossEncoder.predict makes them with the model's activation."""
+        if self.config.activation == "identity":
+            return logits
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def score(self, query: str, documents: Sequence[str], *, raw: bool = False) -> np.ndarray:
+        """The relevance of each document to ``query`` (float32, in the documents' order):
+        the model's activation of its logit (sigmoid in [0, 1]), or with ``raw`` the logit."""
+        tokens = self.tokenize_pairs(query, documents)
+        logits = np.empty(len(documents), dtype=np.float32)
+        batches = plan_batches(
+            tokens.lengths,
+            int(self._settings["max_batch_size"]),
+            int(self._settings["max_batch_tokens"]),
+        )
+
+        def run(rows: np.ndarray, slot: int, alone: bool = False) -> None:
+            logits[rows] = self.run(
+                [tokens.ids[i] for i in rows], [tokens.type_ids[i] for i in rows], slot, alone=alone
+            )
+
+        if self.sessions == 1 or len(batches) == 1:
+            for rows in batches:
+                run(rows, 0, alone=len(batches) == 1)
+        else:
+            # One thread per session, each taking the next batch: the sessions run at once.
+            pending = iter(batches)
+            lock = threading.Lock()
+
+            def work(slot: int) -> None:
+                while True:
+                    with lock:
+                        rows = next(pending, None)
+                    if rows is None:
+                        return
+                    run(rows, slot)
+
+            with ThreadPoolExecutor(max_workers=self.sessions) as pool:
+                for done in [pool.submit(work, slot) for slot in range(self.sessions)]:
+                    done.result()
+        return logits if raw else self.activate(logits)
+
+
+# -- parity gate --------------------------------------------------------------------------------
+
+# One short question and one text past every model's max tokens (its pairs are cut on both
+# sides), each against the other probe texts: several languages, an empty one, long ones.
+_PARITY_QUERIES = (PROBE_TEXTS[0], PROBE_TEXTS[-2])
+_PARITY_DOCUMENTS = PROBE_TEXTS[1:]
+
+
+@dataclass(frozen=True)
+class RerankParityResult:
+    passed: bool
+    max_abs_diff: float  # scores as served (activation applied) against CrossEncoder.predict
+    max_logit_diff: float  # logits, where a saturated sigmoid would hide a difference
+    same_order: bool  # each query's documents ranked alike (by logit)
+    pairs: int
+    worst_document: str
+    seconds: float
+    reference: str  # what ran the original
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        order = "same ranking" if self.same_order else "DIFFERENT ranking"
+        return (
+            f"rerank parity gate {verdict}: largest score difference {self.max_abs_diff:.1e}, "
+            f"logit difference {self.max_logit_diff:.1e} (allowed {TOLERANCE:g}), {order}, over "
+            f"{self.pairs} pairs against {self.reference} ({self.seconds:.1f} s)"
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "max_abs_diff": self.max_abs_diff,
+            "max_logit_diff": self.max_logit_diff,
+            "same_order": self.same_order,
+            "threshold": TOLERANCE,
+            "pairs": self.pairs,
+            "worst_document": self.worst_document[:80],
+            "seconds": round(self.seconds, 2),
+            "reference": self.reference,
+        }
+
+
+def _reference(model_dir: Path) -> tuple[Any, Any, str]:
+    """CrossEncoder on the original, torch's Identity (for logits) and the versions' label."""
+    try:
+        import sentence_transformers
+        import torch
+    except ImportError:
+        raise ParityError(
+            "the rerank parity gate runs the original model with sentence-transformers on "
+            "PyTorch, which are not installed: install the 'reference' extra (pip install "
+            "'.[reference]') on the worker and deploy again"
+        ) from None
+    try:
+        model = sentence_transformers.CrossEncoder(
+            str(model_dir), device="cpu", local_files_only=True
+        )
+    except Exception as exc:  # any failure to load the original stops the gate the same way
+        raise ParityError(
+            f"sentence-transformers cannot load the cross-encoder from {model_dir}: {exc}"
+        ) from None
+    label = (
+        f"sentence-transformers {sentence_transformers.__version__} / PyTorch {torch.__version__}"
+    )
+    return model, torch.nn.Identity(), label
+
+
+def check_rerank_parity(
+    model_dir: Path, onnx_path: Path, config: RerankConfig, *, log: Log | None = None
+) -> RerankParityResult:
+    """Score the probe pairs with ``RerankModel`` on ``onnx_path`` and with CrossEncoder on the
+    original in ``model_dir``: passed when every score and every logit agree within
+    ``TOLERANCE`` and each query ranks its documents alike. ParityError if the original cannot
+    be run."""
+    say = log or (lambda _line: None)
+    started = time.perf_counter()
+    reference, identity, label = _reference(model_dir)
+    model = RerankModel(onnx_path, model_dir, config, {"engine_sessions": 1, "spin_control": False})
+    score_diffs, logit_diffs, same_order = [], [], True
+    for query in _PARITY_QUERIES:
+        pairs = [(query, document) for document in _PARITY_DOCUMENTS]
+        logits = model.score(query, _PARITY_DOCUMENTS, raw=True)
+        theirs = {
+            kind: np.asarray(
+                reference.predict(pairs, batch_size=8, show_progress_bar=False, **kwargs),
+                dtype=np.float32,
+            )
+            for kind, kwargs in (("scores", {}), ("logits", {"activation_fn": identity}))
+        }
+        score_diffs.append(np.abs(model.activate(logits) - theirs["scores"]))
+        logit_diffs.append(np.abs(logits - theirs["logits"]))
+        ranking = np.argsort(-logits, kind="stable")
+        same_order &= bool(np.array_equal(ranking, np.argsort(-theirs["logits"], kind="stable")))
+    scores, raw = np.concatenate(score_diffs), np.concatenate(logit_diffs)
+    worst = int(np.argmax(np.maximum(scores, raw)))
+    max_abs_diff, max_logit_diff = float(scores.max()), float(raw.max())
+    result = RerankParityResult(
+        passed=max(max_abs_diff, max_logit_diff) <= TOLERANCE and same_order,
+        max_abs_diff=max_abs_diff,
+        max_logit_diff=max_logit_diff,
+        same_order=same_order,
+        pairs=len(scores),
+        worst_document=_PARITY_DOCUMENTS[worst % len(_PARITY_DOCUMENTS)],
+        seconds=time.perf_counter() - started,
+        reference=label,
+    )
+    say(result.summary())
+    return result
