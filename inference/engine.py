@@ -171,6 +171,32 @@ def session_options(settings: Mapping[str, Any], threads: int | None = None) -> 
     return options
 
 
+def run_batches(
+    batches: list[np.ndarray], sessions: int, run: Callable[[np.ndarray, int, bool], None]
+) -> None:
+    """Call ``run(rows, slot, alone)`` for every batch: a lone batch on the lone-request
+    session (``alone``), several on one thread per session, each taking the next batch, so
+    that the sessions run at once."""
+    if sessions == 1 or len(batches) == 1:
+        for rows in batches:
+            run(rows, 0, len(batches) == 1)
+        return
+    pending = iter(batches)
+    lock = threading.Lock()
+
+    def work(slot: int) -> None:
+        while True:
+            with lock:
+                rows = next(pending, None)
+            if rows is None:
+                return
+            run(rows, slot, False)
+
+    with ThreadPoolExecutor(max_workers=sessions) as pool:
+        for done in [pool.submit(work, slot) for slot in range(sessions)]:
+            done.result()
+
+
 def _full_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {**sidecar_settings.defaults(), **settings}
 
@@ -539,26 +565,11 @@ class EmbeddingModel:
         batches = plan_batches(
             lengths, int(settings["max_batch_size"]), int(settings["max_batch_tokens"])
         )
-        sessions = self.sessions
-        if sessions == 1 or len(batches) == 1:
-            for rows in batches:
-                vectors[rows] = self.run([tokenized.ids[i] for i in rows], alone=len(batches) == 1)
-        else:
-            # One thread per session, each taking the next batch: the sessions run at once.
-            pending = iter(batches)
-            lock = threading.Lock()
 
-            def work(slot: int) -> None:
-                while True:
-                    with lock:
-                        rows = next(pending, None)
-                    if rows is None:
-                        return
-                    vectors[rows] = self.run([tokenized.ids[i] for i in rows], slot)
+        def run(rows: np.ndarray, slot: int, alone: bool) -> None:
+            vectors[rows] = self.run([tokenized.ids[i] for i in rows], slot, alone=alone)
 
-            with ThreadPoolExecutor(max_workers=sessions) as pool:
-                for done in [pool.submit(work, slot) for slot in range(sessions)]:
-                    done.result()
+        run_batches(batches, self.sessions, run)
         return EmbedResult(
             vectors=vectors, token_counts=lengths.tolist(), truncated=tokenized.truncated.tolist()
         )

@@ -20,10 +20,8 @@ characters took a second and 700 MB per pair.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from inference.engine import (
     _full_settings,
     _load_tokenizer,
     plan_batches,
+    run_batches,
     session_options,
     split_by_length,
 )
@@ -53,7 +52,7 @@ from inference.export import (
     trace,
 )
 from inference.modelconfig import ModelConfigError, _read_json, read_model_config
-from inference.parity import PROBE_TEXTS, ParityError
+from inference.parity import PROBE_TEXTS, reference_model
 
 OUTPUT_NAME = "logits"
 ACTIVATIONS = ("sigmoid", "identity")
@@ -532,30 +531,12 @@ class RerankModel:
             int(self._settings["max_batch_tokens"]),
         )
 
-        def run(rows: np.ndarray, slot: int, alone: bool = False) -> None:
+        def run(rows: np.ndarray, slot: int, alone: bool) -> None:
             logits[rows] = self.run(
                 [tokens.ids[i] for i in rows], [tokens.type_ids[i] for i in rows], slot, alone=alone
             )
 
-        if self.sessions == 1 or len(batches) == 1:
-            for rows in batches:
-                run(rows, 0, alone=len(batches) == 1)
-        else:
-            # One thread per session, each taking the next batch: the sessions run at once.
-            pending = iter(batches)
-            lock = threading.Lock()
-
-            def work(slot: int) -> None:
-                while True:
-                    with lock:
-                        rows = next(pending, None)
-                    if rows is None:
-                        return
-                    run(rows, slot)
-
-            with ThreadPoolExecutor(max_workers=self.sessions) as pool:
-                for done in [pool.submit(work, slot) for slot in range(self.sessions)]:
-                    done.result()
+        run_batches(batches, self.sessions, run)
         return logits if raw else self.activate(logits)
 
 
@@ -601,31 +582,6 @@ class RerankParityResult:
         }
 
 
-def _reference(model_dir: Path) -> tuple[Any, Any, str]:
-    """CrossEncoder on the original, torch's Identity (for logits) and the versions' label."""
-    try:
-        import sentence_transformers
-        import torch
-    except ImportError:
-        raise ParityError(
-            "the rerank parity gate runs the original model with sentence-transformers on "
-            "PyTorch, which are not installed: install the 'reference' extra (pip install "
-            "'.[reference]') on the worker and deploy again"
-        ) from None
-    try:
-        model = sentence_transformers.CrossEncoder(
-            str(model_dir), device="cpu", local_files_only=True
-        )
-    except Exception as exc:  # any failure to load the original stops the gate the same way
-        raise ParityError(
-            f"sentence-transformers cannot load the cross-encoder from {model_dir}: {exc}"
-        ) from None
-    label = (
-        f"sentence-transformers {sentence_transformers.__version__} / PyTorch {torch.__version__}"
-    )
-    return model, torch.nn.Identity(), label
-
-
 def check_rerank_parity(
     model_dir: Path, onnx_path: Path, config: RerankConfig, *, log: Log | None = None
 ) -> RerankParityResult:
@@ -635,7 +591,10 @@ def check_rerank_parity(
     be run."""
     say = log or (lambda _line: None)
     started = time.perf_counter()
-    reference, identity, label = _reference(model_dir)
+    reference, label = reference_model(model_dir, "CrossEncoder")
+    import torch  # the reference is loaded: PyTorch is there
+
+    identity = torch.nn.Identity()
     model = RerankModel(onnx_path, model_dir, config, {"engine_sessions": 1, "spin_control": False})
     score_diffs, logit_diffs, same_order = [], [], True
     for query in _PARITY_QUERIES:
