@@ -23,13 +23,12 @@ import math
 import re
 import struct
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inference import layout
-from inference.catalog import MODEL_KINDS, parse_uri
+from inference.catalog import parse_uri
 from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
 from inference.resources import Resources, probe
 
@@ -431,7 +430,8 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
             module_types = [str(m.get("type", "")) for m in json.loads(modules.read_text())]
         except (OSError, ValueError, AttributeError):
             module_types = []
-    ins.parameters = _local_parameters(folder, files)
+    weights = folder / "model.safetensors"
+    ins.parameters = _safetensors_parameters(weights) if weights.is_file() else None
     ins.parameters_exact = ins.parameters is not None
 
     heads = " ".join(ins.architectures)
@@ -515,19 +515,12 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
             "no sentence-transformers configuration (modules.json): mean pooling and "
             "normalisation are assumed, as sentence-transformers does for a plain transformer"
         )
-    if ins.kind not in MODEL_KINDS:
-        ins.refuse(f"models of kind {ins.kind} cannot be added", "Add an embedding model")
 
 
 _ST_ADVICE = (
     "Only models whose sentence-transformers modules are Transformer, Pooling (mean or CLS), "
     "Dense and Normalize can be served"
 )
-
-
-def _local_parameters(folder: Path, files: Mapping[str, int]) -> int | None:
-    path = folder / "model.safetensors"
-    return _safetensors_parameters(path) if path.is_file() else None
 
 
 def _license(folder: Path) -> dict[str, str] | None:
