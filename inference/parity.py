@@ -97,7 +97,10 @@ def reference_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers"))
 
 
-def _reference(model_dir: Path) -> Any:
+def reference_model(model_dir: Path, cls: str = "SentenceTransformer") -> tuple[Any, str]:
+    """The original model in ``model_dir``, loaded by sentence-transformers' ``cls``
+    (SentenceTransformer, or CrossEncoder for a reranker) on PyTorch's CPU, in eval mode, never
+    running a repository's code, and the label of the versions that ran it."""
     try:
         import sentence_transformers
         import torch
@@ -108,7 +111,7 @@ def _reference(model_dir: Path) -> Any:
             "'.[reference]') on the worker and deploy again"
         ) from None
     try:
-        model = sentence_transformers.SentenceTransformer(
+        model = getattr(sentence_transformers, cls)(
             str(model_dir), device="cpu", local_files_only=True, trust_remote_code=False
         )
     except Exception as exc:  # any failure to load the original stops the gate the same way
@@ -143,7 +146,7 @@ def check_parity(
 
     say = log or (lambda _line: None)
     started = time.perf_counter()
-    reference, label = _reference(model_dir)
+    reference, label = reference_model(model_dir)
     settings = {"engine_sessions": 1, "spin_control": False}
     if threads:
         settings["intra_op_parallelism"] = threads
