@@ -13,9 +13,20 @@ Response 200 body, ``Content-Type: application/octet-stream``::
     count, dimensions
     count x dimensions float32 little-endian, rows in request order
 
-The response also carries ``X-Prompt-Tokens``. Any other status carries the JSON error body
-of the OpenAI-compatible API: ``{"error": {"message", "type", "param", "code"}}``; ``code`` is
-one of the ``ErrorCode`` values below, which the module maps to SQLSTATEs.
+The response also carries ``X-Prompt-Tokens``.
+
+Reranking has a route of the same shape::
+
+    POST /internal/rerank?[model=<uri>][&raw=true|false]
+
+Its body holds the query and then the documents, as above (``count`` = 1 + documents, at least
+two texts). Without ``model`` the sidecar uses its setting ``default_rerank_model``. Response
+200 body: ``count`` (documents) then ``count`` float32 little-endian scores, in the documents'
+order: the model's activation of each pair's logit (sigmoid), or with ``raw=true`` the logit.
+
+Any other status of either route carries the JSON error body of the OpenAI-compatible API:
+``{"error": {"message", "type", "param", "code"}}``; ``code`` is one of the ``ErrorCode``
+values below, which the module maps to SQLSTATEs.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 PATH = "/internal/embed"
+RERANK_PATH = "/internal/rerank"
 CONTENT_TYPE = "application/octet-stream"
 _U32 = struct.Struct("<I")
 _HEADER = struct.Struct("<II")
@@ -40,6 +52,7 @@ class ErrorCode:
     REQUEST_TOO_LARGE = "request_too_large"  # 413 -> 54000
     MODEL_NOT_FOUND = "model_not_found"  # 404 -> 42704
     MODEL_NOT_LOADED = "model_not_loaded"  # 409 -> 55000
+    WRONG_MODEL_KIND = "wrong_model_kind"  # 400 -> 42809 (an embedder asked to rerank, ...)
     UNAUTHORIZED = "unauthorized"  # 401 -> 28000
     TIMEOUT = "timeout"  # 504 -> 57014 (the X-Timeout-Ms budget ran out)
     INTERNAL = "internal_error"  # 500 -> XX000
@@ -95,3 +108,17 @@ def decode_response(body: bytes) -> np.ndarray:
     if len(body) != expected:
         raise ProtocolError(f"binary response has {len(body)} bytes, expected {expected}")
     return np.frombuffer(body, dtype="<f4", offset=_HEADER.size).reshape(rows, dims)
+
+
+def encode_scores(scores: np.ndarray) -> bytes:
+    """The rerank route's response body: the count, then one float32 per document."""
+    return _U32.pack(len(scores)) + np.ascontiguousarray(scores, dtype="<f4").tobytes()
+
+
+def decode_scores(body: bytes) -> np.ndarray:
+    if len(body) < _U32.size:
+        raise ProtocolError("binary response shorter than its count")
+    (count,) = _U32.unpack_from(body, 0)
+    if len(body) != _U32.size + 4 * count:
+        raise ProtocolError(f"binary response has {len(body)} bytes, expected {4 + 4 * count}")
+    return np.frombuffer(body, dtype="<f4", offset=_U32.size)

@@ -19,7 +19,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
@@ -33,7 +32,7 @@ from inference.reranker import (
     longest_first,
     read_rerank_config,
 )
-from tests.fixtures.stmodels import CORPUS, make_cross_encoder
+from tests.fixtures.stmodels import CORPUS, make_cross_encoder, sharpen
 
 ARCHS = ("bert", "xlm-roberta")
 WORDS = " ".join(CORPUS).split()
@@ -43,25 +42,9 @@ SETTINGS = {"engine_sessions": 2, "intra_op_parallelism": 1, "max_batch_size": 1
 LONG = " ".join(WORDS * 25)
 
 
-def _sharpen(directory: Path, factor: float = 10.0) -> None:
-    """Scale the transformer's and head's matrices by ``factor``.
-
-    At transformers' initialisation (std 0.02) a tiny random model scores every pair alike (its
-    logits spread over 2e-5), so that no ranking of it means anything; ten times the weights
-    make the score depend on the text, while float noise stays at 1e-6.
-    """
-    path = directory / "model.safetensors"
-    tensors = load_file(str(path))
-    scaled = {
-        name: tensor * factor if tensor.ndim == 2 and "embeddings" not in name else tensor
-        for name, tensor in tensors.items()
-    }
-    save_file(scaled, str(path), metadata={"format": "pt"})
-
-
 def _build(directory: Path, arch: str, seed: int = 0) -> tuple[Path, float]:
     make_cross_encoder(directory, arch, seed=seed)
-    _sharpen(directory)
+    sharpen(directory)
     return directory, export_cross_encoder(directory, directory / "onnx" / "model.onnx")
 
 
