@@ -28,14 +28,17 @@ from typing import Any
 
 from inference import layout
 from inference.config import env_str, var_dir
-from inference.modelconfig import ModelConfig, ModelConfigError
+from inference.modelconfig import (
+    ModelConfig,
+    ModelConfigError,
+    RerankConfig,
+    config_from_manifest,
+)
 from inference.resources import ModelNeeds, Resources, probe, unmet
 from inference.statefile import write_json_atomic
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 SOURCE_KINDS = ("hub", "package", "local")
-# What a model computes: an embedding (a vector per text); rerankers score pairs.
-MODEL_KINDS = ("embedding",)
 
 # Names and versions become directory names in the store: keep them to safe characters.
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -98,7 +101,7 @@ class CatalogEntry:
     version: str
     title: str
     description: str
-    config: ModelConfig
+    config: ModelConfig | RerankConfig
     license: Mapping[str, str]
     model_card: str
     architecture: Mapping[str, Any]
@@ -109,7 +112,6 @@ class CatalogEntry:
     package: PackageSource | None = None
     # The folder an added model was taken from (its "local" source needs no path then).
     local_path: str | None = None
-    kind: str = "embedding"
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -125,10 +127,22 @@ class CatalogEntry:
         by sentence-transformers on PyTorch) before it serves: every added model."""
         return self.added is not None
 
-    # The config's and the needs' values, read as the entry's own.
     @property
-    def dimensions(self) -> int:
-        return self.config.dimensions
+    def kind(self) -> str:
+        """What the model computes (``MODEL_KINDS``): "embedding", a vector per text, or
+        "reranker", a relevance score per (query, document) pair."""
+        return self.config.kind
+
+    @property
+    def embedding(self) -> ModelConfig | None:
+        """The embedder's config; None for a reranker, which has no dimensions, pooling or
+        prefixes."""
+        return self.config if isinstance(self.config, ModelConfig) else None
+
+    # The config's and the needs' values, read as the entry's own (None, empty: a reranker's).
+    @property
+    def dimensions(self) -> int | None:
+        return self.embedding.dimensions if self.embedding else None
 
     @property
     def max_tokens(self) -> int:
@@ -136,19 +150,25 @@ class CatalogEntry:
 
     @property
     def matryoshka_dimensions(self) -> tuple[int, ...]:
-        return self.config.matryoshka_dimensions
+        return self.embedding.matryoshka_dimensions if self.embedding else ()
 
     @property
-    def pooling(self) -> str:
-        return self.config.pooling
+    def pooling(self) -> str | None:
+        return self.embedding.pooling if self.embedding else None
 
     @property
-    def normalize(self) -> bool:
-        return self.config.normalize
+    def normalize(self) -> bool | None:
+        return self.embedding.normalize if self.embedding else None
 
     @property
     def prefixes(self) -> Mapping[str, str]:
-        return self.config.to_manifest()["prefixes"]
+        return self.embedding.to_manifest()["prefixes"] if self.embedding else {}
+
+    @property
+    def offers_int8(self) -> bool:
+        """Whether an int8 variant may be made: embedders with quality thresholds for its gate
+        (rerankers have none: their int8 gate is not built)."""
+        return self.embedding is not None and bool(self.int8_thresholds)
 
     @property
     def memory_mb(self) -> int:
@@ -217,7 +237,7 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
         title=str(raw.get("title") or name),
         description=str(raw.get("description") or ""),
         # An entry describes its model under the manifest's own keys.
-        config=ModelConfig.from_manifest(raw),
+        config=config_from_manifest(raw),
         license=dict(raw["license"]),
         model_card=str(raw["model_card"]),
         architecture=dict(raw.get("architecture") or {}),
@@ -226,16 +246,13 @@ def _entry(raw: Mapping[str, Any]) -> CatalogEntry:
             min_cores=int(raw.get("min_cores", 1)),
             disk_mb=int(raw["disk_mb"]) if raw.get("disk_mb") is not None else None,
         ),
-        int8_thresholds=dict(raw["int8"]["thresholds"]),
+        int8_thresholds=dict((raw.get("int8") or {}).get("thresholds") or {}),
         default_source=str(raw.get("default_source") or "hub"),
         hub=hub,
         package=package,
         local_path=local_path,
-        kind=str(raw.get("kind") or "embedding"),
         raw=raw,
     )
-    if entry.kind not in MODEL_KINDS:
-        raise CatalogError(f"{uri}: kind {entry.kind!r} is not one of {', '.join(MODEL_KINDS)}")
     if entry.default_source not in entry.sources:
         raise CatalogError(f"{uri}: default_source {entry.default_source!r} is not one it has")
     return entry

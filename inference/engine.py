@@ -273,66 +273,37 @@ class _Sessions:
     lone: ort.InferenceSession | None  # every core's threads, for a lone request
 
 
-class EmbeddingModel:
-    """One embedding model: its tokenizer, its config and its ONNX Runtime sessions.
+class OnnxModel:
+    """A graph's ONNX Runtime sessions, laid out by the settings (``sidecar_settings.layout``),
+    for the embedding engine and the reranker alike.
 
-    The settings' layout (``sidecar_settings.layout``) decides how many sessions, each with its
-    own intra-op thread pool: ``run(ids, slot=i)`` runs on session ``i``, so that several
-    threads (the batcher's workers) run batches at once without sharing a thread pool. With
-    several, one more session of all their threads runs lone requests (``run(ids,
-    alone=True)``), which find the others idle. All sessions are built from the same file and
-    give the same vectors.
-    Safe to call from several threads at once. An empty string is embedded like any other
-    input: as the model's special tokens alone (for BERT, ``[CLS] [SEP]``); refusing empty
-    inputs is the caller's decision.
+    Each session has its own intra-op thread pool: ``_session(slot)`` is batch session
+    ``slot``, so that several threads (the batcher's workers) run batches at once without
+    sharing a thread pool. With several, one more session of all their threads runs lone
+    requests (``_session(slot, alone=True)``), which find the others idle. All sessions are
+    built from the same file and give the same results.
     """
 
-    def __init__(
-        self,
-        onnx_path: str | Path,
-        tokenizer_dir: str | Path,
-        config: ModelConfig,
-        settings: Mapping[str, Any],
-    ) -> None:
-        self.config = config
+    def __init__(self, onnx_path: str | Path, settings: Mapping[str, Any]) -> None:
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model file {self.onnx_path} does not exist")
-        backend, self._pad_id = _load_tokenizer(Path(tokenizer_dir))
-        # Two private copies, configured once and never changed after, so that concurrent
-        # calls never see each other's truncation: one cuts at max_tokens, one counts everything.
-        serialized = backend.to_str()
-        self._truncating = Tokenizer.from_str(serialized)
-        self._counting = Tokenizer.from_str(serialized)
-        for tok in (self._truncating, self._counting):
-            tok.no_padding()
-            tok.no_truncation()
-        self._truncating.enable_truncation(max_length=config.max_tokens)
-
         self._settings = _full_settings(settings)
         self._settings_lock = threading.Lock()
         self._sessions = self._new_sessions(self._settings)
         first = self._sessions.batch[0]
         self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in first.get_inputs()}
-        unknown = sorted(set(self._inputs) - _KNOWN_INPUTS)
+
+    def _check_inputs(self, known: set[str], what: str) -> None:
+        """Refuse a graph that wants inputs other than ``known`` or not as integer tensors."""
+        unknown = sorted(set(self._inputs) - known)
         bad_types = sorted(name for name, dtype in self._inputs.items() if dtype is None)
         if unknown or bad_types or "input_ids" not in self._inputs:
             raise ValueError(
-                f"{self.onnx_path} is not a text encoder the engine can feed: it needs inputs "
-                f"{', '.join(sorted(self._inputs))} (known: {', '.join(sorted(_KNOWN_INPUTS))}, "
+                f"{self.onnx_path} is not {what}: it needs inputs "
+                f"{', '.join(sorted(self._inputs))} (known: {', '.join(sorted(known))}, "
                 "as int32 or int64 tensors)"
             )
-        self._output = self._hidden_output_name()
-        self._dense = _load_dense(Path(tokenizer_dir), config)
-
-    @classmethod
-    def from_stored(
-        cls, stored: StoredModel, settings: Mapping[str, Any], precision: str = "fp32"
-    ) -> EmbeddingModel:
-        """Load a model from the model store (``precision`` "fp32" or "int8")."""
-        return cls(stored.onnx_path(precision), stored.tokenizer_dir, stored.config, settings)
-
-    # -- sessions -----------------------------------------------------------------------------
 
     def _new_sessions(self, settings: Mapping[str, Any]) -> _Sessions:
         chosen = sidecar_settings.layout(settings)
@@ -347,20 +318,6 @@ class EmbeddingModel:
         return _Sessions(
             batch=tuple(new(chosen.threads) for _ in range(chosen.sessions)),
             lone=new(chosen.lone_threads) if chosen.lone_threads else None,
-        )
-
-    def _hidden_output_name(self) -> str:
-        outputs = self._sessions.batch[0].get_outputs()
-        names = [o.name for o in outputs]
-        for name in _HIDDEN_OUTPUTS:
-            if name in names:
-                return name
-        for output in outputs:
-            if len(output.shape) == 3:
-                return output.name
-        raise ValueError(
-            f"{self.onnx_path} has no per-token output to pool (outputs: {', '.join(names)}); "
-            "export the model with its last_hidden_state"
         )
 
     @property
@@ -399,6 +356,60 @@ class EmbeddingModel:
             if any(merged[key] != self._settings[key] for key in SESSION_KEYS):
                 self._sessions = self._new_sessions(merged)
             self._settings = merged
+
+
+class EmbeddingModel(OnnxModel):
+    """One embedding model: its tokenizer, its config and its ONNX Runtime sessions
+    (``OnnxModel``): ``run(ids, slot=i)`` runs on batch session ``i``, ``run(ids,
+    alone=True)`` on the lone-request session where there is one.
+    Safe to call from several threads at once. An empty string is embedded like any other
+    input: as the model's special tokens alone (for BERT, ``[CLS] [SEP]``); refusing empty
+    inputs is the caller's decision.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        tokenizer_dir: str | Path,
+        config: ModelConfig,
+        settings: Mapping[str, Any],
+    ) -> None:
+        self.config = config
+        backend, self._pad_id = _load_tokenizer(Path(tokenizer_dir))
+        # Two private copies, configured once and never changed after, so that concurrent
+        # calls never see each other's truncation: one cuts at max_tokens, one counts everything.
+        serialized = backend.to_str()
+        self._truncating = Tokenizer.from_str(serialized)
+        self._counting = Tokenizer.from_str(serialized)
+        for tok in (self._truncating, self._counting):
+            tok.no_padding()
+            tok.no_truncation()
+        self._truncating.enable_truncation(max_length=config.max_tokens)
+        super().__init__(onnx_path, settings)
+        self._check_inputs(_KNOWN_INPUTS, "a text encoder the engine can feed")
+        self._output = self._hidden_output_name()
+        self._dense = _load_dense(Path(tokenizer_dir), config)
+
+    @classmethod
+    def from_stored(
+        cls, stored: StoredModel, settings: Mapping[str, Any], precision: str = "fp32"
+    ) -> EmbeddingModel:
+        """Load a model from the model store (``precision`` "fp32" or "int8")."""
+        return cls(stored.onnx_path(precision), stored.tokenizer_dir, stored.config, settings)
+
+    def _hidden_output_name(self) -> str:
+        outputs = self._sessions.batch[0].get_outputs()
+        names = [o.name for o in outputs]
+        for name in _HIDDEN_OUTPUTS:
+            if name in names:
+                return name
+        for output in outputs:
+            if len(output.shape) == 3:
+                return output.name
+        raise ValueError(
+            f"{self.onnx_path} has no per-token output to pool (outputs: {', '.join(names)}); "
+            "export the model with its last_hidden_state"
+        )
 
     # -- tokenising ---------------------------------------------------------------------------
 

@@ -7,8 +7,13 @@ JSON files (and the model card) before anything large is downloaded, and says wh
 architecture, parameters and download size, dimensions (after any Dense layer), max tokens,
 pooling, normalisation, prompts, Matryoshka dimensions, license and memory need. What cannot
 be served faithfully is refused with the reason and what to do instead (``Inspection.refusals``):
-an architecture the exporter does not handle, remote code, no tokenizer, a cross-encoder or a
-generative model, a gated or missing repository, a model too large for this machine.
+an architecture the exporter does not handle, remote code, no tokenizer, a generative model, a
+gated or missing repository, a model too large for this machine.
+
+A cross-encoder (a ``*ForSequenceClassification`` head with one label) is a reranker: it is
+inspected and added the same way, with its own facts (max tokens, activation), and serves
+``rank()`` and the rerank routes instead of embeddings. Asked for one kind, a source of the
+other is refused, naming its kind.
 
 ``Inspection.entry`` is the catalog entry to store (``catalog.add_entry``); a deployment of it
 then runs the parity gate (``inference/parity.py``) before the model serves.
@@ -29,12 +34,21 @@ from typing import Any
 
 from inference import layout
 from inference.catalog import parse_uri
-from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
+from inference.modelconfig import (
+    MODEL_KINDS,
+    ModelConfig,
+    ModelConfigError,
+    RerankConfig,
+    read_model_config,
+    read_rerank_config,
+)
 from inference.resources import Resources, probe
 
 # The encoder architectures the ONNX exporter is known to reproduce (config.json model_type).
 EXPORT_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert")
-# config.json ``architectures`` endings of models that are not embedders.
+# The cross-encoder architectures the exporter reproduces with their classification head.
+RERANK_ARCHITECTURES = ("bert", "roberta", "xlm-roberta")
+# config.json ``architectures`` endings of cross-encoders (rerankers) and generative models.
 _CROSS_ENCODER_HEADS = ("ForSequenceClassification",)
 _GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
 # Bytes per parameter of each torch_dtype a config may declare (weights on disk).
@@ -137,7 +151,7 @@ class Inspection:
     download_bytes: int = 0
     hidden_size: int | None = None
     num_heads: int = 0
-    config: ModelConfig | None = None
+    config: ModelConfig | RerankConfig | None = None
     prompts: dict[str, str] = field(default_factory=dict)
     license: dict[str, str] | None = None  # None: the card declares none ("unknown")
     memory_mb: int = 0  # to deploy, the larger need: what the machine is checked against
@@ -153,7 +167,7 @@ class Inspection:
 
     @property
     def dimensions(self) -> int | None:
-        return self.config.dimensions if self.config else None
+        return self.config.dimensions if isinstance(self.config, ModelConfig) else None
 
     @property
     def proposed_uri(self) -> str:
@@ -172,7 +186,7 @@ class Inspection:
 
     def facts(self) -> list[tuple[str, str]]:
         """What was found, as label and value, for people."""
-        config = self.config
+        config = self.config if isinstance(self.config, ModelConfig) else None
         params = "unknown"
         if self.parameters:
             estimated = "" if self.parameters_exact else " (estimated from the weights' size)"
@@ -181,8 +195,14 @@ class Inspection:
         license_text = "unknown (the model card declares none)"
         if self.license:
             license_text = self.license["name"]
+        kind = (
+            "reranker (cross-encoder: scores query-document pairs)"
+            if self.kind == "reranker"
+            else "embedding (a vector per text)"
+        )
         rows = [
             ("Source", self.source.label + (f" ({self.revision[:12]})" if self.revision else "")),
+            ("Kind", kind),
             ("Architecture", f"{self.model_type or '?'} ({', '.join(self.architectures) or '?'})"),
             ("Parameters", params),
             (
@@ -190,6 +210,26 @@ class Inspection:
                 f"{self.download_bytes / _MB:,.1f} MB",
             ),
             ("Hidden size", str(self.hidden_size or "?")),
+        ]
+        if isinstance(self.config, RerankConfig):
+            rows += [
+                ("Max tokens", f"{self.config.max_tokens} (query and document together)"),
+                ("Score", f"{self.config.activation} of the classifier's one logit"),
+            ]
+        else:
+            rows += self._embedding_facts(config)
+        rows += [
+            ("License", license_text),
+            (
+                "Memory needed",
+                f"about {self.memory_mb:,} MB to deploy, {self.serve_memory_mb:,} MB to serve",
+            ),
+            ("ONNX graph", self.onnx or f"none shipped{exported}"),
+        ]
+        return [(label, value or "none") for label, value in rows]
+
+    def _embedding_facts(self, config: ModelConfig | None) -> list[tuple[str, str]]:
+        return [
             ("Output dimensions", str(config.dimensions) if config else "?"),
             ("Max tokens", str(config.max_tokens) if config else "?"),
             ("Pooling", config.pooling if config else "?"),
@@ -200,14 +240,7 @@ class Inspection:
                 "Matryoshka dimensions",
                 ", ".join(map(str, config.matryoshka_dimensions)) if config else "",
             ),
-            ("License", license_text),
-            (
-                "Memory needed",
-                f"about {self.memory_mb:,} MB to deploy, {self.serve_memory_mb:,} MB to serve",
-            ),
-            ("ONNX graph", self.onnx or f"none shipped{exported}"),
         ]
-        return [(label, value or "none") for label, value in rows]
 
     def entry(self, uri: str, *, added_by: str = "", title: str = "") -> dict[str, Any]:
         """The catalog entry for this model under ``uri`` (ValueError if it cannot be added)."""
@@ -231,13 +264,17 @@ class Inspection:
             default_source = "local"
         card = f"https://huggingface.co/{self.source.ref}" if self.source.kind == "hub" else ""
         license_entry = dict(self.license or {"name": "unknown", "url": ""})
+        if isinstance(self.config, RerankConfig):
+            what = f"cross-encoder reranker, {self.config.max_tokens} tokens per pair"
+            int8: dict[str, Any] = {}
+        else:
+            what = f"encoder, {self.config.dimensions} dimensions, {self.config.pooling} pooling"
+            int8 = {"int8": {"thresholds": {"mean_cos": 0.99, "top10_agreement": 0.9}}}
         return {
             "uri": uri,
             "title": title or name,
-            "description": (
-                f"Added from {self.source.label}: {self.model_type or 'transformer'} encoder, "
-                f"{self.config.dimensions} dimensions, {self.config.pooling} pooling."
-            ),
+            "description": f"Added from {self.source.label}: {self.model_type or 'transformer'} "
+            f"{what}.",
             "kind": self.kind,
             **self.config.to_manifest(),
             "license": license_entry,
@@ -251,7 +288,7 @@ class Inspection:
             "memory_mb": self.memory_mb,
             "disk_mb": math.ceil(self.download_bytes * 2 / _MB) + 1,
             "min_cores": 1,
-            "int8": {"thresholds": {"mean_cos": 0.99, "top10_agreement": 0.9}},
+            **int8,
             "default_source": default_source,
             "sources": sources,
             "added": {
@@ -375,9 +412,14 @@ def inspect_source(
     *,
     machine: Resources | None = None,
     endpoint: str | None = None,
+    kind: str | None = None,
 ) -> Inspection:
     """Inspect ``source`` (``hf:ORG/REPO[@REV]`` or a folder) without downloading the model.
-    IntakeError when the source cannot be read at all; other problems are refusals."""
+    IntakeError when the source cannot be read at all; other problems are refusals. ``kind``
+    ("embedding" or "reranker"; None: whichever the source is) refuses a source of the other
+    kind."""
+    if kind is not None and kind not in MODEL_KINDS:
+        raise IntakeError(f"kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
     spec = parse_source(source)
     machine = machine or probe()
     with tempfile.TemporaryDirectory(prefix="inspect-") as tmp:
@@ -388,7 +430,7 @@ def inspect_source(
             folder, commit = Path(spec.ref), None
             files = _folder_files(folder)
         inspection = Inspection(source=spec, revision=commit, files=files)
-        _inspect_folder(inspection, folder)
+        _inspect_folder(inspection, folder, kind)
         if inspection.parameters is None and spec.kind == "hub" and commit:
             counted = _hub_parameters(spec, commit, endpoint)
             if counted:
@@ -408,7 +450,7 @@ def _read_json(folder: Path, rel: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _inspect_folder(ins: Inspection, folder: Path) -> None:
+def _inspect_folder(ins: Inspection, folder: Path, wanted: str | None) -> None:
     files = ins.files
     config = _read_json(folder, "config.json")
     if "config.json" not in files or not config:
@@ -445,11 +487,20 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
         or st_model.get("model_type") == "CrossEncoder"
         or st_task == "sequence-classification"
     )
-    if cross_encoder:
+    ins.kind = "reranker" if cross_encoder else "embedding"
+    if wanted == "embedding" and cross_encoder:
         ins.refuse(
-            f"{', '.join(ins.architectures)} is a cross-encoder (a reranker): it scores "
-            "query-document pairs and gives no embeddings",
-            "Add an embedding model (a sentence-transformers bi-encoder) instead",
+            f"{', '.join(ins.architectures) or 'the model'} is a cross-encoder (a reranker): it "
+            "scores query-document pairs and gives no embeddings",
+            "Add it as a reranker, or add an embedding model (a sentence-transformers "
+            "bi-encoder) for embeddings",
+        )
+    elif wanted == "reranker" and not cross_encoder:
+        ins.refuse(
+            f"{', '.join(ins.architectures) or 'the model'} is an embedding model: it gives a "
+            "vector per text and has no classification head to score pairs with",
+            "Add it as an embedding model, or add a cross-encoder "
+            "(*ForSequenceClassification with one label) as the reranker",
         )
     elif any(heads.endswith(h) for h in _GENERATIVE_HEADS) and not module_types:
         ins.refuse(
@@ -474,11 +525,13 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
                 "running that code, which this product never does",
                 "Choose a model whose architecture transformers supports natively",
             )
-    elif ins.model_type not in EXPORT_ARCHITECTURES and not ins.refusals:
+    elif ins.model_type not in _architectures(ins.kind) and not ins.refusals:
+        supported = _architectures(ins.kind)
         ins.refuse(
             f"architecture {ins.model_type or 'unknown'!s} "
             f"({', '.join(ins.architectures) or 'no architectures'}) is not one the ONNX "
-            f"exporter supports ({', '.join(EXPORT_ARCHITECTURES)})",
+            f"exporter supports for {'rerankers' if cross_encoder else 'embedders'} "
+            f"({', '.join(supported)})",
             "Choose a model of a supported architecture",
         )
     if "tokenizer.json" not in files:
@@ -501,6 +554,16 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
         )
     if remote:
         return  # its modules' code is what would say how it pools: nothing more to read
+    if cross_encoder:
+        try:
+            ins.config = read_rerank_config(folder)
+        except ModelConfigError as exc:
+            ins.refuse(
+                f"the cross-encoder cannot be served as a reranker: {exc}",
+                "Choose a cross-encoder whose head gives one relevance logit (sentence-"
+                "transformers CrossEncoder with num_labels=1)",
+            )
+        return
     try:
         ins.config = read_model_config(folder)
     except ModelConfigError as exc:
@@ -515,6 +578,10 @@ def _inspect_folder(ins: Inspection, folder: Path) -> None:
             "no sentence-transformers configuration (modules.json): mean pooling and "
             "normalisation are assumed, as sentence-transformers does for a plain transformer"
         )
+
+
+def _architectures(kind: str) -> tuple[str, ...]:
+    return RERANK_ARCHITECTURES if kind == "reranker" else EXPORT_ARCHITECTURES
 
 
 _ST_ADVICE = (

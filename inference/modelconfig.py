@@ -13,9 +13,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 POOLINGS = ("mean", "cls")
+# What a model does: embed texts, or score (query, document) pairs (a cross-encoder).
+MODEL_KINDS = ("embedding", "reranker")
 
 # The sentence-transformers modules the engine reproduces; any other module (LayerNorm,
 # WeightedLayerPooling, ...) would change the vectors, so a model that has one is refused rather
@@ -91,6 +93,7 @@ class DenseLayer:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    kind: ClassVar[str] = "embedding"
     dimensions: int
     max_tokens: int  # special tokens included
     pooling: str  # "mean" | "cls"
@@ -376,3 +379,169 @@ def _dense_layer(root: Path, folder: str) -> DenseLayer:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelConfigError(f"{path} lacks or has a bad {exc}") from None
+
+
+# The activations CrossEncoder may name (as a torch class path) that the reranker applies.
+RERANK_ACTIVATIONS = ("sigmoid", "identity")
+_RERANK_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
+
+
+# -- rerankers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """What scoring a pair needs besides the weights: the length limit of the pair (special
+    tokens included), the activation ``CrossEncoder.predict`` applies to the logit, and the
+    labels of the head (exactly one: its logit is the relevance)."""
+
+    max_tokens: int
+    activation: str = "sigmoid"
+    num_labels: int = 1
+    kind: ClassVar[str] = "reranker"
+
+    def __post_init__(self) -> None:
+        if self.num_labels != 1:
+            raise ModelConfigError(
+                f"the classification head has {self.num_labels} labels; a reranker needs exactly "
+                "one, whose logit is the relevance score"
+            )
+        if self.activation not in RERANK_ACTIVATIONS:
+            raise ModelConfigError(
+                f"activation {self.activation!r} is not supported; use one of "
+                f"{', '.join(RERANK_ACTIVATIONS)}"
+            )
+        if self.max_tokens < 2:
+            raise ModelConfigError(f"max_tokens must be at least 2, got {self.max_tokens}")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> RerankConfig:
+        """Build the config from a store manifest, naming the key that is missing or wrong."""
+        missing = [k for k in ("max_tokens", "activation", "num_labels") if k not in manifest]
+        if missing:
+            raise ModelConfigError(f"rerank config lacks {', '.join(missing)}")
+        try:
+            max_tokens, num_labels = int(manifest["max_tokens"]), int(manifest["num_labels"])
+        except (TypeError, ValueError) as exc:
+            raise ModelConfigError(f"rerank config has an invalid value: {exc}") from None
+        return cls(
+            max_tokens=max_tokens, activation=str(manifest["activation"]), num_labels=num_labels
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "max_tokens": self.max_tokens,
+            "activation": self.activation,
+            "num_labels": self.num_labels,
+        }
+
+
+def _activation_path(root: Path, hf_config: Mapping[str, Any]) -> str | None:
+    """The activation CrossEncoder loads, as the torch class path it names (None: its default).
+
+    In CrossEncoder's order: ``config_sentence_transformers.json``, then ``config.json``'s
+    ``sentence_transformers`` entry, else its pre-4.0 ``sbert_ce_default_activation_function``.
+    A path outside ``torch`` is code CrossEncoder runs only with ``trust_remote_code``; without
+    it, as here, it falls back to its default, and so does this.
+    """
+    candidates = []
+    st_path = root / "config_sentence_transformers.json"
+    if st_path.is_file():
+        candidates.append(_read_json(st_path).get("activation_fn"))
+    embedded = hf_config.get("sentence_transformers")
+    if isinstance(embedded, dict) and "activation_fn" in embedded:
+        candidates.append(embedded["activation_fn"])
+    else:
+        candidates.append(hf_config.get("sbert_ce_default_activation_function"))
+    return next((p for p in candidates if isinstance(p, str) and p.startswith("torch.")), None)
+
+
+def read_rerank_config(directory: str | Path) -> RerankConfig:
+    """Read a cross-encoder's config from its repository (as CrossEncoder saves one).
+
+    * max_tokens: as ``read_model_config`` reads it for embedders, which is where CrossEncoder
+      cuts too: ``sentence_bert_config.json`` max_seq_length, else the tokenizer's
+      model_max_length capped by ``config.json`` max_position_embeddings;
+    * num_labels: the labels of ``config.json`` (``id2label``, else ``num_labels``, else
+      transformers' default of 2); anything but 1 is refused;
+    * activation: the one ``config_sentence_transformers.json`` (or ``config.json``) names,
+      Sigmoid or Identity, else sigmoid, CrossEncoder's default for one label.
+
+    A repository whose scores are not its classifier's logit (sentence-transformers modules
+    after the transformer, or a generative model scoring yes/no tokens) is refused.
+    """
+    root = Path(directory)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise ModelConfigError(f"{root} has no config.json; is it a Hugging Face model directory?")
+    hf_config = _read_json(config_path)
+    architectures = hf_config.get("architectures") or []
+    if architectures and not any(
+        str(a).endswith("ForSequenceClassification") for a in architectures
+    ):
+        raise ModelConfigError(
+            f"{config_path} describes a {', '.join(map(str, architectures))}; the reranker "
+            "serves cross-encoders with a sequence-classification head"
+        )
+    modules_path = root / "modules.json"
+    if modules_path.is_file():
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in _read_json(modules_path)]
+        if kinds != ["Transformer"]:
+            raise ModelConfigError(
+                f"{modules_path} lists modules {' -> '.join(kinds) or 'none'}; the reranker "
+                "serves a Transformer alone, whose classifier logit is the score"
+            )
+    labels = hf_config.get("id2label")
+    if isinstance(labels, dict) and labels:
+        if len(labels) != 1:
+            names = ", ".join(map(str, labels.values()))
+            raise ModelConfigError(
+                f"{config_path} gives the classification head {len(labels)} labels ({names}); "
+                "a reranker needs exactly one, whose logit is the relevance score"
+            )
+        num_labels = 1
+    else:
+        num_labels = int(hf_config.get("num_labels", 2))
+    activation = "sigmoid"
+    path = _activation_path(root, hf_config)
+    if path is not None:
+        name = path.rsplit(".", 1)[-1]
+        if name not in _RERANK_ACTIVATIONS:
+            raise ModelConfigError(
+                f"{root} scores with activation {path}; the reranker applies "
+                f"{' or '.join(sorted(_RERANK_ACTIVATIONS))}"
+            )
+        activation = _RERANK_ACTIVATIONS[name]
+    return RerankConfig(
+        max_tokens=read_model_config(root).max_tokens,
+        activation=activation,
+        num_labels=num_labels,
+    )
+
+
+def config_from_manifest(manifest: Mapping[str, Any]) -> ModelConfig | RerankConfig:
+    """The config of a store manifest or catalog entry of either kind (``kind``: "embedding",
+    the default of manifests that name none, or "reranker")."""
+    kind = manifest.get("kind") or "embedding"
+    if kind == "reranker":
+        return RerankConfig.from_manifest(manifest)
+    if kind == "embedding":
+        return ModelConfig.from_manifest(manifest)
+    raise ModelConfigError(f"kind {kind!r} is not one of {', '.join(MODEL_KINDS)}")
+
+
+def read_config(directory: str | Path) -> ModelConfig | RerankConfig:
+    """A repository's config: a reranker's where ``config.json`` names a sequence-classification
+    head, else an embedder's."""
+    if is_cross_encoder(directory):
+        return read_rerank_config(directory)
+    return read_model_config(directory)
+
+
+def is_cross_encoder(directory: str | Path) -> bool:
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        return False
+    architectures = _read_json(config_path).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)

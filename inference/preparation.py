@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import export, layout, parity
-from inference.modelconfig import ModelConfigError, read_model_config
+from inference.modelconfig import ModelConfigError, read_model_config, read_rerank_config
 
 Log = Callable[[str], None]
 _STDERR_LINES_KEPT = 20
@@ -48,9 +48,15 @@ def prepare_graph(
     architecture: dict[str, Any],
     parity_required: bool,
     log: Log,
+    kind: str = "embedding",
 ) -> dict[str, Any]:
     """Export (where ``export_needed``), optimise and check the graph at ``layout.FP32_ONNX``
-    in ``staging``; returns ``{"preparation": ..., "parity": figures or None}``."""
+    in ``staging``; returns ``{"preparation": ..., "parity": figures or None}``. A reranker
+    (``kind``) is exported with its classification head and checked against CrossEncoder."""
+    if kind == "reranker":
+        return _prepare_reranker(
+            staging, uri=uri, export_needed=export_needed, required=parity_required, log=log
+        )
     fp32 = staging / layout.FP32_ONNX
     preparation: dict[str, Any] = {"exported": export_needed}
     if export_needed:
@@ -63,18 +69,56 @@ def prepare_graph(
     return {"preparation": preparation, "parity": figures}
 
 
+def _prepare_reranker(
+    staging: Path, *, uri: str, export_needed: bool, required: bool, log: Log
+) -> dict[str, Any]:
+    """A cross-encoder's graph: exported with its head, and held to ``CrossEncoder.predict``.
+    The offline optimiser is left out: its fusions are the embedder's, checked on embeddings,
+    and ONNX Runtime fuses the same at session start."""
+    from inference import reranker  # PyTorch-side code: imported where a reranker is prepared
+
+    fp32 = staging / layout.FP32_ONNX
+    preparation: dict[str, Any] = {"exported": export_needed, "optimized": False}
+    try:
+        config = read_rerank_config(staging)
+        if export_needed:
+            preparation["export_max_abs_diff"] = reranker.export_cross_encoder(staging, fp32, log)
+    except (export.ExportError, ModelConfigError) as exc:
+        raise PreparationError(str(exc)) from None
+    if not _has_weights(staging, uri=uri, required=required, log=log):
+        return {"preparation": preparation, "parity": None}
+    try:
+        result = reranker.check_rerank_parity(staging, fp32, config, log=log)
+    except parity.ParityError as exc:
+        raise PreparationError(f"the parity gate cannot run: {exc}") from None
+    if not result.passed:
+        raise PreparationError(
+            f"{uri} does not score as the original cross-encoder does: {result.summary()}; "
+            f"the worst document was {result.worst_document[:60]!r}. Nothing was installed"
+        )
+    return {"preparation": preparation, "parity": result.to_manifest()}
+
+
+def _has_weights(staging: Path, *, uri: str, required: bool, log: Log) -> bool:
+    """Whether the source has PyTorch weights to check the graph against (PreparationError
+    where ``required`` and it has none)."""
+    if any((staging / rel).is_file() for rel in layout.WEIGHT_FILES):
+        return True
+    if required:
+        raise PreparationError(
+            f"{uri}'s source has no PyTorch weights to check the serving graph against"
+        )
+    log("parity gate: the source ships the ONNX graph alone, with no original to compare")
+    return False
+
+
 def _parity_gate(
     staging: Path, fp32: Path, *, uri: str, required: bool, log: Log
 ) -> dict[str, Any] | None:
     """The gate's figures for the manifest, or None where there is nothing to compare with (a
     shipped model whose source has no PyTorch weights, or no reference extra installed). An
     added model (``required``) must pass: it has no other warrant."""
-    if not any((staging / rel).is_file() for rel in layout.WEIGHT_FILES):
-        if required:
-            raise PreparationError(
-                f"{uri}'s source has no PyTorch weights to check the serving graph against"
-            )
-        log("parity gate: the source ships the ONNX graph alone, with no original to compare")
+    if not _has_weights(staging, uri=uri, required=required, log=log):
         return None
     if not required and not parity.reference_available():
         log("parity gate skipped: sentence-transformers is not installed (the reference extra)")
@@ -177,6 +221,7 @@ def main() -> int:
             architecture=dict(request.get("architecture") or {}),
             parity_required=bool(request["parity_required"]),
             log=say,
+            kind=str(request.get("kind") or "embedding"),
         )
     except PreparationError as exc:
         out.write(json.dumps({"error": str(exc)}) + "\n")

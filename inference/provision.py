@@ -24,7 +24,7 @@ from inference import catalog as catalog_module
 from inference import layout, preparation, quantize, sources
 from inference.catalog import Catalog, CatalogEntry
 from inference.cpu import CpuFeatures, read_cpu
-from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
+from inference.modelconfig import ModelConfig, ModelConfigError, read_config
 from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
 STEPS = ("fetch", "verify", "prepare", "install")
@@ -85,15 +85,24 @@ class _Reporter:
         self.emit(step, "skip", reason)
 
 
+_EMBEDDING_KEYS = ("dimensions", "pooling", "max_tokens")
+
+
 def _check_config(entry: CatalogEntry, staging: Path) -> None:
     """Refuse files that are not the catalog's model (another size, pooling or length)."""
     try:
-        found = read_model_config(staging)
+        found = read_config(staging)
     except ModelConfigError as exc:
         raise ProvisionError(f"the files fetched for {entry.uri} cannot be served: {exc}") from None
+    if found.kind != entry.kind:
+        raise ProvisionError(
+            f"the files fetched for {entry.uri} are a model of kind {found.kind}, and the catalog "
+            f"lists it as a {entry.kind} model; check that --source points at a copy of it"
+        )
+    keys = ("max_tokens", "activation") if found.kind == "reranker" else _EMBEDDING_KEYS
     wrong = [
         f"{key} {getattr(found, key)} (catalog: {getattr(entry.config, key)})"
-        for key in ("dimensions", "pooling", "max_tokens")
+        for key in keys
         if getattr(found, key) != getattr(entry.config, key)
     ]
     if wrong:
@@ -186,6 +195,11 @@ def deploy(
     if precision not in PRECISIONS:
         raise ProvisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     entry = (catalog or catalog_module.catalog()).get(uri)
+    if precision == "int8" and not entry.offers_int8:
+        raise ProvisionError(
+            f"{uri} is a {entry.kind} model, for which no int8 variant is offered (its quality "
+            "gate measures embeddings); deploy it in fp32"
+        )
     store = store or ModelStore()
     cpu = cpu or read_cpu()
     report = _Reporter(progress)
@@ -337,6 +351,7 @@ def _deploy_fresh(
                 export_needed=fetched.onnx is None,
                 architecture=dict(entry.architecture),
                 parity_required=entry.needs_parity,
+                kind=entry.kind,
             )
         except preparation.PreparationError as exc:
             raise ProvisionError(str(exc)) from None

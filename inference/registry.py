@@ -27,7 +27,13 @@ from typing import Any
 
 from inference import layout
 from inference.catalog import ModelURIError, parse_uri
-from inference.modelconfig import ModelConfig, ModelConfigError, read_model_config
+from inference.modelconfig import (
+    ModelConfig,
+    ModelConfigError,
+    RerankConfig,
+    config_from_manifest,
+    read_config,
+)
 from inference.statefile import write_json_atomic
 from inference.store import PRECISIONS, sha256_file
 
@@ -78,7 +84,7 @@ class ModelSource:
 
     onnx_path: Path
     tokenizer_dir: Path
-    config: ModelConfig
+    config: ModelConfig | RerankConfig
     manifest: dict[str, Any] | None = None
     # Files that decide the output, relative to ``root`` (absolute when outside it).
     files: list[Path] = field(default_factory=list)
@@ -89,6 +95,7 @@ class ModelSource:
         manifest = self.manifest or {}
         config = self.config
         return {
+            "kind": config.kind,
             **config.to_manifest(),
             "license": manifest.get("license") or _readme_license(self.tokenizer_dir),
             "model_card": manifest.get("model_card"),
@@ -134,9 +141,9 @@ def _onnx_with_data(onnx_path: Path) -> list[Path]:
     return [onnx_path, *[p for p in extra if p.is_file()]]
 
 
-def _config(directory: Path) -> ModelConfig:
+def _config(directory: Path) -> ModelConfig | RerankConfig:
     try:
-        return read_model_config(directory)
+        return read_config(directory)
     except ModelConfigError as exc:
         raise ModelPathError(f"cannot read the model's configuration: {exc}") from None
 
@@ -192,7 +199,7 @@ def _resolve_store_dir(path: Path, tokenizer_dir: Path | None, precision: str) -
     if not isinstance(manifest, dict):
         raise ModelPathError(f"{manifest_path} must hold a JSON object")
     try:
-        config = ModelConfig.from_manifest(manifest)
+        config = config_from_manifest(manifest)
     except ModelConfigError as exc:
         raise ModelPathError(f"{manifest_path}: {exc}") from None
     onnx_files = manifest.get("onnx") or {}

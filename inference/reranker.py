@@ -30,15 +30,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from inference import sidecar_settings
 from inference.engine import (
-    _ONNX_INT_TYPES,
     MAX_CHARS_PER_TOKEN,
-    _full_settings,
+    OnnxModel,
     _load_tokenizer,
     plan_batches,
     run_batches,
-    session_options,
     split_by_length,
 )
 from inference.export import (
@@ -51,146 +48,11 @@ from inference.export import (
     load_for_export,
     trace,
 )
-from inference.modelconfig import ModelConfigError, _read_json, read_model_config
+from inference.modelconfig import RerankConfig, read_rerank_config
 from inference.parity import PROBE_TEXTS, reference_model
 
 OUTPUT_NAME = "logits"
-ACTIVATIONS = ("sigmoid", "identity")
-# The activations CrossEncoder may name (as a torch class path) that the reranker applies.
-_TORCH_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
 _GRAPH_INPUTS = set(INPUT_NAMES)
-
-
-# -- config -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RerankConfig:
-    """What scoring a pair needs besides the weights: the length limit of the pair (special
-    tokens included), the activation ``CrossEncoder.predict`` applies to the logit, and the
-    labels of the head (exactly one: its logit is the relevance)."""
-
-    max_tokens: int
-    activation: str = "sigmoid"
-    num_labels: int = 1
-
-    def __post_init__(self) -> None:
-        if self.num_labels != 1:
-            raise ModelConfigError(
-                f"the classification head has {self.num_labels} labels; a reranker needs exactly "
-                "one, whose logit is the relevance score"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ModelConfigError(
-                f"activation {self.activation!r} is not supported; use one of "
-                f"{', '.join(ACTIVATIONS)}"
-            )
-        if self.max_tokens < 2:
-            raise ModelConfigError(f"max_tokens must be at least 2, got {self.max_tokens}")
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> RerankConfig:
-        """Build the config from a store manifest, naming the key that is missing or wrong."""
-        missing = [k for k in ("max_tokens", "activation", "num_labels") if k not in manifest]
-        if missing:
-            raise ModelConfigError(f"rerank config lacks {', '.join(missing)}")
-        try:
-            max_tokens, num_labels = int(manifest["max_tokens"]), int(manifest["num_labels"])
-        except (TypeError, ValueError) as exc:
-            raise ModelConfigError(f"rerank config has an invalid value: {exc}") from None
-        return cls(
-            max_tokens=max_tokens, activation=str(manifest["activation"]), num_labels=num_labels
-        )
-
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "max_tokens": self.max_tokens,
-            "activation": self.activation,
-            "num_labels": self.num_labels,
-        }
-
-
-def _activation_path(root: Path, hf_config: Mapping[str, Any]) -> str | None:
-    """The activation CrossEncoder loads, as the torch class path it names (None: its default).
-
-    In CrossEncoder's order: ``config_sentence_transformers.json``, then ``config.json``'s
-    ``sentence_transformers`` entry, else its pre-4.0 ``sbert_ce_default_activation_function``.
-    A path outside ``torch`` is code CrossEncoder runs only with ``trust_remote_code``; without
-    it, as here, it falls back to its default, and so does this.
-    """
-    candidates = []
-    st_path = root / "config_sentence_transformers.json"
-    if st_path.is_file():
-        candidates.append(_read_json(st_path).get("activation_fn"))
-    embedded = hf_config.get("sentence_transformers")
-    if isinstance(embedded, dict) and "activation_fn" in embedded:
-        candidates.append(embedded["activation_fn"])
-    else:
-        candidates.append(hf_config.get("sbert_ce_default_activation_function"))
-    return next((p for p in candidates if isinstance(p, str) and p.startswith("torch.")), None)
-
-
-def read_rerank_config(directory: str | Path) -> RerankConfig:
-    """Read a cross-encoder's config from its repository (as CrossEncoder saves one).
-
-    * max_tokens: as ``read_model_config`` reads it for embedders, which is where CrossEncoder
-      cuts too: ``sentence_bert_config.json`` max_seq_length, else the tokenizer's
-      model_max_length capped by ``config.json`` max_position_embeddings;
-    * num_labels: the labels of ``config.json`` (``id2label``, else ``num_labels``, else
-      transformers' default of 2); anything but 1 is refused;
-    * activation: the one ``config_sentence_transformers.json`` (or ``config.json``) names,
-      Sigmoid or Identity, else sigmoid, CrossEncoder's default for one label.
-
-    A repository whose scores are not its classifier's logit (sentence-transformers modules
-    after the transformer, or a generative model scoring yes/no tokens) is refused.
-    """
-    root = Path(directory)
-    config_path = root / "config.json"
-    if not config_path.is_file():
-        raise ModelConfigError(f"{root} has no config.json; is it a Hugging Face model directory?")
-    hf_config = _read_json(config_path)
-    architectures = hf_config.get("architectures") or []
-    if architectures and not any(
-        str(a).endswith("ForSequenceClassification") for a in architectures
-    ):
-        raise ModelConfigError(
-            f"{config_path} describes a {', '.join(map(str, architectures))}; the reranker "
-            "serves cross-encoders with a sequence-classification head"
-        )
-    modules_path = root / "modules.json"
-    if modules_path.is_file():
-        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in _read_json(modules_path)]
-        if kinds != ["Transformer"]:
-            raise ModelConfigError(
-                f"{modules_path} lists modules {' -> '.join(kinds) or 'none'}; the reranker "
-                "serves a Transformer alone, whose classifier logit is the score"
-            )
-    labels = hf_config.get("id2label")
-    if isinstance(labels, dict) and labels:
-        if len(labels) != 1:
-            names = ", ".join(map(str, labels.values()))
-            raise ModelConfigError(
-                f"{config_path} gives the classification head {len(labels)} labels ({names}); "
-                "a reranker needs exactly one, whose logit is the relevance score"
-            )
-        num_labels = 1
-    else:
-        num_labels = int(hf_config.get("num_labels", 2))
-    activation = "sigmoid"
-    path = _activation_path(root, hf_config)
-    if path is not None:
-        name = path.rsplit(".", 1)[-1]
-        if name not in _TORCH_ACTIVATIONS:
-            raise ModelConfigError(
-                f"{root} scores with activation {path}; the reranker applies "
-                f"{' or '.join(sorted(_TORCH_ACTIVATIONS))}"
-            )
-        activation = _TORCH_ACTIVATIONS[name]
-    return RerankConfig(
-        max_tokens=read_model_config(root).max_tokens,
-        activation=activation,
-        num_labels=num_labels,
-    )
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -339,7 +201,7 @@ class PairTokens:
 # -- scoring ------------------------------------------------------------------------------------
 
 
-class RerankModel:
+class RerankModel(OnnxModel):
     """One cross-encoder: its tokenizer, its config and its ONNX Runtime sessions.
 
     Sessions follow the settings' layout as ``EmbeddingModel``'s do: ``run(..., slot=i)`` on
@@ -355,37 +217,22 @@ class RerankModel:
         settings: Mapping[str, Any],
     ) -> None:
         self.config = config
-        self.onnx_path = Path(onnx_path)
-        if not self.onnx_path.is_file():
-            raise FileNotFoundError(f"ONNX model file {self.onnx_path} does not exist")
         backend, self._pad_id = _load_tokenizer(Path(tokenizer_dir))
         # A private copy, configured once and never changed after: it tokenises each text
         # whole; the pair is cut and framed here (see longest_first).
         self._tokenizer = Tokenizer.from_str(backend.to_str())
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        self._layout = _PairLayout.of(self._tokenizer)
-        self._budget = config.max_tokens - self._layout.special_tokens
+        self._frame = _PairLayout.of(self._tokenizer)
+        self._budget = config.max_tokens - self._frame.special_tokens
         if self._budget < 2:
             raise ValueError(
                 f"max_tokens {config.max_tokens} leaves no room for a query and a document "
-                f"besides the {self._layout.special_tokens} special tokens of a pair"
+                f"besides the {self._frame.special_tokens} special tokens of a pair"
             )
-
-        self._settings = _full_settings(settings)
-        chosen = sidecar_settings.layout(self._settings)
-        self._batch = tuple(self._new_session(chosen.threads) for _ in range(chosen.sessions))
-        self._lone = self._new_session(chosen.lone_threads) if chosen.lone_threads else None
-        first = self._batch[0]
-        self._inputs = {i.name: _ONNX_INT_TYPES.get(i.type) for i in first.get_inputs()}
-        unknown = sorted(set(self._inputs) - _GRAPH_INPUTS)
-        bad_types = sorted(name for name, dtype in self._inputs.items() if dtype is None)
-        if unknown or bad_types or "input_ids" not in self._inputs:
-            raise ValueError(
-                f"{self.onnx_path} is not a cross-encoder the reranker can feed: it needs inputs "
-                f"{', '.join(sorted(self._inputs))} (known: {', '.join(INPUT_NAMES)}, as int32 "
-                "or int64 tensors)"
-            )
+        super().__init__(onnx_path, settings)
+        self._check_inputs(_GRAPH_INPUTS, "a cross-encoder the reranker can feed")
+        first = self._sessions.batch[0]
         outputs = {o.name: o for o in first.get_outputs()}
         output = outputs.get(OUTPUT_NAME)
         if output is None and len(outputs) == 1:
@@ -398,18 +245,6 @@ class RerankModel:
                 f"{', '.join(outputs)})"
             )
         self._output = output.name
-
-    def _new_session(self, threads: int) -> ort.InferenceSession:
-        return ort.InferenceSession(
-            str(self.onnx_path),
-            sess_options=session_options(self._settings, threads),
-            providers=["CPUExecutionProvider"],
-        )
-
-    @property
-    def sessions(self) -> int:
-        """How many batch sessions the model has (``run``'s slots)."""
-        return len(self._batch)
 
     def tokenize_pairs(self, query: str, documents: Sequence[str]) -> PairTokens:
         """Token ids of ``(query, document)`` for each document, cut to ``max_tokens`` as
@@ -450,7 +285,7 @@ class RerankModel:
                 second = length(row + 1) if cut[row + 1] else second
             keep_query, keep_document = longest_first(first, second, budget)
             truncated[row] = cut[0] or cut[row + 1] or first + second > budget
-            pair_ids, pair_types = self._layout.join(
+            pair_ids, pair_types = self._frame.join(
                 pieces[0][:keep_query], document[:keep_document]
             )
             ids.append(pair_ids)
@@ -477,9 +312,7 @@ class RerankModel:
         if count == 0:
             return logits
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=count)
-        session = (
-            self._lone if alone and self._lone is not None else self._batch[slot % self.sessions]
-        )
+        session = self._session(slot, alone)  # for the whole run: see apply_settings
         for rows in split_by_length(lengths) if groups is None else groups:
             feed = self._feed([ids[i] for i in rows], [type_ids[i] for i in rows], lengths[rows])
             (out,) = session.run([self._output], feed)

@@ -28,7 +28,7 @@ from inference.catalog import parse_uri
 from inference.config import models_dir
 
 if TYPE_CHECKING:
-    from inference.modelconfig import ModelConfig
+    from inference.modelconfig import ModelConfig, RerankConfig
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -149,10 +149,10 @@ class StoredModel:
         return self.path / str(self.manifest.get("tokenizer") or ".")
 
     @property
-    def config(self) -> ModelConfig:
-        from inference.modelconfig import ModelConfig
+    def config(self) -> ModelConfig | RerankConfig:
+        from inference.modelconfig import config_from_manifest
 
-        return ModelConfig.from_manifest(self.manifest)
+        return config_from_manifest(self.manifest)
 
     @property
     def size_bytes(self) -> int:

@@ -23,7 +23,7 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
 from inference.export import TOLERANCE
-from inference.modelconfig import ModelConfigError
+from inference.modelconfig import ModelConfigError, config_from_manifest
 from inference.reranker import (
     RerankConfig,
     RerankModel,
@@ -243,8 +243,14 @@ def test_config_round_trips_through_the_manifest(built: dict[str, tuple[Path, fl
     config = read_rerank_config(built["xlm-roberta"][0])
     assert config == RerankConfig(max_tokens=128, activation="sigmoid", num_labels=1)
     manifest = config.to_manifest()
-    assert manifest == {"max_tokens": 128, "activation": "sigmoid", "num_labels": 1}
+    assert manifest == {
+        "kind": "reranker",
+        "max_tokens": 128,
+        "activation": "sigmoid",
+        "num_labels": 1,
+    }
     assert RerankConfig.from_manifest(manifest) == config
+    assert config_from_manifest(manifest) == config  # the kind picks the config's class
     with pytest.raises(ModelConfigError, match="lacks activation"):
         RerankConfig.from_manifest({"max_tokens": 128, "num_labels": 1})
 
