@@ -15,7 +15,7 @@
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 
-#define AZURE_LOCAL_AI_VERSION "1.0.0"
+#define AZURE_LOCAL_AI_VERSION "1.1.0"
 
 /* server parameters (GUCs) */
 extern char *alai_allowed_extensions;	/* azure.extensions */

@@ -1,12 +1,14 @@
 /*
- * The SQL functions of the azure_local_ai extension (see azure_local_ai--1.0.0.sql for the
+ * The SQL functions of the azure_local_ai extension (see azure_local_ai--1.1.0.sql for the
  * signatures, and which are STRICT).
  *
- * Embeddings go through the sidecar's binary route (inference/protocol.py): texts as
- * length-prefixed UTF-8, vectors back as float32 little-endian. Everything else uses the
- * sidecar's JSON routes.
+ * Embeddings and rerank scores go through the sidecar's binary routes (inference/protocol.py):
+ * texts as length-prefixed UTF-8, vectors or scores back as float32 little-endian. Everything
+ * else uses the sidecar's JSON routes.
  */
 #include "azure_local_ai.h"
+
+#include <math.h>
 
 #include "catalog/pg_type.h"
 #include "funcapi.h"
@@ -22,6 +24,12 @@
 #include "utils/timestamp.h"
 
 #define EMBED_PATH "/internal/embed"
+#define RERANK_PATH "/internal/rerank"
+/*
+ * rank() sends the query with at most this many documents per request (the scores of a pair
+ * do not depend on the other documents), like create_embeddings' default batch_size.
+ */
+#define RERANK_BATCH_DOCUMENTS 128
 /* Requests stay well below the sidecar's default max_request_bytes (32 MB). */
 #define MAX_BATCH_BYTES (16 * 1024 * 1024)
 #define METADATA_TIMEOUT_MS 60000
@@ -37,6 +45,7 @@ PG_FUNCTION_INFO_V1(alai_create_embeddings_array);
 PG_FUNCTION_INFO_V1(alai_create_embeddings_ids);
 PG_FUNCTION_INFO_V1(alai_embed_query);
 PG_FUNCTION_INFO_V1(alai_embed_passage);
+PG_FUNCTION_INFO_V1(alai_rank);
 PG_FUNCTION_INFO_V1(alai_get_settings);
 PG_FUNCTION_INFO_V1(alai_get_setting);
 PG_FUNCTION_INFO_V1(alai_set_setting);
@@ -72,24 +81,34 @@ check_batch_size(int64 batch_size)
 	return batch_size > PG_INT32_MAX ? PG_INT32_MAX : (int) batch_size;
 }
 
-/* The sidecar is the judge of model URIs; this only keeps off what cannot be one. */
+/*
+ * The sidecar is the judge of model URIs; this only keeps off what cannot be one. argname is
+ * the SQL argument's name, hint how to give one.
+ */
 static char *
-check_model_uri(char *model_uri)
+check_model_argument(char *model_uri, const char *argname, const char *hint)
 {
 	size_t		len = strlen(model_uri);
 
 	if (len == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model_uri must not be empty"),
-				 errhint("Give the model as name:version, e.g. multilingual-e5-small:v1.")));
+				 errmsg("%s must not be empty", argname),
+				 errhint("%s", hint)));
 	if (len > MAX_MODEL_URI_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model_uri is %zu bytes long; a model URI has at most %d", len,
+				 errmsg("%s is %zu bytes long; a model URI has at most %d", argname, len,
 						MAX_MODEL_URI_BYTES),
-				 errhint("Give the model as name:version, e.g. multilingual-e5-small:v1.")));
+				 errhint("%s", hint)));
 	return model_uri;
+}
+
+static char *
+check_model_uri(char *model_uri)
+{
+	return check_model_argument(model_uri, "model_uri",
+								"Give the model as name:version, e.g. multilingual-e5-small:v1.");
 }
 
 static char *
@@ -476,6 +495,219 @@ Datum
 alai_create_embeddings_ids(PG_FUNCTION_ARGS)
 {
 	return embed_array(fcinfo, true);
+}
+
+/* -- reranking ----------------------------------------------------------------------------- */
+
+typedef struct RankedDocument
+{
+	float4		score;
+	int			index;			/* position in document_contents, from 0 */
+} RankedDocument;
+
+/* Best first: higher scores before lower ones, NaN last, ties in input order. */
+static int
+compare_ranked(const void *a, const void *b)
+{
+	const RankedDocument *x = (const RankedDocument *) a;
+	const RankedDocument *y = (const RankedDocument *) b;
+	bool		x_nan = isnan(x->score);
+	bool		y_nan = isnan(y->score);
+
+	if (x_nan != y_nan)
+		return x_nan ? 1 : -1;
+	if (!x_nan && x->score != y->score)
+		return x->score > y->score ? -1 : 1;
+	return (x->index > y->index) - (x->index < y->index);
+}
+
+/*
+ * The elements of a text[] argument of rank(), which must be one-dimensional: a matrix of
+ * documents has no order to rank them in, nor positions to name them by.
+ */
+static void
+rank_array_elements(ArrayType *array, const char *name, Datum **elements, bool **nulls,
+					int *count)
+{
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array, got %d dimensions", name,
+						ARR_NDIM(array)),
+				 errhint("Pass one text per document, e.g. ARRAY['first', 'second'].")));
+	deconstruct_array_builtin(array, TEXTOID, elements, nulls, count);
+}
+
+/*
+ * Score count documents against the query with one request. body holds a placeholder for the
+ * text count, then the query and the documents. The scores come back in the documents' order.
+ */
+static void
+rerank_request(const CallBudget *budget, const char *path, StringInfo body, int count,
+			   float4 *scores)
+{
+	SidecarResponse response;
+
+	set_u32(body->data, (uint32) count + 1);	/* the query, then the documents */
+	call(budget, "POST", path, "application/octet-stream", body->data, body->len, &response);
+	if (response.status != 200)
+		alai_raise_http_error(&response);
+
+	if (response.body_len < 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("malformed rerank response from the inference service at %s: "
+						"%zu bytes, shorter than its header", alai_service_display_url(),
+						response.body_len)));
+	if (get_u32(response.body) != (uint32) count ||
+		response.body_len != 4 + (uint64) get_u32(response.body) * 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("malformed rerank response from the inference service at %s",
+						alai_service_display_url()),
+				 errdetail("Asked for %d scores; the response declares %u in %zu bytes.", count,
+						   get_u32(response.body), response.body_len)));
+	for (int i = 0; i < count; i++)
+	{
+		uint32		bits = get_u32(response.body + 4 + 4 * i);
+
+		memcpy(&scores[i], &bits, sizeof(float4));
+	}
+}
+
+/*
+ * rank(query text, document_contents text[], document_ids text[] DEFAULT NULL,
+ *      model text DEFAULT NULL, timeout_ms integer DEFAULT 3600000)
+ *   RETURNS TABLE (document_id text, rank integer, relevance_score real)
+ *
+ * Not STRICT: document_ids and model may be NULL, anything else NULL is refused. Every
+ * argument is checked before the first request. Rows come best first.
+ */
+Datum
+alai_rank(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *query;
+	Datum	   *texts;
+	bool	   *text_nulls;
+	int			n;
+	Datum	   *ids = NULL;
+	bool	   *id_nulls = NULL;
+	const char *path = RERANK_PATH;
+	CallBudget	budget;
+	RankedDocument *ranked;
+	float4	   *scores;
+	MemoryContext batch_context;
+	int			start = 0;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("query must not be NULL"),
+				 errdetail("rank() scores each document against the query.")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("document_contents must not be NULL"),
+				 errhint("Pass the documents to rank as a text[], e.g. with array_agg().")));
+	query = PG_GETARG_TEXT_PP(0);
+	rank_array_elements(PG_GETARG_ARRAYTYPE_P(1), "document_contents", &texts, &text_nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("document_contents must not be empty"),
+				 errdetail("There is nothing to rank.")));
+	for (int i = 0; i < n; i++)
+		if (text_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("document_contents must not contain NULL, but element %d is NULL",
+							i + 1),
+					 errdetail("Positions count from 1."),
+					 errhint("Leave out the documents without content (and their ids), or pass "
+							 "an empty string for them.")));
+
+	if (!PG_ARGISNULL(2))
+	{
+		int			id_count;
+
+		rank_array_elements(PG_GETARG_ARRAYTYPE_P(2), "document_ids", &ids, &id_nulls,
+							&id_count);
+		if (id_count != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("document_ids and document_contents must have the same number of "
+							"elements, got %d document_ids and %d document_contents",
+							id_count, n),
+					 errhint("document_ids[i] names document_contents[i]; pass NULL to name "
+							 "the documents by their positions.")));
+		for (int i = 0; i < n; i++)
+			if (id_nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("document_ids must not contain NULL, but element %d is NULL",
+								i + 1),
+						 errdetail("Positions count from 1.")));
+	}
+
+	/* without a model, the sidecar uses its setting default_rerank_model */
+	if (!PG_ARGISNULL(3))
+		path = psprintf(RERANK_PATH "?model=%s",
+						alai_url_escape(check_model_argument(
+							text_to_cstring(PG_GETARG_TEXT_PP(3)), "model",
+							"Give the reranker as name:version, or pass NULL for the "
+							"inference setting default_rerank_model.")));
+	budget = budget_start(required_timeout(fcinfo, 4));
+
+	InitMaterializedSRF(fcinfo, 0);
+	scores = palloc(sizeof(float4) * n);
+	batch_context = AllocSetContextCreate(CurrentMemoryContext, "azure_local_ai rerank batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	while (start < n)
+	{
+		MemoryContext oldcontext = MemoryContextSwitchTo(batch_context);
+		StringInfoData body;
+		int			end = start;
+
+		initStringInfo(&body);
+		put_u32(&body, 0);		/* the count, filled in by rerank_request */
+		put_text(&body, query);
+		while (end < n && end - start < RERANK_BATCH_DOCUMENTS)
+		{
+			text	   *t = DatumGetTextPP(texts[end]);
+
+			if (end > start && body.len + VARSIZE_ANY_EXHDR(t) + 4 > MAX_BATCH_BYTES)
+				break;
+			put_text(&body, t);
+			end++;
+		}
+		rerank_request(&budget, path, &body, end - start, scores + start);
+		MemoryContextSwitchTo(oldcontext);
+		MemoryContextReset(batch_context);
+		start = end;
+	}
+	MemoryContextDelete(batch_context);
+
+	ranked = palloc(sizeof(RankedDocument) * n);
+	for (int i = 0; i < n; i++)
+	{
+		ranked[i].score = scores[i];
+		ranked[i].index = i;
+	}
+	qsort(ranked, n, sizeof(RankedDocument), compare_ranked);
+
+	for (int i = 0; i < n; i++)
+	{
+		int			index = ranked[i].index;
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = ids ? ids[index] : CStringGetTextDatum(psprintf("%d", index + 1));
+		values[1] = Int32GetDatum(i + 1);
+		values[2] = Float4GetDatum(ranked[i].score);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
 /* -- settings ------------------------------------------------------------------------------- */

@@ -449,7 +449,7 @@ alai_raise_http_error(const SidecarResponse *response)
 	if (strcmp(code, "timeout") == 0)
 	{
 		sqlstate = ERRCODE_QUERY_CANCELED;
-		hint = "Raise the timeout_ms argument, or embed fewer inputs per call.";
+		hint = "Raise the timeout_ms argument, or send fewer inputs per call.";
 	}
 	else if (strcmp(code, "model_not_found") == 0)
 	{
@@ -463,12 +463,22 @@ alai_raise_http_error(const SidecarResponse *response)
 		hint = "The model is registered but not loaded: deploy it again in the console, or "
 			"load it through the inference service (POST /models/{uri}/load).";
 	}
+	else if (strcmp(code, "wrong_model_kind") == 0)
+	{
+		/* an embedding model given to rank(), or a reranker to create_embeddings() */
+		sqlstate = ERRCODE_WRONG_OBJECT_TYPE;
+		hint = "azure_local_ai.rank() takes a reranker (a cross-encoder); create_embeddings(), "
+			"embed_query() and embed_passage() take an embedding model. "
+			"azure_local_ai.model_metadata(model_uri) shows a model's kind.";
+	}
 	else if (strcmp(code, "invalid_input") == 0 || strcmp(code, "input_too_long") == 0)
 		sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
 	else if (strcmp(code, "too_many_inputs") == 0 || strcmp(code, "request_too_large") == 0)
 	{
 		sqlstate = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
-		hint = "Send fewer or shorter inputs per request (a smaller batch_size).";
+		hint = "Send fewer or shorter inputs per request (create_embeddings: a smaller "
+			"batch_size), or raise the inference settings max_inputs_per_request and "
+			"max_request_bytes.";
 	}
 	else if (strcmp(code, "unauthorized") == 0 || status == 401 || status == 403)
 	{

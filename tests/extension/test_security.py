@@ -246,7 +246,7 @@ def test_no_function_depends_on_the_callers_search_path(conn: psycopg.Connection
            AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'azure_local_ai')
         """
     ).fetchall()
-    assert len(rows) == 15
+    assert len(rows) == 16
     for name, language, security_definer, config in rows:
         if language != "c" or security_definer:
             assert "search_path=pg_catalog, pg_temp" in (config or []), name
@@ -386,6 +386,6 @@ def test_the_install_script_ignores_the_creating_sessions_temporary_objects(
         assert types == [("pg_catalog",)]
         assert db.execute(
             "SELECT count(*) FROM pg_proc WHERE pronamespace = 'azure_local_ai'::regnamespace"
-        ).fetchone() == (15,)
-        assert db.execute("SELECT azure_local_ai.version()").fetchone() == ("1.0.0",)
+        ).fetchone() == (16,)
+        assert db.execute("SELECT azure_local_ai.version()").fetchone() == ("1.1.0",)
         db.execute("DROP EXTENSION azure_local_ai")
