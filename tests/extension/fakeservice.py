@@ -1,19 +1,22 @@
 """Small local HTTP servers that misbehave (or record), standing in for the sidecar.
 
 The module must cope with a service that never answers, answers nonsense, or answers
-malformed embeddings; and its batching is easiest to see on a server that records each
+malformed embeddings or scores; and its batching is easiest to see on a server that records each
 request. Each server runs in a thread of the test process on a free loopback port.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import socketserver
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import numpy as np
 
 from inference import protocol
 from tests.fixtures.sidecar import free_port
@@ -57,12 +60,26 @@ class FakeService:
     are not HTTP), ``short_binary`` (200 with a truncated embedding body), ``error_no_json``
     (500 with a plain-text body), ``record`` (answer the binary route with 2-dimensional
     vectors ``[len(text), position in request]``, record each request's texts, and keep the
-    connection open between requests).
+    connection open between requests), ``rerank`` (answer the rerank route as the sidecar
+    does, with ``score(query, document)`` for each document, ``len(document)`` unless set;
+    record each request's texts and target, and keep the connection open),
+    ``rerank_wrong_count`` (200 with one score more than there are documents), ``error`` (the
+    sidecar's JSON error body: ``error=(status, code, message)``).
+
+    ``requests`` holds each recorded request's texts, ``targets`` its path and query string.
     """
 
-    def __init__(self, behaviour: str, unix_socket: str | None = None) -> None:
+    def __init__(
+        self,
+        behaviour: str,
+        unix_socket: str | None = None,
+        error: tuple[int, str, str] | None = None,
+    ) -> None:
         self.behaviour = behaviour
+        self.error = error
         self.requests: list[list[str]] = []
+        self.targets: list[str] = []
+        self.score: Callable[[str, str], float] = lambda query, document: float(len(document))
         self.connections = 0
         self._release = threading.Event()
         fake = self
@@ -108,6 +125,34 @@ class FakeService:
                 )
                 sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, payload, keep_alive=True))
                 request_line, body = _read_request(sock)
+        elif self.behaviour == "rerank":
+            while request_line:
+                texts = protocol.decode_request(body)
+                self.requests.append(texts)
+                self.targets.append(request_line.split(" ")[1])
+                query, *documents = texts
+                scores = np.array([self.score(query, d) for d in documents], dtype=np.float32)
+                payload = protocol.encode_scores(scores)
+                sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, payload, keep_alive=True))
+                request_line, body = _read_request(sock)
+        elif self.behaviour == "rerank_wrong_count":
+            texts = protocol.decode_request(body)
+            payload = protocol.encode_scores(np.zeros(len(texts), dtype=np.float32))
+            sock.sendall(_response("200 OK", protocol.CONTENT_TYPE, payload))
+        elif self.behaviour == "error":
+            assert self.error is not None, "the error behaviour needs error=(status, code, message)"
+            status, code, message = self.error
+            payload = json.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": code,
+                    }
+                }
+            ).encode()
+            sock.sendall(_response(f"{status} Error", "application/json", payload))
         else:
             raise ValueError(f"unknown behaviour {self.behaviour!r}")
 
@@ -122,8 +167,10 @@ class FakeService:
 
 
 @contextmanager
-def fake_service(behaviour: str, unix_socket: str | None = None) -> Iterator[FakeService]:
-    service = FakeService(behaviour, unix_socket).start()
+def fake_service(
+    behaviour: str, unix_socket: str | None = None, error: tuple[int, str, str] | None = None
+) -> Iterator[FakeService]:
+    service = FakeService(behaviour, unix_socket, error).start()
     try:
         yield service
     finally:
