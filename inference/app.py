@@ -1,18 +1,22 @@
-"""The inference sidecar: an HTTP service that embeds text with the registered ONNX models.
+"""The inference sidecar: an HTTP service that embeds text, and reranks documents, with the
+registered ONNX models.
 
-Routes (DESIGN.md §6, docs/architecture.md "Sidecar HTTP"):
+Routes (docs/architecture.md "Sidecar HTTP"):
 
 * ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{uri}``: OpenAI-compatible.
+* ``POST /v1/rerank`` and ``/v2/rerank`` (Cohere's shape), ``POST /rerank``
+  (text-embeddings-inference's): reranking with a cross-encoder.
 * ``POST /models``, ``GET /models``, ``GET|DELETE /models/{uri}``, ``POST /models/{uri}/load``,
   ``POST /models/{uri}/unload``: the model registry.
 * ``GET /settings`` (``?describe=1`` adds the schema), ``PUT /settings``: live settings.
 * ``GET /health`` (never needs the token), ``GET /metrics`` (Prometheus text).
-* ``POST /internal/embed``: the binary route of ``inference/protocol.py`` for the SQL module.
+* ``POST /internal/embed``, ``POST /internal/rerank``: the binary routes of
+  ``inference/protocol.py`` for the SQL module.
 
 Each route parses its request (``inference/http.py``), calls one method of the service
 (``inference/service.py``) and answers. Every error is ``{"error": {"message", "type",
 "param", "code"}}`` with a code of ``protocol.ErrorCode`` (plus ``timeout`` for a request that
-ran out of its ``X-Timeout-Ms``). Both embedding routes accept ``X-Timeout-Ms``: the
+ran out of its ``X-Timeout-Ms``). The embedding and rerank routes accept ``X-Timeout-Ms``: the
 milliseconds the caller will wait; 0 or absent means no limit (as with PostgreSQL's timeouts).
 
 Every response carries ``X-Process-Time-Ms``: the milliseconds from the request reaching the
@@ -30,6 +34,7 @@ import base64
 import ipaddress
 import logging
 import socket
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -46,15 +51,21 @@ from inference import config as env
 from inference import protocol
 from inference.engine import EmbedResult
 from inference.http import (
+    APIError,
     DirectFirst,
+    ErrorCode,
     Gate,
+    RerankRequest,
     install_error_handlers,
     optional_bool,
     optional_str,
     read_binary_request,
+    read_binary_rerank,
     read_chunks_request,
+    read_cohere_rerank,
     read_embeddings_request,
     read_json_object,
+    read_tei_rerank,
     required_str,
 )
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -238,6 +249,97 @@ def create_app(var_dir: Path | None = None, token: str | None = None) -> DirectF
 
     direct[("POST", "/v1/embeddings")] = direct_embeddings
     direct[("POST", protocol.PATH)] = binary_embed
+
+    # -- reranking ---------------------------------------------------------------------------
+
+    async def rerank(asked: RerankRequest) -> tuple[str, np.ndarray, np.ndarray]:
+        """The model, the scores in document order, and the documents' order best first."""
+        uri, result = await sidecar.rerank(
+            asked.model, asked.query, asked.documents, raw=asked.raw, timeout_s=asked.timeout_s
+        )
+        if not asked.truncate and any(result.truncated):
+            index = result.truncated.index(True)
+            raise APIError(
+                413,
+                ErrorCode.INPUT_TOO_LONG,
+                f"texts[{index}] with the query is longer than model {uri}'s limit of "
+                f"{sidecar.model_facts(uri)['max_tokens']} tokens per pair; shorten it, or send "
+                "truncate=true to cut it as the model was trained to be cut",
+                param="texts",
+            )
+        # Best first; equal scores keep the documents' order.
+        order = np.argsort(-result.scores, kind="stable")
+        return uri, result.scores, order
+
+    async def cohere_rerank(request: Request, version: str) -> dict[str, Any]:
+        asked = await read_cohere_rerank(request, sidecar.values)
+        uri, scores, order = await rerank(asked)
+        results = []
+        for index in order[: asked.top_n]:
+            item: dict[str, Any] = {"index": int(index), "relevance_score": float(scores[index])}
+            if asked.return_documents:
+                item["document"] = {"text": asked.documents[index]}
+            results.append(item)
+        return {
+            "id": str(uuid.uuid4()),
+            "model": uri,
+            "results": results,
+            "meta": {
+                "api_version": {"version": version},
+                "billed_units": {"search_units": 1},
+            },
+        }
+
+    @app.post("/v1/rerank")
+    async def rerank_v1(request: Request) -> dict[str, Any]:
+        """Cohere-compatible reranking (its v1 and v2 shapes are alike here).
+
+        Body: ``model`` (a reranker; omitted: the setting ``default_rerank_model``),
+        ``query``, ``documents`` (strings, or objects with a ``text``), ``top_n`` (how many
+        results; default all), ``return_documents`` (default false). Answer: ``results``, best
+        first: ``index`` (into documents), ``relevance_score`` (the model's activation of its
+        logit: sigmoid, in [0, 1]) and, when asked, ``document: {text}``."""
+        return await cohere_rerank(request, "1")
+
+    @app.post("/v2/rerank")
+    async def rerank_v2(request: Request) -> dict[str, Any]:
+        """Cohere-compatible reranking, v2 path; as ``/v1/rerank``."""
+        return await cohere_rerank(request, "2")
+
+    @app.post("/rerank")
+    async def rerank_tei(request: Request) -> list[dict[str, Any]]:
+        """text-embeddings-inference-compatible reranking.
+
+        Body: ``query``, ``texts``, ``raw_scores`` (the logits instead of the activation;
+        default false), ``return_text`` (default false), ``truncate`` (default true; false
+        refuses a pair longer than the model's limit with 413), ``model`` (ours; default the
+        setting ``default_rerank_model``). Answer: a list, best first, of ``index``, ``score``
+        and, when asked, ``text``."""
+        asked = await read_tei_rerank(request, sidecar.values)
+        _uri, scores, order = await rerank(asked)
+        return [
+            {"index": int(i), "score": float(scores[i])}
+            | ({"text": asked.documents[i]} if asked.return_documents else {})
+            for i in order
+        ]
+
+    async def binary_rerank(scope: Scope, receive: Receive) -> Response:
+        asked = await read_binary_rerank(scope, receive, sidecar.values)
+        uri, result = await sidecar.rerank(
+            asked.model, asked.query, asked.documents, raw=asked.raw, timeout_s=asked.timeout_s
+        )
+        return Response(
+            protocol.encode_scores(result.scores),
+            media_type=protocol.CONTENT_TYPE,
+            headers={"X-Model": uri, "X-Prompt-Tokens": str(int(sum(result.token_counts)))},
+        )
+
+    @app.post(protocol.RERANK_PATH)
+    async def internal_rerank(request: Request) -> Response:
+        """The compact rerank route of ``inference/protocol.py``, which SQL rank() calls."""
+        return await binary_rerank(request.scope, request.receive)
+
+    direct[("POST", protocol.RERANK_PATH)] = binary_rerank
 
     # -- chunking ----------------------------------------------------------------------------
 

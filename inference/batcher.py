@@ -1,5 +1,9 @@
 """Dynamic batching: concurrent requests for one model share model runs.
 
+The same batcher serves embedding models (``embed``: a row per text) and rerankers
+(``rerank``: a row per (query, document) pair); what it needs of a model is ``sessions`` and
+``run_rows``, and of a request its rows' token lengths (``Rows``).
+
 Each ``DynamicBatcher`` owns one worker thread per ONNX Runtime session of its model (the
 layout of ``sidecar_settings``). Requests from asyncio callers are queued; one worker at a time
 (the planner) tokenises the new ones, then assembles a run: a lone waiting request, with no sign
@@ -30,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,11 +43,11 @@ from inference.engine import (
     SESSION_KEYS,
     EmbeddingModel,
     EmbedResult,
-    Tokenized,
     batch_fits,
     padded_tokens,
     split_by_length,
 )
+from inference.reranker import RerankModel, RerankResult
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +68,46 @@ class BatcherClosedError(RuntimeError):
     """The model's batcher was closed (the model is being unloaded) before the request ran."""
 
 
+class Rows(Protocol):
+    """A request's model inputs, tokenised: a row per text (or pair), in request order."""
+
+    lengths: np.ndarray  # int64 tokens of each row
+
+    def rows(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
+        """The rows at ``indices``, as the model's ``run_rows`` takes them."""
+        ...
+
+
+class BatchModel(Protocol):
+    """What the batcher runs: ``EmbeddingModel`` or ``RerankModel``."""
+
+    @property
+    def sessions(self) -> int: ...
+
+    def run_rows(
+        self,
+        rows: Sequence[Any],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
+    ) -> np.ndarray: ...
+
+
 @dataclass(eq=False)
 class _Request:
-    texts: Sequence[str]
-    input_type: str | None
-    truncate: bool
+    count: int  # rows
+    tokenize: Callable[[], Rows]  # run by a worker (or inline), off the event loop
+    finish: Callable[[Rows, np.ndarray], Any]  # the caller's result from the rows' outputs
+    row_shape: tuple[int, ...]  # of one row's output: (dimensions,) or () for a score
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[EmbedResult]
+    future: asyncio.Future[Any]
     enqueued: float
-    tokenized: Tokenized | None = None
-    order: np.ndarray | None = None  # indices of texts, longest first: the order they run in
+    tokenized: Rows | None = None
+    order: np.ndarray | None = None  # indices of rows, longest first: the order they run in
     scheduled: int = 0  # how many of ``order`` have gone into runs
     remaining: int = 0  # rows still to come back from runs
-    vectors: np.ndarray | None = None
+    out: np.ndarray | None = None
     finished: bool = False
 
     @property
@@ -84,7 +115,7 @@ class _Request:
         # A caller that gave up (its task was cancelled) cancels the future: drop its work.
         return not self.finished and not self.future.cancelled()
 
-    def resolve(self, result: EmbedResult) -> None:
+    def resolve(self, result: Any) -> None:
         self.finished = True
         self._deliver(lambda: self.future.set_result(result))
 
@@ -111,11 +142,12 @@ class _Run:
 
 
 class DynamicBatcher:
-    """Batches concurrent ``embed`` calls for one model; see the module docstring."""
+    """Batches concurrent ``embed`` (or ``rerank``) calls for one model; see the module
+    docstring."""
 
     def __init__(
         self,
-        model: EmbeddingModel,
+        model: EmbeddingModel | RerankModel,
         settings: Mapping[str, Any],
         on_batch: BatchCallback | None = None,
     ) -> None:
@@ -144,28 +176,104 @@ class DynamicBatcher:
         self, texts: Sequence[str], *, input_type: str | None = None, truncate: bool = True
     ) -> EmbedResult:
         """Embed ``texts`` in shared model runs; same result as ``EmbeddingModel.embed``."""
-        self.model.config.prefix(input_type)  # a bad input_type fails here, not in the worker
+        model: Any = self.model  # an EmbeddingModel, or what stands for one
+        model.config.prefix(input_type)  # a bad input_type fails here, not in the worker
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"input {index} must be a string, got {type(text).__name__}")
+        dimensions = model.config.dimensions
         if not texts:
-            empty = np.empty((0, self.model.config.dimensions), dtype=np.float32)
+            empty = np.empty((0, dimensions), dtype=np.float32)
             return EmbedResult(vectors=empty, token_counts=[], truncated=[])
+
+        def finish(tokenized: Rows, vectors: np.ndarray) -> EmbedResult:
+            return EmbedResult(
+                vectors=vectors,
+                token_counts=tokenized.lengths.tolist(),
+                truncated=tokenized.truncated.tolist(),  # type: ignore[attr-defined]
+            )
+
+        return await self._submit(
+            len(texts),
+            lambda: model.tokenize(texts, input_type=input_type, truncate=truncate),
+            finish,
+            (dimensions,),
+            inline=len(texts) == 1 and len(texts[0]) <= INLINE_MAX_CHARS,
+        )
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], *, raw: bool = False
+    ) -> RerankResult:
+        """Score ``documents`` against ``query`` in shared model runs; same scores as
+        ``RerankModel.score`` (pairs of several requests may share a run)."""
+        model: Any = self.model  # a RerankModel
+        if not isinstance(query, str):
+            raise TypeError(f"the query must be a string, got {type(query).__name__}")
+        for index, document in enumerate(documents):
+            if not isinstance(document, str):
+                raise TypeError(f"document {index} must be a string, got {type(document).__name__}")
+        if not documents:
+            empty = np.empty(0, dtype=np.float32)
+            return RerankResult(scores=empty, token_counts=[], truncated=[])
+
+        def finish(tokenized: Rows, logits: np.ndarray) -> RerankResult:
+            return RerankResult(
+                scores=logits if raw else model.activate(logits),
+                token_counts=tokenized.lengths.tolist(),
+                truncated=tokenized.truncated.tolist(),  # type: ignore[attr-defined]
+            )
+
+        chars = len(query) + sum(map(len, documents))
+        return await self._submit(
+            len(documents),
+            lambda: model.tokenize_pairs(query, documents),
+            finish,
+            (),
+            inline=len(documents) == 1 and chars <= INLINE_MAX_CHARS,
+        )
+
+    async def _submit(
+        self,
+        count: int,
+        tokenize: Callable[[], Rows],
+        finish: Callable[[Rows, np.ndarray], Any],
+        row_shape: tuple[int, ...],
+        *,
+        inline: bool,
+    ) -> Any:
         with self._cond:
             self._callers += 1
         try:
-            if len(texts) == 1 and len(texts[0]) <= INLINE_MAX_CHARS:
-                alone = await self._embed_alone(texts, input_type, truncate)
+            if inline:
+                alone = await self._run_alone(count, tokenize, finish)
                 if alone is not None:
                     return alone
-            return await self._embed_queued(texts, input_type, truncate)
+            loop = asyncio.get_running_loop()
+            request = _Request(
+                count=count,
+                tokenize=tokenize,
+                finish=finish,
+                row_shape=row_shape,
+                loop=loop,
+                future=loop.create_future(),
+                enqueued=time.monotonic(),
+            )
+            with self._cond:
+                if self._closed:
+                    raise self._closed_error()
+                self._incoming.append(request)
+                self._cond.notify()
+            return await request.future
         finally:
             with self._cond:
                 self._callers -= 1
 
-    async def _embed_alone(
-        self, texts: Sequence[str], input_type: str | None, truncate: bool
-    ) -> EmbedResult | None:
+    async def _run_alone(
+        self,
+        count: int,
+        tokenize: Callable[[], Rows],
+        finish: Callable[[Rows, np.ndarray], Any],
+    ) -> Any | None:
         """Run a lone short request here, on the caller's thread, when it has no company:
         nothing queued, no run under way, no concurrent callers lately. None: it has company,
         and goes to the queue to share a run."""
@@ -180,39 +288,14 @@ class DynamicBatcher:
             self._running += 1
         try:
             started = time.monotonic()
-            tokenized = self.model.tokenize(texts, input_type=input_type, truncate=truncate)
-            vectors = self.model.run(tokenized.ids, alone=True)
+            tokenized = tokenize()
+            out = self.model.run_rows(tokenized.rows(range(count)), alone=True)
             tokens = int(tokenized.lengths.sum())
-            self._ran(
-                started, callers=1, texts=len(texts), tokens=tokens, padded=tokens, wait_s=0.0
-            )
-            return EmbedResult(
-                vectors=vectors,
-                token_counts=tokenized.lengths.tolist(),
-                truncated=tokenized.truncated.tolist(),
-            )
+            self._ran(started, callers=1, texts=count, tokens=tokens, padded=tokens, wait_s=0.0)
+            return finish(tokenized, out)
         finally:
             with self._cond:
                 self._running -= 1
-
-    async def _embed_queued(
-        self, texts: Sequence[str], input_type: str | None, truncate: bool
-    ) -> EmbedResult:
-        loop = asyncio.get_running_loop()
-        request = _Request(
-            texts=list(texts),
-            input_type=input_type,
-            truncate=truncate,
-            loop=loop,
-            future=loop.create_future(),
-            enqueued=time.monotonic(),
-        )
-        with self._cond:
-            if self._closed:
-                raise self._closed_error()
-            self._incoming.append(request)
-            self._cond.notify()
-        return await request.future
 
     def apply_settings(self, settings: Mapping[str, Any]) -> None:
         """Take new batching settings (window, budget); they apply from the next run on.
@@ -360,18 +443,14 @@ class DynamicBatcher:
         if not request.live:
             return
         try:
-            tokenized = self.model.tokenize(
-                request.texts, input_type=request.input_type, truncate=request.truncate
-            )
+            tokenized = request.tokenize()
         except Exception as exc:  # too long with truncate=False, or a tokenizer failure
             request.fail(exc)
             return
         request.tokenized = tokenized
         request.order = np.argsort(-tokenized.lengths, kind="stable")
-        request.remaining = len(request.texts)
-        request.vectors = np.empty(
-            (len(request.texts), self.model.config.dimensions), dtype=np.float32
-        )
+        request.remaining = request.count
+        request.out = np.empty((request.count, *request.row_shape), dtype=np.float32)
         self._pending.append(request)
 
     def _plan(self, *, dry_run: bool = False) -> _Run:
@@ -408,27 +487,29 @@ class DynamicBatcher:
             # Requests with inputs left go behind the ones that have not had a turn yet;
             # requests whose inputs are all in this run leave the queue.
             in_run = {request for request, _ in run.parts}
-            waiting = [r for r in self._pending if r.live and r.scheduled < len(r.texts)]
+            waiting = [r for r in self._pending if r.live and r.scheduled < r.count]
             self._pending = deque(
                 [r for r in waiting if r not in in_run] + [r for r in waiting if r in in_run]
             )
         return run
 
     def _execute(self, run: _Run, slot: int) -> None:
-        ids: list[list[int]] = []
+        rows: list[Any] = []
         for request, indices in run.parts:
             assert request.tokenized is not None
-            ids.extend(request.tokenized.ids[i] for i in indices)
+            rows.extend(request.tokenized.rows(indices))
+        lengths = np.concatenate(
+            [request.tokenized.lengths[indices] for request, indices in run.parts]  # type: ignore[union-attr]
+        )
         started = time.monotonic()
         queue_wait_s = started - min(request.enqueued for request, _ in run.parts)
         with self._cond:
             self._running += 1
         try:
-            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
             groups = split_by_length(lengths)  # the engine's sub-runs, counted below
-            vectors = self.model.run(ids, slot, groups=groups)
+            outputs = self.model.run_rows(rows, slot, groups=groups)
         except Exception as exc:
-            log.warning("embedding run of %d inputs failed: %s", len(ids), exc)
+            log.warning("model run of %d inputs failed: %s", len(rows), exc)
             for request, _ in run.parts:
                 if request.live:
                     request.fail(exc)
@@ -442,27 +523,26 @@ class DynamicBatcher:
         self._ran(
             started,
             callers=len(run.parts),
-            texts=len(ids),
+            texts=len(rows),
             tokens=int(lengths.sum()),
             padded=padded_tokens(lengths, groups),
             wait_s=queue_wait_s,
         )
         offset = 0
         for request, indices in run.parts:
-            assert request.vectors is not None and request.tokenized is not None
-            request.vectors[indices] = vectors[offset : offset + len(indices)]
+            assert request.out is not None and request.tokenized is not None
+            request.out[indices] = outputs[offset : offset + len(indices)]
             offset += len(indices)
             with self._delivery:
                 request.remaining -= len(indices)
                 complete = request.remaining == 0
             if complete and request.live:
-                request.resolve(
-                    EmbedResult(
-                        vectors=request.vectors,
-                        token_counts=request.tokenized.lengths.tolist(),
-                        truncated=request.tokenized.truncated.tolist(),
-                    )
-                )
+                try:
+                    result = request.finish(request.tokenized, request.out)
+                except Exception as exc:
+                    request.fail(exc)
+                else:
+                    request.resolve(result)
 
     def _ran(
         self, started: float, *, callers: int, texts: int, tokens: int, padded: int, wait_s: float

@@ -42,6 +42,7 @@ from inference.service import (
     ModelNotLoaded,
     ServiceError,
     SettingsRejected,
+    WrongModelKind,
 )
 
 log = logging.getLogger("inference.sidecar")
@@ -118,6 +119,7 @@ _SERVICE_ERRORS: tuple[tuple[type[ServiceError], int, str], ...] = (
     (InputTooLong, 413, ErrorCode.INPUT_TOO_LONG),
     (EmbedTimeout, 504, ErrorCode.TIMEOUT),
     (DimensionsNotSupported, 400, ErrorCode.INVALID_INPUT),
+    (WrongModelKind, 400, ErrorCode.WRONG_MODEL_KIND),
     (ModelLoadError, 422, ErrorCode.INVALID_INPUT),
     (SettingsRejected, 422, ErrorCode.INVALID_INPUT),
 )
@@ -426,22 +428,14 @@ async def read_binary_request(
     Read from the ASGI scope and messages themselves, with what Starlette's ``Request`` would
     give (the last of repeated query parameters, the first of repeated headers): the lone
     query from SQL pays for little besides its model run."""
-    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-    declared_size = timeout_raw = None
-    for name, value in scope["headers"]:
-        if name == b"content-length" and declared_size is None:
-            declared_size = value.decode("latin-1")
-        elif name == b"x-timeout-ms" and timeout_raw is None:
-            timeout_raw = value.decode("latin-1")
+    query, declared_size, timeout_raw = _binary_query(scope)
     uri = query.get("model") or ""
     if not uri:
         raise invalid("query parameter model is required, e.g. ?model=name:version", "model")
     input_type = query.get("input_type") or None
     if input_type is not None and input_type not in INPUT_TYPES:
         raise invalid(f"input_type must be query or passage, got {input_type!r}", "input_type")
-    truncate_raw = (query.get("truncate") or "true").lower()
-    if truncate_raw not in ("true", "false"):
-        raise invalid(f"truncate must be true or false, got {truncate_raw!r}", "truncate")
+    truncate = _query_bool(query, "truncate", "true")
     limit = limits["max_request_bytes"]
     _check_declared_size(declared_size, limit)
     body = await _receive_body(receive, limit)
@@ -454,7 +448,174 @@ async def read_binary_request(
         model=uri,
         texts=texts,
         input_type=input_type,
-        truncate=truncate_raw == "true",
+        truncate=truncate,
+        timeout_s=_timeout_seconds(timeout_raw),
+    )
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A rerank request of any route (Cohere's, text-embeddings-inference's, the binary one),
+    checked against the request limits; ``model`` None: the setting default_rerank_model."""
+
+    model: str | None
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+    return_documents: bool = False
+    raw: bool = False
+    truncate: bool = True
+    timeout_s: float | None = None
+
+
+def _check_rerank(query: Any, documents: list[str], limit: int, key: str) -> str:
+    """Refuse a query that is not a non-empty string, no documents, or too many."""
+    if not isinstance(query, str) or not query:
+        got = json_type(query) + (f" {query!r}" if isinstance(query, str) else "")
+        raise invalid(f"query is required and must be a non-empty string, got {got}", "query")
+    if not documents:
+        raise invalid(f"{key} is an empty list; send at least one document", key, status=400)
+    if len(documents) > limit:
+        raise APIError(
+            413,
+            ErrorCode.TOO_MANY_INPUTS,
+            f"{len(documents)} documents in one request, more than max_inputs_per_request "
+            f"({limit}); split the request, or raise the max_inputs_per_request setting",
+            param=key,
+        )
+    return query
+
+
+def _documents(payload: Mapping[str, Any], key: str) -> list[str]:
+    """``key`` as a list of strings; Cohere's clients may also send ``{"text": ...}`` objects."""
+    raw = payload.get(key)
+    if not isinstance(raw, list):
+        got = "nothing" if key not in payload else json_type(raw)
+        raise invalid(f"{key} must be a list of strings, got {got}", key)
+    documents = []
+    for index, item in enumerate(raw):
+        if isinstance(item, Mapping) and isinstance(item.get("text"), str):
+            item = item["text"]
+        if not isinstance(item, str):
+            raise invalid(
+                f"{key}[{index}] is {json_type(item)}, not a string (or an object with a "
+                "string text)",
+                key,
+            )
+        documents.append(item)
+    return documents
+
+
+# Embedding options that mean nothing to a cross-encoder: refused rather than ignored, so that a
+# caller who meant an embedder learns it at once.
+_EMBEDDING_ONLY = {
+    "input_type": "prefixes (input_type) belong to embedding models; a reranker reads the query "
+    "and the document as a pair, as it was trained",
+    "dimensions": "dimensions (Matryoshka truncation) belong to embedding models; a reranker "
+    "gives one score per document",
+    "encoding_format": "encoding_format belongs to embeddings; a reranker gives one score per "
+    "document",
+}
+
+
+def _refuse_embedding_options(payload: Mapping[str, Any]) -> None:
+    for key, reason in _EMBEDDING_ONLY.items():
+        if key in payload:
+            raise invalid(f"{reason}; remove {key} from the rerank request", key, status=400)
+
+
+def _top_n(payload: Mapping[str, Any]) -> int | None:
+    value = payload.get("top_n")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise invalid(
+            f"top_n must be a whole number of results (1 or more), got {json_type(value)} "
+            f"{value!r}",
+            "top_n",
+        )
+    return value
+
+
+async def read_cohere_rerank(request: Request, limits: Mapping[str, Any]) -> RerankRequest:
+    """The body of ``POST /v1/rerank`` and ``/v2/rerank`` (Cohere's shape): ``model``?,
+    ``query``, ``documents``, ``top_n``?, ``return_documents``? (default false)."""
+    payload = await read_json_object(request, limits["max_request_bytes"])
+    _refuse_embedding_options(payload)
+    documents = _documents(payload, "documents")
+    return RerankRequest(
+        model=optional_str(payload, "model") or None,
+        query=_check_rerank(
+            payload.get("query"), documents, limits["max_inputs_per_request"], "documents"
+        ),
+        documents=documents,
+        top_n=_top_n(payload),
+        return_documents=optional_bool(payload, "return_documents", False),
+        timeout_s=parse_timeout(request),
+    )
+
+
+async def read_tei_rerank(request: Request, limits: Mapping[str, Any]) -> RerankRequest:
+    """The body of ``POST /rerank`` (text-embeddings-inference's shape): ``query``, ``texts``,
+    ``raw_scores``? and ``return_text``? (default false), ``truncate``? (default true), and
+    ``model``?, an extension of ours."""
+    payload = await read_json_object(request, limits["max_request_bytes"])
+    _refuse_embedding_options(payload)
+    texts = _documents(payload, "texts")
+    # Only "right" (the end of the longer text goes first) is how CrossEncoder cuts a pair.
+    optional_str(payload, "truncation_direction", ("right", "Right"))
+    return RerankRequest(
+        model=optional_str(payload, "model") or None,
+        query=_check_rerank(payload.get("query"), texts, limits["max_inputs_per_request"], "texts"),
+        documents=texts,
+        return_documents=optional_bool(payload, "return_text", False),
+        raw=optional_bool(payload, "raw_scores", False),
+        truncate=optional_bool(payload, "truncate", True),
+        timeout_s=parse_timeout(request),
+    )
+
+
+def _binary_query(scope: Scope) -> tuple[dict[str, str], str | None, str | None]:
+    """The query parameters (the last of repeated ones), Content-Length and X-Timeout-Ms (the
+    first of repeated headers), as Starlette's ``Request`` would give them."""
+    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    declared_size = timeout_raw = None
+    for name, value in scope["headers"]:
+        if name == b"content-length" and declared_size is None:
+            declared_size = value.decode("latin-1")
+        elif name == b"x-timeout-ms" and timeout_raw is None:
+            timeout_raw = value.decode("latin-1")
+    return query, declared_size, timeout_raw
+
+
+def _query_bool(query: Mapping[str, str], key: str, default: str) -> bool:
+    raw = (query.get(key) or default).lower()
+    if raw not in ("true", "false"):
+        raise invalid(f"{key} must be true or false, got {raw!r}", key)
+    return raw == "true"
+
+
+async def read_binary_rerank(
+    scope: Scope, receive: Receive, limits: Mapping[str, Any]
+) -> RerankRequest:
+    """A request of the binary rerank route (``inference/protocol.py``): the query text first,
+    then the documents."""
+    query, declared_size, timeout_raw = _binary_query(scope)
+    raw = _query_bool(query, "raw", "false")
+    limit = limits["max_request_bytes"]
+    _check_declared_size(declared_size, limit)
+    body = await _receive_body(receive, limit)
+    try:
+        texts = protocol.decode_request(body)
+    except protocol.ProtocolError as exc:
+        raise invalid(str(exc), "input", status=400) from None
+    if not texts:
+        raise invalid("the body holds no query; send the query, then the documents", "query", 400)
+    return RerankRequest(
+        model=query.get("model") or None,
+        query=_check_rerank(texts[0], texts[1:], limits["max_inputs_per_request"], "documents"),
+        documents=texts[1:],
+        raw=raw,
         timeout_s=_timeout_seconds(timeout_raw),
     )
 

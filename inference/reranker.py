@@ -197,6 +197,17 @@ class PairTokens:
     lengths: np.ndarray  # int64, len(ids[i]) for each i
     truncated: np.ndarray  # bool, whether the query or document i was cut to fit max_tokens
 
+    def rows(self, indices: Sequence[int] | np.ndarray) -> list[tuple[list[int], list[int]]]:
+        """The (ids, type_ids) rows at ``indices`` (what ``RerankModel.run_rows`` takes)."""
+        return [(self.ids[i], self.type_ids[i]) for i in indices]
+
+
+@dataclass
+class RerankResult:
+    scores: np.ndarray  # float32, one per document in the documents' order
+    token_counts: list[int]  # tokens of each pair as scored, special tokens included
+    truncated: list[bool]  # per document: whether its pair was cut to max_tokens
+
 
 # -- scoring ------------------------------------------------------------------------------------
 
@@ -324,6 +335,19 @@ class RerankModel(OnnxModel):
                 )
             logits[rows] = out[:, 0]
         return logits
+
+    def run_rows(
+        self,
+        rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """``run`` over (ids, type_ids) rows, as the batcher gathers them."""
+        return self.run(
+            [row[0] for row in rows], [row[1] for row in rows], slot, alone=alone, groups=groups
+        )
 
     def _feed(
         self,

@@ -26,7 +26,7 @@ from inference.chunking import Chunk, ChunkingError
 from inference.cpu import CpuFeatures, read_cpu
 from inference.engine import EmbeddingModel, EmbedResult, InputTooLongError
 from inference.metrics import Metrics
-from inference.modelconfig import ModelConfig
+from inference.modelconfig import ModelConfig, RerankConfig
 from inference.registry import (
     ModelPathError,
     Registry,
@@ -35,6 +35,7 @@ from inference.registry import (
     check_uri,
     resolve_model,
 )
+from inference.reranker import RerankModel, RerankResult
 from inference.store import verify_for_load
 
 log = logging.getLogger("inference.sidecar")
@@ -93,6 +94,10 @@ class EmbedTimeout(ServiceError):
     """The model did not answer within the caller's timeout."""
 
 
+class WrongModelKind(ServiceError):
+    """An embedding model asked to rerank, or a reranker asked to embed."""
+
+
 class DimensionsNotSupported(ServiceError):
     """``dimensions`` asks for a length the model was not trained to give."""
 
@@ -107,9 +112,32 @@ class SettingsRejected(ServiceError):
 @dataclass
 class LoadedModel:
     uri: str
-    model: EmbeddingModel
+    model: EmbeddingModel | RerankModel
     batcher: DynamicBatcher
-    config: ModelConfig
+    config: ModelConfig | RerankConfig
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+
+_KIND_WORDS = {
+    "embedding": "an embedding model (it gives a vector per text)",
+    "reranker": "a reranker (a cross-encoder: it scores query-document pairs)",
+}
+_KIND_USES = {
+    "embedding": "/v1/embeddings or azure_local_ai.create_embeddings()",
+    "reranker": "/v1/rerank, /rerank or azure_local_ai.rank()",
+}
+
+
+def wrong_kind(uri: str, kind: str, asked: str) -> WrongModelKind:
+    """The refusal of ``asked`` ("embed", "rerank", "chunk") for a model of ``kind``."""
+    return WrongModelKind(
+        f"model {uri} is {_KIND_WORDS[kind]}, so it cannot {asked}; use it with "
+        f"{_KIND_USES[kind]}, or name a model of the other kind",
+        param="model",
+    )
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
@@ -146,6 +174,14 @@ def check_dimensions(uri: str, config: ModelConfig, dimensions: int) -> None:
             f"{', '.join(map(str, allowed))}, got {dimensions}"
         )
     raise DimensionsNotSupported(message, param="dimensions")
+
+
+def _timeout(uri: str, timeout_s: float, what: str) -> EmbedTimeout:
+    """The refusal of a request whose caller's time budget ran out."""
+    return EmbedTimeout(
+        f"model {uri} did not answer within the caller's timeout of {timeout_s * 1000:g} ms "
+        f"(X-Timeout-Ms); send fewer {what} per request or allow more time"
+    )
 
 
 class Sidecar:
@@ -234,8 +270,13 @@ class Sidecar:
             if entry["precision"] == "int8" and source.manifest is not None:
                 await asyncio.to_thread(self._check_int8, uri, source.root, source.manifest)
             # Building the session takes a while for real models: keep the event loop serving.
+            kind = RerankModel if isinstance(source.config, RerankConfig) else EmbeddingModel
             model = await asyncio.to_thread(
-                EmbeddingModel, source.onnx_path, source.tokenizer_dir, source.config, values
+                kind,  # type: ignore[arg-type]
+                source.onnx_path,
+                source.tokenizer_dir,
+                source.config,
+                values,
             )
         except ModelPathError as exc:
             raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
@@ -360,16 +401,28 @@ class Sidecar:
         loaded = self.models.get(uri)
         config = loaded.config.to_manifest() if loaded is not None else entry
         license_info = entry.get("license")
+        kind = config.get("kind") or "embedding"  # registrations older than the key: embedders
+        if kind == "reranker":
+            described: dict[str, Any] = {
+                "dimensions": None,
+                "max_tokens": config["max_tokens"],
+                "activation": config["activation"],
+            }
+        else:
+            described = {
+                "dimensions": config["dimensions"],
+                "max_tokens": config["max_tokens"],
+                "pooling": config["pooling"],
+                "normalize": config["normalize"],
+                "prefixes": config["prefixes"],
+                # Registrations older than the key declare none.
+                "matryoshka_dimensions": config.get("matryoshka_dimensions", []),
+            }
         return {
             "model_uri": uri,
+            "kind": kind,
             "registered_at": entry.get("registered_at", ""),
-            "dimensions": config["dimensions"],
-            "max_tokens": config["max_tokens"],
-            "pooling": config["pooling"],
-            "normalize": config["normalize"],
-            "prefixes": config["prefixes"],
-            # Registrations older than the key declare none.
-            "matryoshka_dimensions": config.get("matryoshka_dimensions", []),
+            **described,
             "license": (
                 {"name": license_info.get("name"), "url": license_info.get("url")}
                 if isinstance(license_info, Mapping)
@@ -410,6 +463,8 @@ class Sidecar:
     ) -> EmbedResult:
         """Embed ``texts`` with a loaded model, cut to ``dimensions`` when given."""
         loaded = self.require_loaded(uri)
+        if not isinstance(loaded.config, ModelConfig):
+            raise wrong_kind(uri, loaded.kind, "embed texts")
         if dimensions is not None:
             check_dimensions(uri, loaded.config, dimensions)
         try:
@@ -426,22 +481,59 @@ class Sidecar:
         except BatcherClosedError as exc:
             raise ModelNotLoaded(f"model {uri}: {exc}", param="model") from None
         except TimeoutError:
-            if timeout_s is None:
+            if timeout_s is None:  # no budget of the caller's ran out: not a refusal
                 raise
-            raise EmbedTimeout(
-                f"model {uri} did not answer within the caller's timeout of "
-                f"{timeout_s * 1000:g} ms (X-Timeout-Ms); send fewer inputs per request or "
-                "allow more time"
-            ) from None
+            raise _timeout(uri, timeout_s, "inputs") from None
         if dimensions is not None:
             result = replace(result, vectors=truncate_dimensions(result.vectors, dimensions))
         return result
+
+    def default_rerank_model(self) -> str:
+        """The setting ``default_rerank_model``: the reranker of requests that name none."""
+        uri = str(self.values.get("default_rerank_model") or "")
+        if not uri:
+            raise ServiceError(
+                "no reranker was named and the setting default_rerank_model is empty; name "
+                "the model (model in the body, or rank(..., model => 'name:version') in SQL), "
+                "or set it with SELECT azure_local_ai.set_setting('default_rerank_model', "
+                "'name:version') or PUT /settings",
+                param="model",
+            )
+        return uri
+
+    async def rerank(
+        self,
+        uri: str | None,
+        query: str,
+        documents: list[str],
+        *,
+        raw: bool = False,
+        timeout_s: float | None = None,
+    ) -> tuple[str, RerankResult]:
+        """Score ``documents`` against ``query`` with a loaded reranker (default: the setting
+        ``default_rerank_model``); returns the model's URI and the scores in document order."""
+        uri = uri or self.default_rerank_model()
+        loaded = self.require_loaded(uri)
+        if not isinstance(loaded.config, RerankConfig):
+            raise wrong_kind(uri, loaded.kind, "rerank documents")
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await loaded.batcher.rerank(query, documents, raw=raw)
+        except BatcherClosedError as exc:
+            raise ModelNotLoaded(f"model {uri}: {exc}", param="model") from None
+        except TimeoutError:
+            if timeout_s is None:
+                raise
+            raise _timeout(uri, timeout_s, "documents") from None
+        return uri, result
 
     async def chunk(
         self, uri: str, texts: list[str], *, size: int, overlap: int, input_type: str | None
     ) -> list[list[Chunk]]:
         """Split ``texts`` by the model's tokens into chunks that embed without being cut."""
         loaded = self.require_loaded(uri)
+        if not isinstance(loaded.model, EmbeddingModel):
+            raise wrong_kind(uri, loaded.kind, "chunk texts for embedding")
         try:
             # Tokenizing is CPU work of its own: off the event loop, beside the batches.
             return await asyncio.to_thread(

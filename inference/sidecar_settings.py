@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from inference.catalog import URI_PATTERN
 from inference.statefile import write_json_atomic
 
 
@@ -126,7 +127,7 @@ class Setting:
     """One setting: its key, type, default, bounds or choices, unit and a line of help."""
 
     key: str
-    kind: str  # "int" | "bool" | "float" | "choice"
+    kind: str  # "int" | "bool" | "float" | "choice" | "uri" (a model URI, or "" for none)
     default: Any
     help: str
     minimum: float | None = None
@@ -144,6 +145,17 @@ class Setting:
             if isinstance(raw, str) and raw.strip().lower() in {"false", "off", "0", "no"}:
                 return False
             raise SettingError(self.key, f"must be true or false, got {raw!r}")
+        if self.kind == "uri":
+            if not isinstance(raw, str):
+                raise SettingError(self.key, f"must be a model URI (name:version), got {raw!r}")
+            text = raw.strip()
+            if text and not URI_PATTERN.match(text):
+                raise SettingError(
+                    self.key,
+                    f"must be a model URI (name:version, letters, digits, '.', '_', '-'), or "
+                    f"empty for none, got {raw!r}",
+                )
+            return text
         if self.kind == "choice":
             if isinstance(raw, str) and raw.strip().lower() in self.choices:
                 return raw.strip().lower()
@@ -292,6 +304,13 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1024,
         maximum=1024 * 1024 * 1024,
         unit="bytes",
+    ),
+    Setting(
+        "default_rerank_model",
+        "uri",
+        "",
+        "The reranker (cross-encoder) that rank() in SQL and the rerank routes use when a "
+        "request names none. Empty: every request must name its model.",
     ),
     Setting(
         "memory_arena",

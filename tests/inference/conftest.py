@@ -81,8 +81,8 @@ def matryoshka_uri(
 
 
 class WrappedEngine:
-    """The real engine as a batcher sees it (config, sessions, tokenize, run), for tests that
-    watch or steer its runs by overriding ``run``."""
+    """The real engine as a batcher sees it (config, sessions, tokenize, run_rows), for tests
+    that watch or steer its runs by overriding ``run``."""
 
     def __init__(self, engine: EmbeddingModel) -> None:
         self.engine = engine
@@ -104,3 +104,14 @@ class WrappedEngine:
         groups: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         return self.engine.run(ids, slot, alone=alone, groups=groups)
+
+    def run_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        slot: int = 0,
+        *,
+        alone: bool = False,
+        groups: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        # What the batcher calls: through ``run``, which the tests override.
+        return self.run(rows, slot, alone=alone, groups=groups)

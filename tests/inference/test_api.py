@@ -533,6 +533,7 @@ def test_openai_model_items_carry_the_models_facts(
         "object": "model",
         "created": declared["created"],
         "owned_by": "local",
+        "kind": "embedding",
         "dimensions": HIDDEN,
         "max_tokens": MAX_SEQ_LENGTH,
         "pooling": "mean",
