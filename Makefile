@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[export,reference,dev]'
+	$(VENV)/bin/pip install --quiet -e '.[export,reference,clients,dev]'
 	touch $@
 
 venv: $(VENV)/.installed
