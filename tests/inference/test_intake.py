@@ -15,14 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference import catalog as catalog_module
-from inference.catalog import CatalogError
+from inference.catalog import CatalogError, entry_from_raw
 from inference.engine import EmbeddingModel
 from inference.export import export_onnx
 from inference.intake import IntakeError, inspect_source, parse_source
+from inference.modelconfig import RerankConfig
 from inference.provision import ProvisionError, deploy
+from inference.reranker import RerankModel, export_cross_encoder
 from inference.resources import Resources
 from inference.store import ModelStore
 from tests.fixtures.fakehub import FakeHub
+from tests.fixtures.rerankers import reference_scores
 from tests.fixtures.stmodels import (
     ARCHITECTURES,
     make_cross_encoder,
@@ -30,6 +33,7 @@ from tests.fixtures.stmodels import (
     make_remote_code,
     make_st_model,
     make_without_tokenizer,
+    sharpen,
     st_encode,
 )
 
@@ -168,8 +172,44 @@ def test_a_model_without_a_tokenizer_is_refused(models: Path) -> None:
 
 
 def test_a_cross_encoder_offered_as_an_embedder_is_refused(models: Path) -> None:
-    reason = _refusal(make_cross_encoder(models / "cross-encoder"))
-    assert "is a cross-encoder (a reranker)" in reason
+    reason = _refusal(make_cross_encoder(models / "cross-encoder"), kind="embedding")
+    assert "is a cross-encoder (a reranker)" in reason and "Add it as a reranker" in reason
+
+
+def test_an_embedder_offered_as_a_reranker_is_refused(models: Path) -> None:
+    reason = _refusal(make_st_model(models / "bi-encoder"), kind="reranker")
+    assert "is an embedding model" in reason and "no classification head" in reason
+
+
+def test_a_cross_encoder_is_inspected_as_a_reranker(models: Path) -> None:
+    found = inspect_source(str(make_cross_encoder(models / "reranker", "xlm-roberta")))
+    assert found.ok, found.refusals
+    assert found.kind == "reranker" and found.dimensions is None
+    facts = dict(found.facts())
+    assert facts["Kind"].startswith("reranker")
+    assert facts["Max tokens"].startswith("128")
+    assert facts["Score"] == "sigmoid of the classifier's one logit"
+    assert "Output dimensions" not in facts and "Pooling" not in facts
+    entry = entry_from_raw(found.entry("reranker:v1"))
+    assert entry.kind == "reranker" and entry.dimensions is None
+    assert not entry.offers_int8 and entry.max_tokens == 128
+
+
+def test_a_cross_encoder_of_several_labels_is_refused(models: Path) -> None:
+    folder = make_cross_encoder(models / "two-labels")
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "contradiction", "1": "entailment"}
+    (folder / "config.json").write_text(json.dumps(config))
+    reason = _refusal(folder)
+    assert "2 labels (contradiction, entailment)" in reason and "exactly one" in reason
+
+
+def test_a_cross_encoder_of_an_architecture_the_reranker_does_not_export_is_refused(
+    models: Path,
+) -> None:
+    folder = make_cross_encoder(models / "mpnet-reranker", "mpnet")
+    reason = _refusal(folder)
+    assert "for rerankers (bert, roberta, xlm-roberta)" in reason
 
 
 def test_a_generative_model_is_refused(models: Path) -> None:
@@ -285,6 +325,40 @@ def test_a_graph_that_differs_from_the_original_fails_the_gate_and_installs_noth
         deploy("mismatch:v1", store=store)
     assert store.get("mismatch:v1") is None
     assert not [p for p in (tmp_path / "store").glob("mismatch/*") if p.is_dir()]  # no staging
+
+
+def test_a_reranker_deploys_through_its_own_gate_and_serves_crossencoder_scores(
+    models: Path, added_catalog: Path, tmp_path: Path
+) -> None:
+    folder = make_cross_encoder(models / "rerank-deploy", "bert", seed=3)
+    sharpen(folder)
+    store = ModelStore(tmp_path / "store")
+    _add(str(folder), "rerank-deploy:v1")
+    with pytest.raises(ProvisionError, match="no int8 variant is offered"):
+        deploy("rerank-deploy:v1", store=store, precision="int8")
+    stored = deploy("rerank-deploy:v1", store=store).stored
+    assert stored.manifest["kind"] == "reranker"
+    gate = stored.manifest["quality"]["parity"]
+    assert gate["passed"] and gate["same_order"] and gate["max_logit_diff"] <= 1e-4
+    assert isinstance(stored.config, RerankConfig)
+    model = RerankModel(stored.onnx_path(), stored.tokenizer_dir, stored.config, {})
+    scores = model.score(TEXTS[0], TEXTS)
+    np.testing.assert_allclose(scores, reference_scores(folder, TEXTS[0], TEXTS), atol=1e-4)
+
+
+def test_a_reranker_graph_of_other_weights_fails_the_gate_and_installs_nothing(
+    models: Path, added_catalog: Path, tmp_path: Path
+) -> None:
+    folder = make_cross_encoder(models / "rerank-mismatch", "xlm-roberta", seed=1)
+    other = make_cross_encoder(models / "rerank-other", "xlm-roberta", seed=2)
+    for directory in (folder, other):
+        sharpen(directory)
+    export_cross_encoder(other, folder / "onnx" / "model.onnx")
+    store = ModelStore(tmp_path / "store")
+    _add(str(folder), "rerank-mismatch:v1")
+    with pytest.raises(ProvisionError, match="does not score as the original cross-encoder"):
+        deploy("rerank-mismatch:v1", store=store)
+    assert store.get("rerank-mismatch:v1") is None
 
 
 def test_weights_kept_in_external_data_deploy_from_an_export_and_from_a_shipped_graph(
