@@ -77,6 +77,13 @@ class ModelFacts:
     license_url: str | None
     precision: str  # "fp32" | "int8"
     loaded: bool
+    # "embedding" | "reranker". A reranker has no vectors: dimensions 0, no pooling ("") and
+    # no prefixes or shorter lengths.
+    kind: str = "embedding"
+
+    @property
+    def is_reranker(self) -> bool:
+        return self.kind == "reranker"
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> ModelFacts:
@@ -84,16 +91,17 @@ class ModelFacts:
         return cls(
             uri=item["id"],
             created=int(item["created"]),
-            dimensions=int(item["dimensions"]),
+            dimensions=int(item["dimensions"] or 0),  # null for a reranker
             max_tokens=int(item["max_tokens"]),
-            pooling=item["pooling"],
-            normalize=bool(item["normalize"]),
-            prefixes=dict(item["prefixes"]),
-            matryoshka_dimensions=[int(d) for d in item["matryoshka_dimensions"]],
+            pooling=str(item.get("pooling") or ""),
+            normalize=bool(item.get("normalize", False)),
+            prefixes=dict(item.get("prefixes") or {}),
+            matryoshka_dimensions=[int(d) for d in item.get("matryoshka_dimensions") or []],
             license_name=license_info.get("name"),
             license_url=license_info.get("url"),
             precision=item["precision"],
             loaded=bool(item["loaded"]),
+            kind=str(item.get("kind") or "embedding"),  # sidecars older than rerankers: embedders
         )
 
 
