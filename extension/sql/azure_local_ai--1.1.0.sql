@@ -20,8 +20,8 @@
 -- The embedding functions are IMMUTABLE (a model version always gives the same vector), which
 -- is what lets them appear in a GENERATED ALWAYS AS (...) STORED column. rank is VOLATILE: with
 -- model NULL its answer follows a setting of the sidecar.
--- An empty string is sent to the sidecar like any text; the sidecar refuses it for an
--- embedding (22023) and scores it for rank like any document.
+-- An empty string is sent to the sidecar like any text; the sidecar refuses it as a text to
+-- embed or as rank's query (22023), and scores it as a document like any other.
 --
 -- search_path: every function is C, none is SECURITY DEFINER, and none resolves a name through
 -- search_path when called, so a caller's search_path cannot change what they do.

@@ -12,8 +12,11 @@ setting; an embedding model or an unknown one refused. And ``ALTER EXTENSION ...
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -25,6 +28,8 @@ from tests.extension.conftest import FRESH_DB, TINY_URI, service_url
 from tests.extension.fakeservice import FakeService, fake_service
 from tests.extension.test_failures import INTERRUPT_BOUND_S, run_in_thread, wait_until_active
 from tests.fixtures.pg import allow_extensions
+from tests.fixtures.rerankers import Reranker, deploy_reranker
+from tests.fixtures.sidecar import SidecarProcess
 
 RANK = "SELECT * FROM azure_local_ai.rank"
 LONG_URI = "x" * 600
@@ -368,3 +373,247 @@ def test_available_versions_and_update_path(conn: psycopg.Connection) -> None:
         " WHERE source = '1.0.0' AND target = '1.1.0'"
     ).fetchone()
     assert path == ("1.0.0--1.1.0",)
+
+
+# -- the real sidecar: random-weight cross-encoders added like any model -------------------------
+
+QUERY = "How does PostgreSQL search vectors?"
+DOCUMENTS = [
+    "PostgreSQL stores each embedding beside the row it describes.",
+    "Le chat dort sur le canapé.",
+    "passage: PostgreSQL searches embeddings in a vector column with an index.",
+    "数据库中的向量搜索",
+    "x",
+    "",
+    "The quick brown fox jumps over the lazy dog.",
+    "Die Datenbank speichert Vektoren für die semantische Suche.",
+]
+# Far past the models' 128 tokens: cut as CrossEncoder cuts the pair.
+LONG_DOCUMENT = "The database server runs on a small computer by the river. " * 60
+ARCHS = ("bert", "xlm-roberta")
+README = Path(__file__).resolve().parents[2] / "extension" / "README.md"
+
+
+@pytest.fixture(scope="module")
+def rerankers(
+    tmp_path_factory: pytest.TempPathFactory,
+    managed_pg: ManagedServer,
+    ext_db: str,
+    sidecar: SidecarProcess,
+) -> Iterator[dict[str, Reranker]]:
+    """A sharpened cross-encoder of each architecture (BERT with token type ids, XLM-RoBERTa
+    without), added, deployed with its parity gate and registered from SQL; unregistered
+    afterwards."""
+    root = tmp_path_factory.mktemp("rerankers")
+    made = {arch: deploy_reranker(root / arch, arch, f"rank-{arch}:v1") for arch in ARCHS}
+    with managed_pg.connect(ext_db) as conn:
+        for reranker in made.values():
+            conn.execute(
+                "SELECT azure_local_ai.model_register(%s, %s)",
+                [reranker.uri, str(reranker.stored.path)],
+            )
+    yield made
+    for reranker in made.values():
+        sidecar.client.unregister(reranker.uri)
+
+
+@pytest.fixture
+def bert(rerankers: dict[str, Reranker]) -> Reranker:
+    return rerankers["bert"]
+
+
+@contextmanager
+def sidecar_settings(conn: psycopg.Connection, **values: str) -> Iterator[None]:
+    """Change inference settings for a block; they are put back afterwards."""
+    keys = list(values)
+    (before,) = conn.execute("SELECT azure_local_ai.get_setting(%s::text[])", [keys]).fetchone()
+    conn.execute(
+        "SELECT azure_local_ai.set_setting(%s::text[], %s::text[])", [keys, list(values.values())]
+    )
+    try:
+        yield
+    finally:
+        conn.execute(
+            "SELECT azure_local_ai.set_setting(%s::text[], %s::text[])",
+            [
+                keys,
+                [
+                    str(before[k]).lower() if isinstance(before[k], bool) else str(before[k])
+                    for k in keys
+                ],
+            ],
+        )
+
+
+def sql_rank(
+    conn: psycopg.Connection,
+    query: str,
+    documents: list[str],
+    model: str | None,
+    ids: list[str] | None = None,
+) -> list[tuple[str, int, float]]:
+    return conn.execute(
+        "SELECT document_id, rank, relevance_score FROM azure_local_ai.rank("
+        "%s, %s::text[], %s::text[], %s)",
+        [query, documents, ids, model],
+    ).fetchall()
+
+
+def assert_ranked_like(
+    rows: list[tuple[str, int, float]], expected: np.ndarray, exact_order: bool = True
+) -> None:
+    """rows (ids: positions from 1) rank the documents as the reference scores them: the same
+    scores within 1e-4, ranks 1..n, best first; with exact_order, in the reference's order."""
+    assert [r[1] for r in rows] == list(range(1, len(expected) + 1))
+    got = np.full(len(expected), np.nan, dtype=np.float32)
+    for document_id, _, score in rows:
+        got[int(document_id) - 1] = score
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    order = [int(r[0]) - 1 for r in rows]
+    assert order == sorted(range(len(got)), key=lambda i: (-got[i], i))  # ties: input order
+    if exact_order:
+        assert order == sorted(range(len(expected)), key=lambda i: (-expected[i], i))
+    else:  # near-equal scores may swap; the order holds to the tolerance
+        ranked = expected[order]
+        assert np.all(ranked[:-1] >= ranked[1:] - 1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rank_equals_cross_encoder_predict(
+    conn: psycopg.Connection, rerankers: dict[str, Reranker], arch: str
+) -> None:
+    reranker = rerankers[arch]
+    documents = [*DOCUMENTS, LONG_DOCUMENT]
+    expected = reranker.predict(QUERY, documents)
+    assert np.ptp(expected) > 0.005  # the sharpened model tells the documents apart
+    rows = sql_rank(conn, QUERY, documents, reranker.uri)
+    assert_ranked_like(rows, expected)
+    # a long query and a long document share the room, as CrossEncoder shares it
+    rows = sql_rank(conn, LONG_DOCUMENT, [QUERY, LONG_DOCUMENT[::-1]], reranker.uri)
+    assert_ranked_like(rows, reranker.predict(LONG_DOCUMENT, [QUERY, LONG_DOCUMENT[::-1]]))
+
+
+def test_custom_ids_are_carried_best_first(conn: psycopg.Connection, bert: Reranker) -> None:
+    ids = [f"doc-{i}" for i in range(len(DOCUMENTS))]
+    expected = bert.predict(QUERY, DOCUMENTS)
+    rows = sql_rank(conn, QUERY, DOCUMENTS, bert.uri, ids)
+    order = sorted(range(len(DOCUMENTS)), key=lambda i: (-expected[i], i))
+    assert [r[0] for r in rows] == [ids[i] for i in order]
+    np.testing.assert_allclose([r[2] for r in rows], expected[order], atol=1e-4)
+
+
+def test_two_hundred_documents_in_one_call(conn: psycopg.Connection, bert: Reranker) -> None:
+    words = " ".join(DOCUMENTS).split()
+    documents = [" ".join(words[i % len(words) :][: 1 + i % 23]) + f" {i}" for i in range(200)]
+    rows = sql_rank(conn, QUERY, documents, bert.uri)
+    assert len(rows) == 200
+    assert_ranked_like(rows, bert.predict(QUERY, documents), exact_order=False)
+
+
+def test_model_metadata_shows_a_reranker(conn: psycopg.Connection, bert: Reranker) -> None:
+    (metadata,) = conn.execute("SELECT azure_local_ai.model_metadata(%s)", [bert.uri]).fetchone()
+    assert metadata["kind"] == "reranker"
+    assert metadata["loaded"] is True
+
+
+def test_without_a_model_the_default_rerank_model_setting_is_used(
+    conn: psycopg.Connection, rerankers: dict[str, Reranker]
+) -> None:
+    reranker = rerankers["xlm-roberta"]
+    expected = sql_rank(conn, QUERY, DOCUMENTS, reranker.uri)
+    with sidecar_settings(conn, default_rerank_model=reranker.uri):
+        assert conn.execute(
+            "SELECT azure_local_ai.get_setting('default_rerank_model')"
+        ).fetchone() == (reranker.uri,)
+        assert sql_rank(conn, QUERY, DOCUMENTS, None) == expected
+        assert conn.execute(
+            "SELECT count(*) FROM azure_local_ai.rank(%s, %s)", [QUERY, DOCUMENTS]
+        ).fetchone() == (len(DOCUMENTS),)
+    with sidecar_settings(conn, default_rerank_model=""):
+        with pytest.raises(errors.InvalidParameterValue) as info:
+            sql_rank(conn, QUERY, DOCUMENTS, None)
+        message = info.value.diag.message_primary
+        assert "default_rerank_model is empty" in message
+        assert "set_setting('default_rerank_model'" in message
+
+
+def test_a_model_of_the_wrong_kind_is_refused_naming_its_kind(
+    conn: psycopg.Connection, bert: Reranker
+) -> None:
+    with pytest.raises(errors.WrongObjectType) as info:
+        sql_rank(conn, QUERY, DOCUMENTS, TINY_URI)
+    assert info.value.sqlstate == "42809"
+    assert f"model {TINY_URI} is an embedding model" in info.value.diag.message_primary
+    assert "model_metadata" in info.value.diag.message_hint
+    # and a reranker given to create_embeddings
+    with pytest.raises(errors.WrongObjectType) as info:
+        conn.execute("SELECT azure_local_ai.create_embeddings(%s, 'a cat')", [bert.uri])
+    assert f"model {bert.uri} is a reranker" in info.value.diag.message_primary
+
+
+def test_an_unknown_model_and_an_empty_query_are_refused(
+    conn: psycopg.Connection, bert: Reranker
+) -> None:
+    with pytest.raises(errors.UndefinedObject):
+        sql_rank(conn, QUERY, DOCUMENTS, "no-such-reranker:v1")
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        sql_rank(conn, "", DOCUMENTS, bert.uri)
+    assert "query" in info.value.diag.message_primary
+
+
+@pytest.mark.parametrize("how", ["cancel", "statement_timeout"])
+def test_a_slow_real_call_is_interrupted_and_the_session_goes_on(
+    conn: psycopg.Connection, managed_pg: ManagedServer, ext_db: str, bert: Reranker, how: str
+) -> None:
+    (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    # one pair per model run: some seconds for these documents
+    documents = [f"{i} {LONG_DOCUMENT}" for i in range(4000)]
+    with sidecar_settings(conn, max_batch_size="1"):
+        if how == "statement_timeout":
+            conn.execute("SET statement_timeout = 500")
+        try:
+            thread, outcome = run_in_thread(lambda: sql_rank(conn, QUERY, documents, bert.uri))
+            if how == "cancel":
+                wait_until_active(managed_pg, ext_db, pid)
+                time.sleep(0.5)
+                with managed_pg.connect(ext_db) as other:
+                    assert other.execute("SELECT pg_cancel_backend(%s)", [pid]).fetchone() == (
+                        True,
+                    )
+            thread.join(INTERRUPT_BOUND_S)
+            assert not thread.is_alive(), f"{how} did not stop the call"
+            assert isinstance(outcome.get("error"), errors.QueryCanceled), outcome
+            assert outcome["elapsed"] < 3.0, outcome["elapsed"]
+        finally:
+            conn.execute("RESET statement_timeout")
+    assert_alive(conn, pid)
+    assert_ranked_like(sql_rank(conn, QUERY, DOCUMENTS, bert.uri), bert.predict(QUERY, DOCUMENTS))
+
+
+def test_the_readme_hybrid_retrieval_example_runs(conn: psycopg.Connection, bert: Reranker) -> None:
+    text = README.read_text()
+    example = re.search(r"Hybrid retrieval.*?```sql\n(.*?)```", text, re.S)
+    assert example, "the README's hybrid retrieval example"
+    query = (
+        example.group(1)
+        .replace("'multilingual-e5-small:v1'", "%(embedder)s")
+        .replace("'my-reranker:v1'", "%(reranker)s")
+    )
+    conn.execute(
+        "CREATE TEMP TABLE docs (id int PRIMARY KEY, body text, embedding vector(32),"
+        " tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', body)) STORED)"
+    )
+    bodies = [d for d in DOCUMENTS if d] + ["Vectors in PostgreSQL are searched with pgvector."]
+    for i, body in enumerate(bodies, start=1):
+        conn.execute(
+            "INSERT INTO docs VALUES (%s, %s, azure_local_ai.create_embeddings(%s, %s)::vector)",
+            [i, body, TINY_URI, body],
+        )
+    rows = conn.execute(query, {"embedder": TINY_URI, "reranker": bert.uri}).fetchall()
+    # every document is a candidate of the nearest 50: all come back, ranked by the reranker
+    assert [r[1] for r in rows] == list(range(1, min(10, len(bodies)) + 1))
+    question = re.search(r"SELECT '([^']*)' AS text", query).group(1)
+    expected = bert.predict(question, bodies)
+    order = sorted(range(len(bodies)), key=lambda i: (-expected[i], i))[:10]
+    assert [r[0] for r in rows] == [i + 1 for i in order]
+    assert [r[3] for r in rows] == [bodies[i] for i in order]
