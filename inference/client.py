@@ -232,6 +232,18 @@ class InferenceClient:
         details = self.embed_detailed(model, inputs, input_type, dimensions)
         return details.vectors, details.usage
 
+    def rerank(
+        self, model: str | None, query: str, documents: Sequence[str]
+    ) -> list[tuple[int, float]]:
+        """Score ``documents`` against ``query`` with the reranker ``model`` (None: the
+        setting default_rerank_model) over ``POST /v1/rerank``; ``(index, score)`` pairs,
+        best first."""
+        body: dict[str, Any] = {"query": query, "documents": list(documents)}
+        if model:
+            body["model"] = model
+        results = self._request("POST", "/v1/rerank", json=body)["results"]
+        return [(int(r["index"]), float(r["relevance_score"])) for r in results]
+
     def chunks(
         self,
         model: str,
