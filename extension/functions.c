@@ -688,7 +688,8 @@ alai_rank(PG_FUNCTION_ARGS)
 	}
 	MemoryContextDelete(batch_context);
 
-	ranked = palloc(sizeof(RankedDocument) * n);
+	/* n is at most MaxArraySize: more than MaxAllocSize for this array */
+	ranked = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(RankedDocument) * (Size) n);
 	for (int i = 0; i < n; i++)
 	{
 		ranked[i].score = scores[i];
