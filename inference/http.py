@@ -436,13 +436,7 @@ async def read_binary_request(
     if input_type is not None and input_type not in INPUT_TYPES:
         raise invalid(f"input_type must be query or passage, got {input_type!r}", "input_type")
     truncate = _query_bool(query, "truncate", "true")
-    limit = limits["max_request_bytes"]
-    _check_declared_size(declared_size, limit)
-    body = await _receive_body(receive, limit)
-    try:
-        texts = protocol.decode_request(body)
-    except protocol.ProtocolError as exc:
-        raise invalid(str(exc), "input", status=400) from None
+    texts = await _binary_texts(receive, declared_size, limits)
     check_texts(texts, limits["max_inputs_per_request"])
     return EmbeddingsRequest(
         model=uri,
@@ -588,6 +582,19 @@ def _binary_query(scope: Scope) -> tuple[dict[str, str], str | None, str | None]
     return query, declared_size, timeout_raw
 
 
+async def _binary_texts(
+    receive: Receive, declared_size: str | None, limits: Mapping[str, Any]
+) -> list[str]:
+    """The texts of a binary route's body, read within ``max_request_bytes``."""
+    limit = limits["max_request_bytes"]
+    _check_declared_size(declared_size, limit)
+    body = await _receive_body(receive, limit)
+    try:
+        return protocol.decode_request(body)
+    except protocol.ProtocolError as exc:
+        raise invalid(str(exc), "input", status=400) from None
+
+
 def _query_bool(query: Mapping[str, str], key: str, default: str) -> bool:
     raw = (query.get(key) or default).lower()
     if raw not in ("true", "false"):
@@ -602,13 +609,7 @@ async def read_binary_rerank(
     then the documents."""
     query, declared_size, timeout_raw = _binary_query(scope)
     raw = _query_bool(query, "raw", "false")
-    limit = limits["max_request_bytes"]
-    _check_declared_size(declared_size, limit)
-    body = await _receive_body(receive, limit)
-    try:
-        texts = protocol.decode_request(body)
-    except protocol.ProtocolError as exc:
-        raise invalid(str(exc), "input", status=400) from None
+    texts = await _binary_texts(receive, declared_size, limits)
     if not texts:
         raise invalid("the body holds no query; send the query, then the documents", "query", 400)
     return RerankRequest(
