@@ -1,6 +1,6 @@
 /*
- * The SQL functions of the azure_local_ai extension (see azure_local_ai--1.1.0.sql for the
- * signatures, and which are STRICT).
+ * The SQL functions of the azure_local_ai extension (see azure_local_ai--1.0.0.sql and
+ * azure_local_ai--1.0.0--1.1.0.sql for the signatures, and which are STRICT).
  *
  * Embeddings and rerank scores go through the sidecar's binary routes (inference/protocol.py):
  * texts as length-prefixed UTF-8, vectors or scores back as float32 little-endian. Everything

@@ -1,5 +1,7 @@
 -- azure_local_ai 1.0.0 -> 1.1.0: adds rank(), documents ranked by a reranker (cross-encoder)
--- served by the inference sidecar. ALTER EXTENSION azure_local_ai UPDATE runs it.
+-- served by the inference sidecar. ALTER EXTENSION azure_local_ai UPDATE runs it, and so does
+-- CREATE EXTENSION azure_local_ai after the 1.0.0 script: 1.1.0 has no install script of its
+-- own, so a new extension and an updated one are made by the same statements.
 
 \echo Use "ALTER EXTENSION azure_local_ai UPDATE TO '1.1.0'" to load this file. \quit
 
