@@ -434,3 +434,13 @@ def search(query: str, k: int = DEFAULT_K) -> SearchResult:
         matches=[Match(*row[:4], similarity=float(row[4])) for row in rows],
         elapsed_ms=elapsed * 1000,
     )
+
+
+def score_bars(scores: Sequence[float]) -> tuple[float, float, list[float]]:
+    """The bars' scale and each score's bar in percent: scores within [0, 1] (a one-label
+    cross-encoder's sigmoid) on 0..1; others (raw logits) from the lowest to the highest."""
+    low, high = 0.0, 1.0
+    if scores and (min(scores) < 0.0 or max(scores) > 1.0):
+        low, high = min(scores), max(scores)
+    span = (high - low) or 1.0
+    return low, high, [max(0.0, min(100.0, (s - low) / span * 100.0)) for s in scores]

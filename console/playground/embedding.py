@@ -46,6 +46,16 @@ class Deployed:
     models: list[ModelFacts]
     problem: str = ""
 
+    @property
+    def embedders(self) -> list[ModelFacts]:
+        """The models that embed (the Embed tab's and the sample table's choices)."""
+        return [m for m in self.models if not m.is_reranker]
+
+    @property
+    def rerankers(self) -> list[ModelFacts]:
+        """The cross-encoders that score (query, document) pairs (the Rerank tab's choices)."""
+        return [m for m in self.models if m.is_reranker]
+
 
 def sidecar_client(timeout: float = RENDER_TIMEOUT_S) -> InferenceClient:
     """A client of the configured sidecar. Pages that only read use the page-render timeout,
@@ -63,6 +73,17 @@ def deployed_models(client: InferenceClient | None = None) -> Deployed:
     except Exception as exc:  # any failure reads the same: the page cannot list the models
         return Deployed(models=[], problem=str(exc).strip() or type(exc).__name__)
     return Deployed(models=sorted((m for m in facts if m.loaded), key=lambda m: m.uri))
+
+
+def default_reranker(client: InferenceClient | None = None) -> str:
+    """The sidecar's setting ``default_rerank_model`` ("" when unset or unknown)."""
+    if client is None:
+        with sidecar_client() as own:
+            return default_reranker(own)
+    try:
+        return str(client.settings().get("default_rerank_model") or "")
+    except Exception:  # the page preselects nothing; the model list says what is wrong
+        return ""
 
 
 class EmbedError(Exception):

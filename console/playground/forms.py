@@ -1,11 +1,12 @@
-"""The playground's forms: texts to embed, the sample table to create, a search."""
+"""The playground's forms: texts to embed, documents to rank, the sample table to create, a
+search."""
 
 from __future__ import annotations
 
 from django import forms
 from django.core.exceptions import ValidationError
 
-from console.playground import demo
+from console.playground import demo, rerank
 from console.playground.embedding import INPUT_TYPES, MAX_CHARS, MAX_TEXTS
 from inference.client import ModelFacts
 
@@ -80,6 +81,60 @@ class EmbedForm(_ModelChoiceForm):
         if problems:
             raise ValidationError(problems)
         return texts
+
+
+class RerankForm(_ModelChoiceForm):
+    """A query and the documents to rank against it; ``models`` are the deployed rerankers."""
+
+    query = forms.CharField(
+        label="Query",
+        max_length=rerank.MAX_CHARS,
+        error_messages={
+            "required": "Type a query to rank the documents by.",
+            "max_length": "The query has %(show_value)d characters; at most %(limit_value)d.",
+        },
+    )
+    documents = forms.CharField(
+        label="Documents, one per line",
+        widget=forms.Textarea(
+            attrs={"rows": 9, "spellcheck": "false", "aria-describedby": "documents-help"}
+        ),
+        error_messages={"required": "Enter at least one document."},
+    )
+
+    @classmethod
+    def sample(cls, models: list[ModelFacts], model: str = "") -> RerankForm:
+        """An unbound form showing the sample query and documents, ``model`` chosen."""
+        return cls(
+            models=models,
+            initial={
+                "model": model,
+                "query": rerank.SAMPLE_QUERY,
+                "documents": "\n".join(rerank.SAMPLE_DOCUMENTS),
+            },
+        )
+
+    def clean_documents(self) -> list[str]:
+        lines = [line.strip() for line in self.cleaned_data["documents"].splitlines()]
+        documents = [line for line in lines if line]
+        if not documents:
+            raise ValidationError("Enter at least one document.")
+        problems = []
+        if len(documents) > rerank.MAX_DOCUMENTS:
+            extra = len(documents) - rerank.MAX_DOCUMENTS
+            problems.append(
+                f"{len(documents)} documents: at most {rerank.MAX_DOCUMENTS} at a time. "
+                f"Remove {extra} line{'s' if extra > 1 else ''}."
+            )
+        for number, document in enumerate(documents, 1):
+            if len(document) > rerank.MAX_CHARS:
+                problems.append(
+                    f"Document {number} has {len(document):,} characters, more than "
+                    f"{rerank.MAX_CHARS:,}: shorten it."
+                )
+        if problems:
+            raise ValidationError(problems)
+        return documents
 
 
 class SetupForm(_ModelChoiceForm):

@@ -78,15 +78,37 @@ def embeddings_body(model: str, texts: Sequence[str], input_type: str) -> dict[s
     return body
 
 
-def curl_command(base_url: str, body: dict[str, object], *, token: bool) -> str:
-    """``curl`` posting ``body`` to the sidecar's ``/v1/embeddings``. With ``token`` it sends
+def rank_sql(model: str, query: str, documents: Sequence[str]) -> str:
+    """``rank`` of the documents against the query: one row per document, best first, its
+    ``document_id`` the document's position in the list (from 1). Needs the
+    ``azure_local_ai`` extension (1.1.0 or later) in the database."""
+    return (
+        "SELECT r.rank, r.document_id, r.relevance_score\n"
+        f"FROM {SCHEMA}.rank(\n"
+        f"       {sql_literal(query)},\n"
+        f"       {sql_array(documents, ' ' * 9)},\n"
+        f"       model => {sql_literal(model)}\n"
+        "     ) AS r\n"
+        "ORDER BY r.rank;"
+    )
+
+
+def rerank_body(model: str, query: str, documents: Sequence[str]) -> dict[str, object]:
+    """The ``/v1/rerank`` (Cohere's shape) request body for the same inputs."""
+    return {"model": model, "query": query, "documents": list(documents)}
+
+
+def curl_command(
+    base_url: str, body: dict[str, object], *, token: bool, path: str = "/v1/embeddings"
+) -> str:
+    """``curl`` posting ``body`` to the sidecar's ``path``. With ``token`` it sends
     ``$INFERENCE_TOKEN`` from the caller's environment (the token itself is never shown)."""
     lines = ["curl -sS"]
     if base_url.startswith("unix:"):
         lines[0] += f" --unix-socket {shlex.quote(base_url.removeprefix('unix:'))}"
-        url = "http://sidecar/v1/embeddings"
+        url = "http://sidecar" + path
     else:
-        url = base_url.rstrip("/") + "/v1/embeddings"
+        url = base_url.rstrip("/") + path
     lines[0] += f" {shlex.quote(url)}"
     lines.append("-H 'Content-Type: application/json'")
     if token:

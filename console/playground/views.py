@@ -1,8 +1,9 @@
-"""The embedding playground and its semantic search demo.
+"""The playground (its Embed and Rerank tabs) and its semantic search demo.
 
 Every form works without JavaScript (the full page comes back); with htmx the answer is the
 section's fragment, the same template the page includes. Reading the sidecar's models and the
-demo's state uses the page-render timeout; embedding and the demo's SQL may take longer.
+demo's state uses the page-render timeout; embedding, ranking and the demo's SQL may take
+longer.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from console.deployments.models import MANAGE_DEPLOYMENTS
-from console.playground import demo, embedding
-from console.playground.forms import EmbedForm, SearchForm, SetupForm
+from console.playground import demo, embedding, rerank
+from console.playground.forms import EmbedForm, RerankForm, SearchForm, SetupForm
+
+TABS = {"embed": "Embed", "rerank": "Rerank"}
 
 
 def _can_set_up(request: HttpRequest) -> bool:
@@ -24,19 +27,29 @@ def _can_set_up(request: HttpRequest) -> bool:
     return request.user.has_perm(MANAGE_DEPLOYMENTS)
 
 
-def _context(request: HttpRequest, deployed: embedding.Deployed, **parts: Any) -> dict[str, Any]:
+def _context(
+    request: HttpRequest, deployed: embedding.Deployed, tab: str = "embed", **parts: Any
+) -> dict[str, Any]:
     """The page's context; ``parts`` replace the defaults of the sections a request changed."""
+    # The sidecar's default reranker is asked for only where a reranker could be chosen.
+    default_reranker = embedding.default_reranker() if deployed.rerankers else ""
     context: dict[str, Any] = {
+        "tab": tab,
+        "playground_tabs": list(TABS.items()),
         "deployed": deployed,
-        "form": EmbedForm(models=deployed.models),
+        "default_reranker": default_reranker,
+        "form": EmbedForm(models=deployed.embedders),
         "limits": {"texts": embedding.MAX_TEXTS, "chars": f"{embedding.MAX_CHARS:,}"},
+        "rerank_limits": {"documents": rerank.MAX_DOCUMENTS, "chars": f"{rerank.MAX_CHARS:,}"},
         "samples": demo.samples(),
-        "setup_form": SetupForm(models=deployed.models),
+        "setup_form": SetupForm(models=deployed.embedders),
         "search_form": SearchForm(),
         "default_k": demo.DEFAULT_K,
         "can_set_up": _can_set_up(request),
         "batch_size": demo.BATCH_SIZE,
     }
+    if tab == "rerank" and "rerank_form" not in parts:
+        context["rerank_form"] = RerankForm.sample(deployed.rerankers, default_reranker)
     context.update(parts)
     if "demo" not in context:
         context["demo"] = demo.status()
@@ -52,7 +65,9 @@ def _answer(
 
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:
-    return render(request, "playground/page.html", _context(request, embedding.deployed_models()))
+    tab = request.GET.get("tab", "embed")
+    context = _context(request, embedding.deployed_models(), tab if tab in TABS else "embed")
+    return render(request, "playground/page.html", context)
 
 
 @require_POST
@@ -60,7 +75,7 @@ def embed(request: HttpRequest) -> HttpResponse:
     # One client (one connection) for the model list and the embeddings.
     with embedding.sidecar_client(embedding.EMBED_TIMEOUT_S) as client:
         deployed = embedding.deployed_models(client)
-        form = EmbedForm(request.POST, models=deployed.models)
+        form = EmbedForm(request.POST, models=deployed.embedders)
         parts: dict[str, Any] = {"form": form}
         if deployed.problem:
             status = 503
@@ -83,10 +98,40 @@ def embed(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+def rank(request: HttpRequest) -> HttpResponse:
+    """The Rerank tab's form: the documents ranked in SQL, or the sample loaded."""
+    deployed = embedding.deployed_models()
+    parts: dict[str, Any] = {}
+    status = 200
+    if "sample" in request.POST:
+        parts["rerank_form"] = RerankForm.sample(deployed.rerankers, request.POST.get("model", ""))
+    else:
+        form = RerankForm(request.POST, models=deployed.rerankers)
+        parts["rerank_form"] = form
+        if deployed.problem:
+            status = 503
+        elif not form.is_valid():
+            status = 422
+        else:
+            try:
+                parts["ranking"] = rerank.rank(
+                    form.cleaned_data["model"],
+                    form.cleaned_data["query"],
+                    form.cleaned_data["documents"],
+                )
+            except rerank.RerankError as exc:
+                parts["rerank_error"], status = exc, exc.status
+    if request.htmx:
+        parts["demo"] = None  # the fragment does not show it: spare the server a visit
+    context = _context(request, deployed, "rerank", **parts)
+    return _answer(request, "playground/_rerank.html", context, status)
+
+
+@require_POST
 @permission_required(MANAGE_DEPLOYMENTS, raise_exception=True)
 def demo_setup(request: HttpRequest) -> HttpResponse:
     deployed = embedding.deployed_models()
-    form = SetupForm(request.POST, models=deployed.models)
+    form = SetupForm(request.POST, models=deployed.embedders)
     parts: dict[str, Any] = {"setup_form": form}
     status = 200
     if deployed.problem or not form.is_valid():

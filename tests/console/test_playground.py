@@ -1,7 +1,7 @@
 """The playground and its semantic search demo against the session's real sidecar (the tiny
-model, ``tiny:v1``) and managed server: what the page shows equals what ``/v1/embeddings``
-and SQL give for the same inputs, the SQL and curl shown reproduce it, and every refusal says
-why."""
+model, ``tiny:v1``, and a generated reranker) and managed server: what the page shows equals
+what ``/v1/embeddings``, ``CrossEncoder.predict`` and SQL give for the same inputs, the SQL
+and curl shown reproduce it, and every refusal says why."""
 
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from console.playground import demo
+from console.playground import demo, rerank
 from console.playground.embedding import MAX_CHARS, MAX_TEXTS, cosine_matrix
 from console.playground.reproduce import curl_command, sql_literal
 from inference.client import ModelFacts
 from serverparams.server import ManagedServer
 from tests.console.stack import drop_database, fresh_deployment_state, scratch_database
 from tests.fixtures.pg import allow_extensions
+from tests.fixtures.rerankers import Reranker, deploy_reranker, reference_scores
 from tests.fixtures.sidecar import SidecarProcess, make_store_dir, start_sidecar
 from tests.fixtures.tinymodel import MAX_SEQ_LENGTH
 
@@ -42,6 +43,7 @@ AWKWARD = [
     "Der Hund läuft über die Straße — 東京のデータベース",
 ]
 SCRATCH_DB = "playground_tests"
+RERANKER = "rerank-tiny:v1"
 
 
 @pytest.fixture
@@ -99,6 +101,19 @@ def prefixed_model(
     store_dir = make_store_dir(tiny_model_dir, tmp_path / "prefixed", uri=PREFIXED)
     sidecar.client.register(PREFIXED, str(store_dir))
     return PREFIXED
+
+
+@pytest.fixture(scope="module")
+def reranker_files(tmp_path_factory: pytest.TempPathFactory) -> Reranker:
+    """A random-weight cross-encoder, exported and gated into a store (made once)."""
+    return deploy_reranker(tmp_path_factory.mktemp("reranker"), "bert", RERANKER)
+
+
+@pytest.fixture
+def reranker(console: ManagedServer, sidecar: SidecarProcess, reranker_files: Reranker) -> Reranker:
+    """The reranker registered and loaded in the sidecar (unregistered by ``console``)."""
+    sidecar.client.register(reranker_files.uri, str(reranker_files.stored.path))
+    return reranker_files
 
 
 def _embed(
@@ -291,6 +306,12 @@ def test_a_sidecar_that_is_down_is_said_not_a_500(
     response = _embed(reader_client, ["hello"], HTTP_HX_REQUEST="true")
     assert response.status_code == 503
     assert "The inference sidecar cannot be reached" in _text(response)
+    assert "http://127.0.0.1:9" in _text(response)
+    page = reader_client.get(reverse("playground:page"), {"tab": "rerank"})
+    assert page.status_code == 200
+    assert "The inference sidecar cannot be reached" in _text(page)
+    response = _rank(reader_client, QUERY, ["hello"], HTTP_HX_REQUEST="true")
+    assert response.status_code == 503
     assert "http://127.0.0.1:9" in _text(response)
 
 
@@ -582,3 +603,219 @@ def test_two_setups_at_once_make_one_table(
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(lambda _: demo.setup(_tiny(sidecar), documents=PLANTED), range(2)))
     assert sorted(outcome.created for outcome in outcomes) == [False, True]
+
+
+# -- the Rerank tab ---------------------------------------------------------------------------
+
+QUERY = "how does a database find similar vectors"
+DOCUMENTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "PostgreSQL stores embeddings in a vector column and searches them with an index.",
+    "Sentence embeddings map text to points where similar meanings lie close together.",
+    "The database server runs on a small computer by the river.",
+    "Die Datenbank speichert Vektoren für die semantische Suche.",
+    *AWKWARD,
+]
+
+
+def _rank(client: Client, query: str, documents: list[str], model: str = RERANKER, **headers: str):  # type: ignore[no-untyped-def]
+    return client.post(
+        reverse("playground:rank"),
+        {"model": model, "query": query, "documents": "\n".join(documents)},
+        **headers,
+    )
+
+
+def _reference_order(scores: np.ndarray) -> list[int]:
+    """Positions (from 0) best first; equal scores keep their order, as rank() does."""
+    return [int(i) for i in np.argsort(-scores, kind="stable")]
+
+
+def test_the_rerank_tab_ranks_in_sql_as_the_cross_encoder_scores(
+    allowed: ManagedServer, reranker: Reranker, reader_client: Client
+) -> None:
+    response = _rank(reader_client, QUERY, DOCUMENTS)
+    assert response.status_code == 200, _text(response)[:2000]
+    ranking = response.context["ranking"]
+    expected = reference_scores(reranker.folder, QUERY, DOCUMENTS)
+    assert len(set(np.round(expected, 4))) == len(DOCUMENTS), "scores too close to order"
+    assert [d.number - 1 for d in ranking.ranked] == _reference_order(expected)
+    assert [d.rank for d in ranking.ranked] == list(range(1, len(DOCUMENTS) + 1))
+    np.testing.assert_allclose([d.score for d in ranking.documents], expected, atol=1e-4)
+    assert [d.text for d in ranking.documents] == DOCUMENTS
+    assert ranking.probabilities  # a one-label cross-encoder: sigmoid scores, bars on 0..1
+    for d in ranking.documents:
+        assert d.bar == pytest.approx(d.score * 100, abs=1e-6)
+    assert ranking.elapsed_ms > 0
+    page = response.content.decode()
+    # Both orders, each document once in each, with its bar.
+    before = re.search(r'<ol class="rank-list" id="rank-before".*?</ol>', page, re.S)
+    after = re.search(r'<ol class="rank-list ranked" id="rank-after".*?</ol>', page, re.S)
+    assert before is not None and after is not None
+    numbers = [int(n) for n in re.findall(r'data-number="(\d+)"', before.group(0))]
+    assert numbers == list(range(1, len(DOCUMENTS) + 1))
+    ranked = [int(n) for n in re.findall(r'data-number="(\d+)"', after.group(0))]
+    assert ranked == [i + 1 for i in _reference_order(expected)]
+    assert page.count('class="score-bar"') == 2 * len(DOCUMENTS)
+    for text in AWKWARD:  # escaped in the page, never pasted raw
+        assert html.escape(text) in page
+
+
+def test_the_rank_sql_and_curl_shown_reproduce_the_ranking(
+    scratch: psycopg.Connection, sidecar: SidecarProcess, reranker: Reranker, admin_client: Client
+) -> None:
+    response = _rank(admin_client, QUERY, DOCUMENTS)
+    assert response.status_code == 200, _text(response)[:2000]
+    ranking = response.context["ranking"]
+    rows = scratch.execute(ranking.sql).fetchall()
+    assert [(r, int(i)) for r, i, _ in rows] == [(d.rank, d.number) for d in ranking.ranked]
+    np.testing.assert_allclose(
+        [score for _, _, score in rows], [d.score for d in ranking.ranked], atol=1e-6
+    )
+    # Nothing the documents said was run.
+    assert scratch.execute("SELECT to_regclass('playground_documents')").fetchone() == (None,)
+    assert ranking.curl.startswith(f"curl -sS {sidecar.url}/v1/rerank")
+    ran = subprocess.run(["bash", "-c", ranking.curl], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads(ran.stdout)["results"]
+    assert [r["index"] + 1 for r in results] == [d.number for d in ranking.ranked]
+    np.testing.assert_allclose(
+        [r["relevance_score"] for r in results], [d.score for d in ranking.ranked], atol=1e-5
+    )
+    body = json.loads(shlex.split(ranking.curl)[-1])
+    assert body == {"model": RERANKER, "query": QUERY, "documents": DOCUMENTS}
+
+
+def test_ranking_leaves_no_extension_behind(
+    allowed: ManagedServer, no_demo_database: None, reranker: Reranker, reader_client: Client
+) -> None:
+    """Without the demo's database, rank() runs in postgres, whose extension is made for the
+    statement and rolled back."""
+    response = _rank(reader_client, QUERY, DOCUMENTS[:3])
+    assert response.status_code == 200, _text(response)[:2000]
+    ranking = response.context["ranking"]
+    assert (ranking.database, ranking.created_extension) == ("postgres", True)
+    assert "was rolled back" in _text(response)
+    with allowed.connect() as conn:
+        assert (
+            conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'azure_local_ai'").fetchone()
+            is None
+        )
+
+
+def test_fifty_documents_are_ranked_and_fifty_one_refused(
+    allowed: ManagedServer, reranker: Reranker, reader_client: Client
+) -> None:
+    documents = [f"document {i} about vectors in a database" for i in range(1, 52)]
+    response = _rank(reader_client, QUERY, documents[: rerank.MAX_DOCUMENTS])
+    assert response.status_code == 200, _text(response)[:2000]
+    ranking = response.context["ranking"]
+    assert sorted(d.number for d in ranking.documents) == list(range(1, 51))
+    expected = reference_scores(reranker.folder, QUERY, documents[:50])
+    np.testing.assert_allclose([d.score for d in ranking.documents], expected, atol=1e-4)
+
+    response = _rank(reader_client, QUERY, documents, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    assert "51 documents: at most 50 at a time. Remove 1 line." in _text(response)
+    assert "ranking" not in response.context
+    page = response.content.decode()
+    assert "<html" not in page and 'id="rerank-section"' in page  # the fragment
+    # The typed documents and query stay in the form, to be shortened rather than typed again.
+    assert "document 51 about vectors in a database" in page
+    assert f'value="{QUERY}"' in page
+
+
+def test_an_empty_query_and_no_documents_are_refused_with_the_reason(
+    console: ManagedServer, reranker: Reranker, reader_client: Client
+) -> None:
+    response = _rank(reader_client, "   ", DOCUMENTS[:2])
+    assert response.status_code == 422
+    assert "Type a query to rank the documents by." in _text(response)
+    assert html.escape(DOCUMENTS[1]) in response.content.decode()  # kept
+    response = _rank(reader_client, QUERY, ["", "  "])
+    assert response.status_code == 422
+    assert "Enter at least one document." in _text(response)
+    response = _rank(reader_client, QUERY, ["fine", "x" * (rerank.MAX_CHARS + 1)])
+    assert response.status_code == 422
+    assert f"Document 2 has {rerank.MAX_CHARS + 1:,} characters" in _text(response)
+    response = _rank(reader_client, QUERY, ["fine"], model=TINY)  # not a reranker
+    assert response.status_code == 422
+    assert f"{TINY} is not deployed (any more)" in _text(response)
+
+
+def test_a_sql_error_is_said_in_the_form_and_keeps_the_input(
+    console: ManagedServer, no_demo_database: None, reranker: Reranker, reader_client: Client
+) -> None:
+    """AZURE_LOCAL_AI not allowed: the extension cannot be made for the statement."""
+    response = _rank(reader_client, QUERY, DOCUMENTS[:3], HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    page = _text(response)
+    assert "Nothing was ranked." in page and "not allow-listed" in page
+    assert f'<a href="{reverse("serverparams:blade")}?q=azure.extensions">' in (
+        response.content.decode()
+    )
+    assert f'value="{QUERY}"' in response.content.decode()
+    assert html.escape(DOCUMENTS[2]) in response.content.decode()
+
+
+def test_the_rerank_tab_offers_the_sample_and_the_default_reranker(
+    console: ManagedServer, sidecar: SidecarProcess, reranker: Reranker, reader_client: Client
+) -> None:
+    page = reader_client.get(reverse("playground:page"), {"tab": "rerank"})
+    assert page.status_code == 200
+    assert html.escape(rerank.SAMPLE_QUERY) in page.content.decode()
+    for document in rerank.SAMPLE_DOCUMENTS:
+        assert html.escape(document) in page.content.decode()
+    assert 'aria-current="page">Rerank</a>' in page.content.decode()
+    sidecar.client.update_settings({"default_rerank_model": RERANKER})
+    try:
+        page = reader_client.get(reverse("playground:page"), {"tab": "rerank"})
+    finally:
+        sidecar.client.update_settings({"default_rerank_model": ""})
+    assert f'<option value="{RERANKER}" selected>{RERANKER} (default)</option>' in (
+        page.content.decode()
+    )
+    # The sample button puts the sample back, whatever was typed.
+    response = reader_client.post(
+        reverse("playground:rank"),
+        {"model": RERANKER, "query": "", "documents": "mine", "sample": "1"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    assert html.escape(rerank.SAMPLE_DOCUMENTS[1]) in response.content.decode()
+    assert "mine" not in response.content.decode()
+
+
+def test_without_a_reranker_the_rerank_tab_points_at_add_a_model(
+    console: ManagedServer, reader_client: Client
+) -> None:
+    page = reader_client.get(reverse("playground:page"), {"tab": "rerank"})
+    assert page.status_code == 200
+    assert "No reranker is deployed yet." in _text(page)
+    assert f'<a href="{reverse("deployments:add")}">Add one in Models &gt; Add a model</a>' in (
+        page.content.decode()
+    )
+    assert 'name="documents"' not in page.content.decode()
+    response = _rank(reader_client, QUERY, DOCUMENTS[:2])
+    assert response.status_code == 422
+    assert "No reranker is deployed yet." in _text(response)
+
+
+def test_the_embed_tab_offers_embedding_models_only(
+    console: ManagedServer, reranker: Reranker, reader_client: Client
+) -> None:
+    page = reader_client.get(reverse("playground:page"))
+    assert page.status_code == 200
+    choices = [uri for uri, _ in page.context["form"].fields["model"].choices]
+    assert TINY in choices and RERANKER not in choices
+    embed_section = re.search(r'<div id="embed-section".*?</form>', page.content.decode(), re.S)
+    assert embed_section is not None and RERANKER not in embed_section.group(0)
+    assert RERANKER not in [uri for uri, _ in page.context["setup_form"].fields["model"].choices]
+    response = _embed(reader_client, ["hello"], model=RERANKER)
+    assert response.status_code == 422
+    assert f"{RERANKER} is not deployed (any more): choose a deployed model." in _text(response)
+    # The Rerank tab offers it, and only it.
+    page = reader_client.get(reverse("playground:page"), {"tab": "rerank"})
+    select = re.search(r'<select id="rerank-model".*?</select>', page.content.decode(), re.S)
+    assert select is not None
+    assert re.findall(r'<option value="([^"]+)"', select.group(0)) == [RERANKER]

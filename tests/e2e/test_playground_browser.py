@@ -1,6 +1,7 @@
 """The playground in a real browser: three texts embedded with the session's tiny model show
 their vectors and the similarity heat map, and the search demo creates its sample table in
-the managed server and answers a query through SQL."""
+the managed server and answers a query through SQL; with a generated reranker deployed, the
+Rerank tab ranks the sample documents in SQL."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from console.playground import demo
+from console.playground import demo, rerank
 from serverparams.server import ManagedServer
 from tests.console.stack import drop_database, fresh_deployment_state
 from tests.e2e.conftest import running_console, signed_in_page
 from tests.fixtures.pg import allow_extensions
+from tests.fixtures.rerankers import Reranker, deploy_reranker
 from tests.fixtures.sidecar import SidecarProcess
 
 pytestmark = pytest.mark.browser
@@ -29,6 +31,7 @@ TEXTS = [
 # whatever the model (the tiny model of the tests knows too few words for more).
 CAT_DOCUMENT = "Cats sleep twelve to sixteen hours a day and are most active at dawn and dusk."
 SETUP_TIMEOUT_MS = 120_000
+RERANKER = "rerank-tiny:v1"
 
 
 @pytest.fixture
@@ -112,3 +115,65 @@ def test_three_texts_show_the_heat_map_and_the_demo_searches_through_sql(
         )
         _scroll_to_top_of(page, "#demo-title")
         page.screenshot(path=str(screenshots / "playground-2-search.png"))
+
+
+@pytest.fixture(scope="module")
+def reranker_files(tmp_path_factory: pytest.TempPathFactory) -> Reranker:
+    return deploy_reranker(tmp_path_factory.mktemp("reranker"), "bert", RERANKER)
+
+
+def test_the_rerank_tab_with_a_reranker(
+    browser: Browser,
+    playground_url: str,
+    sidecar: SidecarProcess,
+    reranker_files: Reranker,
+    screenshots: Path,
+) -> None:
+    # (Unregistered after the test by playground_url's fresh deployment state.)
+    sidecar.client.register(reranker_files.uri, str(reranker_files.stored.path))
+    with signed_in_page(browser, playground_url) as page:
+        page.goto(f"{playground_url}/playground/")
+        # The Embed tab does not offer the reranker.
+        expect(page.locator("#embed-section select[name=model] option")).to_have_count(1)
+        page.get_by_role("navigation", name="Playground").get_by_role("link", name="Rerank").click()
+        expect(page.get_by_role("heading", name="Rank documents")).to_be_visible()
+        expect(page).to_have_url(re.compile(r"\?tab=rerank$"))
+        expect(page.get_by_label("Reranker")).to_have_value(RERANKER)
+        # The sample is there; a typed query replaces its query.
+        documents = page.get_by_label("Documents, one per line")
+        expect(documents).to_have_value("\n".join(rerank.SAMPLE_DOCUMENTS))
+        page.locator("#rerank-query").fill("how to keep bread fresh for days")
+        page.get_by_role("button", name="Rank", exact=True).click()
+
+        before = page.locator("#rank-before li")
+        after = page.locator("#rank-after li")
+        expect(after).to_have_count(len(rerank.SAMPLE_DOCUMENTS))
+        expect(before).to_have_count(len(rerank.SAMPLE_DOCUMENTS))
+        for row, text in zip(before.all(), rerank.SAMPLE_DOCUMENTS, strict=True):
+            expect(row).to_contain_text(text)
+        scores = [float(v) for v in after.locator(".score-value").evaluate_all(
+            "spans => spans.map(s => s.dataset.score)"
+        )]  # fmt: skip
+        assert scores == sorted(scores, reverse=True)
+        # Each bar is as wide as its score says (on 0..1), and visible.
+        bar = after.first.locator(".score-bar")
+        fill = bar.locator("span")
+        width = fill.evaluate("e => e.getBoundingClientRect().width")
+        full = bar.evaluate("e => e.getBoundingClientRect().width - 2")
+        assert width == pytest.approx(scores[0] * full, abs=1.5)
+        expect(page.locator("#rerank-sql")).to_contain_text("azure_local_ai.rank(")
+        expect(page.locator("#rerank-curl")).to_contain_text("/v1/rerank")
+        expect(page.locator("#rank-time")).to_contain_text(" ms")
+        page.set_viewport_size({"width": 1280, "height": 1100})
+        page.get_by_role("heading", name="Rank documents").scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshots / "playground-3-rerank.png"))
+        page.locator("#ranking-title").evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(screenshots / "playground-3a-rerank-orders.png"))
+
+        # Too many documents: the form says so and keeps them.
+        page.locator("#rerank-documents").fill("\n".join(f"doc {i}" for i in range(51)))
+        page.get_by_role("button", name="Rank", exact=True).click()
+        expect(page.locator("#documents-error")).to_contain_text("51 documents: at most 50")
+        expect(page.locator("#rerank-documents")).to_have_value(re.compile("doc 50$"))
+        page.locator("#rerank-documents").scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshots / "playground-3b-rerank-refused.png"))
