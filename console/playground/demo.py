@@ -8,6 +8,11 @@ statement, and builds an HNSW index for cosine distance. The table's comment rec
 was made from (model, documents' digest), so running setup again keeps a table that matches
 and replaces one that does not. ``search`` answers a query with the nearest documents by
 ``ORDER BY embedding <=> <the query's embedding>``.
+
+``hybrid_search`` shows a retrieval pipeline stage by stage, each stage one statement: the
+full-text candidates (``ts_rank`` over the documents' ``tsvector``), the vector candidates
+(the same search as ``search``), their reciprocal rank fusion (one query whose CTEs are the two
+candidate searches), and ``azure_local_ai.rank`` with a reranker over the best fused ones.
 """
 
 from __future__ import annotations
@@ -79,6 +84,99 @@ SEARCH = (
     "LIMIT {k}"
 )
 NOT_SET_UP = "The sample table has not been created yet."
+
+# -- hybrid search + rerank --------------------------------------------------------------------
+
+FULLTEXT_INDEX = "playground_documents_body_fts_idx"
+# The documents' text search configuration (English stemming and stop words; words of other
+# languages are kept as they are written).
+FULLTEXT_CONFIG = "english"
+CANDIDATES = 20  # per candidate search (within HNSW's default ef_search of 40)
+RRF_K = 60  # reciprocal rank fusion: a document's score is the sum of 1 / (RRF_K + its rank)
+RERANK_TOP = 20  # the best fused candidates that the reranker orders
+CREATE_FULLTEXT_INDEX = (
+    "CREATE INDEX playground_documents_body_fts_idx ON playground_documents\n"
+    "    USING gin (to_tsvector('english', body))"
+)
+# The statements' parts; {query}, {model} and {reranker} are SQL constants (written in to
+# show) or placeholders (to run), {function} the table's query function.
+#
+# Full text: the query's words, stemmed and without stop words, any of them (plainto_tsquery
+# asks for all: its '&' become '|'), ranked by ts_rank; ties by id.
+FULLTEXT_CTES = (
+    "terms AS (\n"
+    "    SELECT replace(plainto_tsquery('english', {query})::text, ' & ', ' | ')::tsquery\n"
+    "           AS any_word\n"
+    "), fulltext AS (\n"
+    "    SELECT d.id, ts_rank(to_tsvector('english', d.body), t.any_word) AS score\n"
+    "    FROM playground_documents AS d, terms AS t\n"
+    "    WHERE to_tsvector('english', d.body) @@ t.any_word\n"
+    "    ORDER BY score DESC, d.id\n"
+    f"    LIMIT {CANDIDATES}\n"
+    ")"
+)
+# Vector: the nearest by cosine distance, through the HNSW index (as SEARCH).
+VECTOR_CTE = (
+    "vector AS (\n"
+    "    SELECT d.id, d.embedding <=> q.embedding AS distance\n"
+    "    FROM playground_documents AS d,\n"
+    "         (SELECT azure_local_ai.{function}({model}, {query})::vector AS embedding) AS q\n"
+    "    ORDER BY d.embedding <=> q.embedding\n"
+    f"    LIMIT {CANDIDATES}\n"
+    ")"
+)
+FULLTEXT_SEARCH = (
+    f"WITH {FULLTEXT_CTES}\n"
+    "SELECT f.id, row_number() OVER (ORDER BY f.score DESC, f.id) AS rank, f.score,\n"
+    "       d.lang, d.topic, d.body\n"
+    "FROM fulltext AS f JOIN playground_documents AS d USING (id)\n"
+    "ORDER BY rank"
+)
+VECTOR_SEARCH = (
+    f"WITH {VECTOR_CTE}\n"
+    "SELECT v.id, row_number() OVER (ORDER BY v.distance, v.id) AS rank,\n"
+    "       1 - v.distance AS similarity, d.lang, d.topic, d.body\n"
+    "FROM vector AS v JOIN playground_documents AS d USING (id)\n"
+    "ORDER BY rank"
+)
+# Fusion: each candidate's rank in each list, summed as 1 / (60 + rank); ties by id.
+FUSED_SEARCH = (
+    f"WITH {FULLTEXT_CTES}, {VECTOR_CTE}, ranks AS (\n"
+    "    SELECT id, 'full text' AS list, row_number() OVER (ORDER BY score DESC, id) AS rank\n"
+    "    FROM fulltext\n"
+    "    UNION ALL\n"
+    "    SELECT id, 'vector', row_number() OVER (ORDER BY distance, id) FROM vector\n"
+    "), fused AS (\n"
+    f"    SELECT id, sum(1.0 / ({RRF_K} + rank)) AS rrf,\n"
+    "           min(rank) FILTER (WHERE list = 'full text') AS fulltext_rank,\n"
+    "           min(rank) FILTER (WHERE list = 'vector') AS vector_rank\n"
+    "    FROM ranks\n"
+    "    GROUP BY id\n"
+    ")\n"
+    "SELECT f.id, row_number() OVER (ORDER BY f.rrf DESC, f.id) AS rank, f.rrf,\n"
+    "       f.fulltext_rank, f.vector_rank, count(*) OVER () AS candidates,\n"
+    "       d.lang, d.topic, d.body\n"
+    "FROM fused AS f JOIN playground_documents AS d USING (id)\n"
+    "ORDER BY rank\n"
+    f"LIMIT {RERANK_TOP}"
+)
+# Rerank: the fused candidates (ids in fused order) scored by the reranker, best first.
+RERANK = (
+    "WITH candidates AS (\n"
+    "    SELECT d.id, d.body, c.n\n"
+    "    FROM unnest({ids}) WITH ORDINALITY AS c(id, n)\n"
+    "    JOIN playground_documents AS d USING (id)\n"
+    ")\n"
+    "SELECT c.id, r.rank, r.relevance_score\n"
+    "FROM azure_local_ai.rank(\n"
+    "       {query},\n"
+    "       ARRAY(SELECT body FROM candidates ORDER BY n),\n"
+    "       ARRAY(SELECT id::text FROM candidates ORDER BY n),\n"
+    "       model => {reranker}{timeout}\n"
+    "     ) AS r\n"
+    "JOIN candidates AS c ON c.id::text = r.document_id\n"
+    "ORDER BY r.rank"
+)
 
 
 @dataclass(frozen=True)
@@ -334,6 +432,7 @@ def _fill(conn: psycopg.Connection, model: ModelFacts, documents: Sequence[Docum
         )
         batches += 1
     conn.execute(CREATE_INDEX)
+    conn.execute(CREATE_FULLTEXT_INDEX)
     return batches
 
 
@@ -436,6 +535,75 @@ def search(query: str, k: int = DEFAULT_K) -> SearchResult:
     )
 
 
+# -- hybrid search + rerank --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageItem:
+    """A document in one stage's list."""
+
+    id: int
+    lang: str
+    topic: str
+    body: str
+    rank: int  # its place in this list, from 1
+    score: float  # ts_rank, cosine similarity, RRF score or relevance score
+    fulltext_rank: int | None = None  # fused: its place in the full-text list (None: absent)
+    vector_rank: int | None = None  # fused: its place in the vector list
+    fused_rank: int | None = None  # reranked: its place in the fused list
+    bar: float = 0.0  # reranked: the score's bar, in percent
+
+    @property
+    def language(self) -> str:
+        return samples().language_names.get(self.lang, self.lang)
+
+    @property
+    def moved(self) -> int:
+        """Reranked: places gained over the fused list (negative: lost)."""
+        return (self.fused_rank or self.rank) - self.rank
+
+    @property
+    def moved_by(self) -> int:
+        return abs(self.moved)
+
+
+@dataclass(frozen=True)
+class Stage:
+    key: str  # "fulltext" | "vector" | "fused" | "reranked"
+    title: str
+    score_name: str  # what ``score`` is
+    sql: str  # the statement run, with its values written in, ready to copy
+    elapsed_ms: float  # its round trip
+    items: list[StageItem]
+
+    @property
+    def ids(self) -> list[int]:
+        return [item.id for item in self.items]
+
+
+@dataclass(frozen=True)
+class HybridResult:
+    query: str
+    model: str  # the table's embedding model
+    reranker: str
+    candidates: int  # documents in either candidate list (the fused list keeps RERANK_TOP)
+    fulltext: Stage
+    vector: Stage
+    fused: Stage
+    reranked: Stage
+
+    rrf_k: int = RRF_K
+    rerank_top: int = RERANK_TOP
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [self.fulltext, self.vector, self.fused, self.reranked]
+
+    @property
+    def elapsed_ms(self) -> float:
+        return sum(stage.elapsed_ms for stage in self.stages)
+
+
 def score_bars(scores: Sequence[float]) -> tuple[float, float, list[float]]:
     """The bars' scale and each score's bar in percent: scores within [0, 1] (a one-label
     cross-encoder's sigmoid) on 0..1; others (raw logits) from the lowest to the highest."""
@@ -444,3 +612,127 @@ def score_bars(scores: Sequence[float]) -> tuple[float, float, list[float]]:
         low, high = min(scores), max(scores)
     span = (high - low) or 1.0
     return low, high, [max(0.0, min(100.0, (s - low) / span * 100.0)) for s in scores]
+
+
+def hybrid_sql(function: str, model: str, query: str) -> dict[str, str]:
+    """The candidate and fusion statements, with their values written in."""
+    values = {"function": function, "model": sql_literal(model), "query": sql_literal(query)}
+    return {
+        "fulltext": FULLTEXT_SEARCH.format(**values) + ";",
+        "vector": VECTOR_SEARCH.format(**values) + ";",
+        "fused": FUSED_SEARCH.format(**values) + ";",
+    }
+
+
+def rerank_sql(reranker: str, query: str, ids: Sequence[int]) -> str:
+    """The rerank statement with its values written in."""
+    array = "ARRAY[" + ", ".join(str(int(i)) for i in ids) + "]::integer[]"
+    return (
+        RERANK.format(
+            ids=array, query=sql_literal(query), reranker=sql_literal(reranker), timeout=""
+        )
+        + ";"
+    )
+
+
+def _timed(
+    conn: psycopg.Connection, statement: str, params: dict[str, object]
+) -> tuple[list, float]:
+    started = time.perf_counter()
+    rows = conn.execute(statement, params).fetchall()
+    return rows, (time.perf_counter() - started) * 1000
+
+
+def hybrid_search(query: str, reranker: str) -> HybridResult:
+    """``query`` through the four stages (full text, vector, fused, reranked by
+    ``reranker``), each one statement on the managed server."""
+    server = get_managed_server()
+    timeout_ms = int(SEARCH_TIMEOUT_S * 1000)
+    try:
+        with _connect_demo(server) as conn:
+            table = _table_info(conn)
+            if table is None:
+                raise DemoError(NOT_SET_UP)
+            conn.execute(f"SET statement_timeout = {timeout_ms}")
+            function = table.query_function
+            placeholders = {name: f"%({name})s" for name in ("model", "query")}
+            params: dict[str, object] = {"model": table.model, "query": query}
+
+            def run(template: str) -> tuple[list, float]:
+                statement = template.format(function=function, **placeholders)
+                return _timed(conn, statement, params)
+
+            fulltext_rows, fulltext_ms = run(FULLTEXT_SEARCH)
+            vector_rows, vector_ms = run(VECTOR_SEARCH)
+            fused_rows, fused_ms = run(FUSED_SEARCH)
+            ids = [int(row[0]) for row in fused_rows]
+            reranked_rows: list = []
+            reranked_ms = 0.0
+            if ids:  # (rank() refuses an empty list; a table with documents always has some)
+                reranked_rows, reranked_ms = _timed(
+                    conn,
+                    RERANK.format(
+                        ids="%(ids)s::integer[]",
+                        query="%(query)s",
+                        reranker="%(reranker)s",
+                        timeout=",\n       timeout_ms => %(timeout_ms)s",
+                    ),
+                    {"ids": ids, "query": query, "reranker": reranker, "timeout_ms": timeout_ms},
+                )
+    except psycopg.errors.UndefinedFunction as exc:
+        raise DemoError(
+            f"The search failed: {_error_text(exc)}. Database {DATABASE} may have an "
+            "azure_local_ai older than 1.1.0, which has no rank(): update it with ALTER "
+            "EXTENSION azure_local_ai UPDATE, or re-create the sample table."
+        ) from None
+    except psycopg.Error as exc:
+        raise DemoError(f"The search failed: {_error_text(exc)}") from None
+    except ServerError as exc:
+        raise DemoError(str(exc), status=503) from None
+
+    def item(row: Sequence, **extra: object) -> StageItem:
+        return StageItem(
+            id=int(row[0]),
+            rank=int(row[1]),
+            score=float(row[2]),
+            lang=row[-3],
+            topic=row[-2],
+            body=row[-1],
+            **extra,  # type: ignore[arg-type]
+        )
+
+    fused_items = [item(row, fulltext_rank=row[3], vector_rank=row[4]) for row in fused_rows]
+    by_id = {i.id: i for i in fused_items}
+    _, _, widths = score_bars([float(score) for _, _, score in reranked_rows])
+    reranked_items = [
+        dataclasses.replace(
+            by_id[int(document_id)],
+            rank=int(position),
+            score=float(score),
+            fulltext_rank=None,
+            vector_rank=None,
+            fused_rank=by_id[int(document_id)].rank,
+            bar=width,
+        )
+        for (document_id, position, score), width in zip(reranked_rows, widths, strict=True)
+    ]
+    shown = hybrid_sql(function, table.model, query)
+    return HybridResult(
+        query=query,
+        model=table.model,
+        reranker=reranker,
+        candidates=int(fused_rows[0][5]) if fused_rows else 0,
+        fulltext=Stage(
+            "fulltext", "Full text", "ts_rank", shown["fulltext"], fulltext_ms,
+            [item(row) for row in fulltext_rows],
+        ),
+        vector=Stage(
+            "vector", "Vector", "cosine similarity", shown["vector"], vector_ms,
+            [item(row) for row in vector_rows],
+        ),
+        fused=Stage("fused", "Fused (RRF)", "RRF score", shown["fused"], fused_ms, fused_items),
+        reranked=Stage(
+            "reranked", "Reranked", "relevance score", rerank_sql(reranker, query, ids),
+            reranked_ms, reranked_items,
+        ),
+    )  # fmt: skip

@@ -163,5 +163,44 @@ class SearchForm(forms.Form):
         },
     )
 
+    mode = forms.ChoiceField(
+        label="Mode",
+        choices=[
+            ("vector", "Semantic (vector)"),
+            ("hybrid", "Hybrid + rerank"),
+        ],
+        required=False,
+    )
+    reranker = forms.CharField(label="Reranker", required=False)
+
+    def __init__(
+        self, *args: object, rerankers: list[ModelFacts] | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.rerankers = rerankers or []
+
     def clean_k(self) -> int:
         return self.cleaned_data.get("k") or demo.DEFAULT_K
+
+    def clean_mode(self) -> str:
+        return self.cleaned_data.get("mode") or "vector"
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean() or {}
+        if cleaned.get("mode") != "hybrid":
+            return cleaned
+        uris = [m.uri for m in self.rerankers]
+        if not uris:
+            raise ValidationError(
+                "Hybrid search reranks with a reranker, and none is deployed: add one in "
+                "Models > Add a model."
+            )
+        chosen = cleaned.get("reranker") or ""
+        if chosen not in uris:
+            self.add_error(
+                "reranker",
+                f"{chosen} is not a deployed reranker (any more): choose one of {', '.join(uris)}."
+                if chosen
+                else "Choose a reranker.",
+            )
+        return cleaned

@@ -47,6 +47,9 @@ def _context(
         "default_k": demo.DEFAULT_K,
         "can_set_up": _can_set_up(request),
         "batch_size": demo.BATCH_SIZE,
+        "rerank_top": demo.RERANK_TOP,
+        "candidates": demo.CANDIDATES,
+        "rrf_k": demo.RRF_K,
     }
     if tab == "rerank" and "rerank_form" not in parts:
         context["rerank_form"] = RerankForm.sample(deployed.rerankers, default_reranker)
@@ -146,21 +149,34 @@ def demo_setup(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def demo_search(request: HttpRequest) -> HttpResponse:
-    form = SearchForm(request.GET)
+    hybrid = request.GET.get("mode") == "hybrid"
+    # The sidecar is asked only where its rerankers matter: hybrid mode, or the whole page.
+    deployed = embedding.deployed_models() if hybrid or not request.htmx else None
+    form = SearchForm(request.GET, rerankers=deployed.rerankers if deployed else [])
     parts: dict[str, Any] = {"search_form": form}
     status = 200
-    if not form.is_valid():
+    if hybrid and deployed is not None and deployed.problem:
+        parts["search_error"] = demo.DemoError(
+            "The inference sidecar cannot be reached, so its rerankers are unknown now: "
+            f"{deployed.problem}",
+            status=503,
+        )
+        status = 503
+    elif not form.is_valid():
         status = 422
     else:
         try:
-            parts["search"] = demo.search(form.cleaned_data["q"], form.cleaned_data["k"])
+            if form.cleaned_data["mode"] == "hybrid":
+                parts["hybrid"] = demo.hybrid_search(
+                    form.cleaned_data["q"], form.cleaned_data["reranker"]
+                )
+            else:
+                parts["search"] = demo.search(form.cleaned_data["q"], form.cleaned_data["k"])
         except demo.DemoError as exc:
             parts["search_error"], status = exc, exc.status
     if request.htmx:
         return render(request, "playground/_search.html", parts, status=status)
+    assert deployed is not None
     return render(
-        request,
-        "playground/page.html",
-        _context(request, embedding.deployed_models(), **parts),
-        status=status,
+        request, "playground/page.html", _context(request, deployed, **parts), status=status
     )

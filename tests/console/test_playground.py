@@ -313,6 +313,9 @@ def test_a_sidecar_that_is_down_is_said_not_a_500(
     response = _rank(reader_client, QUERY, ["hello"], HTTP_HX_REQUEST="true")
     assert response.status_code == 503
     assert "http://127.0.0.1:9" in _text(response)
+    response = _hybrid(reader_client, "cat", HTTP_HX_REQUEST="true")
+    assert response.status_code == 503
+    assert "its rerankers are unknown now" in _text(response)
 
 
 def test_the_sql_shown_reproduces_the_result(
@@ -819,3 +822,115 @@ def test_the_embed_tab_offers_embedding_models_only(
     select = re.search(r'<select id="rerank-model".*?</select>', page.content.decode(), re.S)
     assert select is not None
     assert re.findall(r'<option value="([^"]+)"', select.group(0)) == [RERANKER]
+
+
+# -- hybrid search + rerank -------------------------------------------------------------------
+
+HYBRID_QUERY = "small red cat and old dog in the house"
+
+
+def _hybrid(client: Client, query: str, reranker: str = RERANKER, **headers: str):  # type: ignore[no-untyped-def]
+    return client.get(
+        reverse("playground:search"),
+        {"q": query, "mode": "hybrid", "reranker": reranker},
+        **headers,
+    )
+
+
+def _rrf(*lists: list[int]) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion (k = 60) of ranked id lists: (id, score), best first, ties by
+    id."""
+    scores: dict[int, float] = {}
+    for ids in lists:
+        for rank, doc_id in enumerate(ids, 1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (60 + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+def test_hybrid_search_fuses_full_text_and_vectors_and_reranks_the_top_20(
+    allowed: ManagedServer,
+    no_demo_database: None,
+    sidecar: SidecarProcess,
+    reranker: Reranker,
+    reader_client: Client,
+) -> None:
+    demo.setup(_tiny(sidecar), documents=[*demo.samples().documents, *PLANTED])
+    response = _hybrid(reader_client, HYBRID_QUERY, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200, _text(response)[:2000]
+    result = response.context["hybrid"]
+    fulltext, vector, fused, reranked = result.stages
+    assert 0 < len(fulltext.items) <= demo.CANDIDATES
+    assert len(vector.items) == demo.CANDIDATES
+    assert fulltext.items[0].id == 9001  # every word of the query is in it
+    scores = [i.score for i in fulltext.items]
+    assert scores == sorted(scores, reverse=True)
+    similarities = [i.score for i in vector.items]
+    assert similarities == sorted(similarities, reverse=True)
+    # The fused list is the RRF of the two lists, as computed here.
+    expected = _rrf(fulltext.ids, vector.ids)
+    assert result.candidates == len(expected)
+    assert fused.ids == [doc_id for doc_id, _ in expected[: demo.RERANK_TOP]]
+    np.testing.assert_allclose(
+        [i.score for i in fused.items], [s for _, s in expected[: demo.RERANK_TOP]], rtol=1e-12
+    )
+    for item in fused.items:
+        assert item.fulltext_rank == (
+            fulltext.ids.index(item.id) + 1 if item.id in fulltext.ids else None
+        )
+        assert item.vector_rank == (
+            vector.ids.index(item.id) + 1 if item.id in vector.ids else None
+        )
+    # The reranked list is the fused top 20 in the order of the reranker's scores.
+    bodies = [i.body for i in fused.items]
+    reference = reference_scores(reranker.folder, HYBRID_QUERY, bodies)
+    assert reranked.ids == [fused.ids[i] for i in _reference_order(reference)]
+    by_id = dict(zip(fused.ids, reference, strict=True))
+    np.testing.assert_allclose(
+        [i.score for i in reranked.items], [by_id[i] for i in reranked.ids], atol=1e-4
+    )
+    assert [i.fused_rank for i in reranked.items] == [fused.ids.index(i) + 1 for i in reranked.ids]
+    for stage in result.stages:
+        assert stage.elapsed_ms > 0
+    page = response.content.decode()
+    for stage in result.stages:
+        assert html.escape(stage.sql) in page
+        assert f'id="stage-{stage.key}"' in page
+    # Each statement shown gives its list.
+    with allowed.connect(demo.DATABASE) as conn:
+        for stage in (fulltext, vector, fused, reranked):
+            rows = conn.execute(stage.sql).fetchall()
+            assert [int(row[0]) for row in rows] == stage.ids, stage.key
+
+
+def test_hybrid_search_is_offered_only_with_a_reranker(
+    allowed: ManagedServer, no_demo_database: None, sidecar: SidecarProcess, reader_client: Client
+) -> None:
+    demo.setup(_tiny(sidecar), documents=PLANTED)
+    page = reader_client.get(reverse("playground:page"))
+    assert 'value="hybrid"' not in page.content.decode()
+    assert "needs a deployed reranker" in _text(page)
+    assert f'<a href="{reverse("deployments:add")}">' in page.content.decode()
+    response = _hybrid(reader_client, "cat", HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    assert "none is deployed: add one in Models > Add a model" in _text(response)
+
+
+def test_hybrid_search_offers_the_deployed_rerankers(
+    allowed: ManagedServer,
+    no_demo_database: None,
+    sidecar: SidecarProcess,
+    reranker: Reranker,
+    reader_client: Client,
+) -> None:
+    demo.setup(_tiny(sidecar), documents=PLANTED)
+    page = reader_client.get(reverse("playground:page"))
+    assert 'value="hybrid"' in page.content.decode()
+    assert f'<option value="{RERANKER}"' in page.content.decode()
+    response = _hybrid(reader_client, "cat", reranker=TINY, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    assert f"{TINY} is not a deployed reranker" in _text(response)
+    # Without htmx, the whole page, the hybrid mode still chosen.
+    response = _hybrid(reader_client, "small red cat")
+    assert response.status_code == 200, _text(response)[:2000]
+    assert 'value="hybrid" checked' in response.content.decode()
+    assert len(response.context["hybrid"].reranked.items) == len(PLANTED)

@@ -1,7 +1,8 @@
 """The playground in a real browser: three texts embedded with the session's tiny model show
 their vectors and the similarity heat map, and the search demo creates its sample table in
 the managed server and answers a query through SQL; with a generated reranker deployed, the
-Rerank tab ranks the sample documents in SQL."""
+Rerank tab ranks the sample documents in SQL and the demo's hybrid + rerank mode shows its
+four stages."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def reranker_files(tmp_path_factory: pytest.TempPathFactory) -> Reranker:
     return deploy_reranker(tmp_path_factory.mktemp("reranker"), "bert", RERANKER)
 
 
-def test_the_rerank_tab_with_a_reranker(
+def test_the_rerank_tab_and_hybrid_search_with_a_reranker(
     browser: Browser,
     playground_url: str,
     sidecar: SidecarProcess,
@@ -177,3 +178,28 @@ def test_the_rerank_tab_with_a_reranker(
         expect(page.locator("#rerank-documents")).to_have_value(re.compile("doc 50$"))
         page.locator("#rerank-documents").scroll_into_view_if_needed()
         page.screenshot(path=str(screenshots / "playground-3b-rerank-refused.png"))
+
+        # The search demo's hybrid + rerank mode.
+        demo_section = page.locator("#demo-section")
+        demo_section.get_by_role("button", name="Create the sample table").click()
+        expect(demo_section.get_by_role("status").first).to_contain_text(
+            "Sample table created.", timeout=SETUP_TIMEOUT_MS
+        )
+        demo_section.get_by_label("Query").fill(CAT_DOCUMENT)
+        demo_section.get_by_label("Hybrid + rerank").check()
+        expect(demo_section.get_by_label("Reranker")).to_have_value(RERANKER)
+        demo_section.get_by_role("button", name="Search", exact=True).click()
+        stages = demo_section.locator("#hybrid-stages > section")
+        expect(stages).to_have_count(4)
+        for key in ("fulltext", "vector", "fused", "reranked"):
+            expect(demo_section.locator(f"#stage-{key} .stage-time")).to_contain_text(" ms")
+        expect(demo_section.locator("#stage-fulltext li").first).to_contain_text(CAT_DOCUMENT)
+        expect(demo_section.locator("#stage-reranked li")).to_have_count(demo.RERANK_TOP)
+        expect(demo_section.locator("#stage-fused li")).to_have_count(demo.RERANK_TOP)
+        demo_section.locator("#stage-fused-details summary").click()
+        expect(demo_section.locator("#stage-fused-sql")).to_contain_text("sum(1.0 / (60 + rank))")
+        page.set_viewport_size({"width": 1280, "height": 1300})
+        page.locator("#demo-search-title").evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(screenshots / "playground-4-hybrid.png"))
+        page.locator("#hybrid-sql-title").evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(screenshots / "playground-4b-hybrid-sql.png"))
