@@ -31,6 +31,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console import sidecar as console_sidecar
+from console.databases import managed_databases
 from console.deployments.models import Deployment, DeploymentStep
 from console.deployments.steps import PROVISION_STEPS, STEPS_BY_ACTION, TITLES
 from inference import catalog as model_catalog
@@ -59,6 +60,10 @@ _SIDECAR_TIMEOUT_S = 300.0  # loading a large model can take a while
 EXTENSION = "azure_local_ai"
 ALLOWLIST = "azure.extensions"
 WARMUP_TEXT = "PostgreSQL stores each embedding beside the row it describes."
+# A reranker's warm-up: a query and documents to score.
+WARMUP_QUERY = "Where does PostgreSQL keep embeddings?"
+WARMUP_DOCUMENTS = (WARMUP_TEXT, "The quick brown fox jumps over the lazy dog.")
+_UPDATE_LOCK_TIMEOUT = "5s"
 
 PROVISION_ERRORS = (ProvisionError, SourceError, StoreError, ExportError, ModelConfigError)
 
@@ -412,6 +417,8 @@ def _register(ctx: Context) -> str:
 
 def _warmup(ctx: Context) -> str:
     entry = _entry(ctx.uri)
+    if entry.kind == "reranker":
+        return _warmup_reranker(ctx, entry)
     started = time.perf_counter()
     with sidecar_client() as client:
         try:
@@ -431,6 +438,31 @@ def _warmup(ctx: Context) -> str:
     return (
         f"probe embedding: {dimensions} dimensions, norm {norm:.4f}, "
         f"{usage.get('prompt_tokens', '?')} tokens, {elapsed_ms:.0f} ms"
+    )
+
+
+def _warmup_reranker(ctx: Context, entry: model_catalog.CatalogEntry) -> str:
+    """A probe ranking: every document scored once, each score finite (and, where the model's
+    activation is the sigmoid, between 0 and 1)."""
+    started = time.perf_counter()
+    with sidecar_client() as client:
+        try:
+            ranked = client.rerank(ctx.uri, WARMUP_QUERY, WARMUP_DOCUMENTS)
+        except InferenceError as exc:
+            raise StepFailed(f"the probe ranking failed: {exc}") from None
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if sorted(index for index, _ in ranked) != list(range(len(WARMUP_DOCUMENTS))):
+        raise StepFailed(
+            f"the probe ranking scored documents {[index for index, _ in ranked]} of "
+            f"{len(WARMUP_DOCUMENTS)}: the model is broken"
+        )
+    scores = [score for _, score in ranked]
+    bounded = getattr(entry.config, "activation", "") == "sigmoid"
+    if not all(np.isfinite(scores)) or (bounded and not all(0 <= x <= 1 for x in scores)):
+        raise StepFailed(f"the probe ranking's scores are {scores}: the model is broken")
+    return (
+        f"probe ranking: {len(scores)} documents scored "
+        f"({', '.join(f'{x:.4f}' for x in scores)}, best first), {elapsed_ms:.0f} ms"
     )
 
 
@@ -471,7 +503,49 @@ def _allowlist(ctx: Context) -> str:
 
 
 def _ready(ctx: Context) -> str:
-    return f"{ctx.uri} is deployed and {EXTENSION} is allowed"
+    updated = _update_extension(ctx)
+    done = f"{ctx.uri} is deployed and {EXTENSION} is allowed"
+    if updated:
+        done += f"; {EXTENSION} updated in {', '.join(updated)}"
+    return done
+
+
+_INSTALLED_SQL = """
+SELECT e.extversion, a.default_version
+FROM pg_extension e JOIN pg_available_extensions a ON a.name = e.extname
+WHERE e.extname = %s
+"""
+
+
+def _update_extension(ctx: Context) -> list[str]:
+    """Bring an older azure_local_ai installed in a database of the managed server up to the
+    version the server has (``ALTER EXTENSION ... UPDATE``), so that what a newer version adds
+    (rank() since 1.1.0) is there; a database that cannot be updated is logged and left as it
+    is. Returns "database (old -> new)" for each one updated."""
+    updated: list[str] = []
+    server = get_managed_server()
+    try:
+        databases = managed_databases()
+    except (ServerError, psycopg.Error) as exc:
+        ctx.recorder.log("ready", f"cannot list the databases to update {EXTENSION} in: {exc}")
+        return updated
+    for database in databases:
+        try:
+            with server.connect(database) as conn:
+                row = conn.execute(_INSTALLED_SQL, [EXTENSION]).fetchone()
+                if row is None or row[0] == row[1]:
+                    continue
+                conn.execute(f"SET lock_timeout = '{_UPDATE_LOCK_TIMEOUT}'")
+                conn.execute(f"ALTER EXTENSION {EXTENSION} UPDATE")  # to default_version
+        except (ServerError, psycopg.Error) as exc:
+            ctx.recorder.log(
+                "ready",
+                f"{EXTENSION} in {database} stays at its version: the update failed "
+                f"({str(exc).strip()}); run ALTER EXTENSION {EXTENSION} UPDATE there",
+            )
+            continue
+        updated.append(f"{database} ({row[0]} → {row[1]})")
+    return updated
 
 
 def _unload(ctx: Context) -> str:

@@ -29,9 +29,18 @@ ENABLE_STEPS: tuple[StepInfo, ...] = (
         "install", "Install", "into the model store, atomically, with a manifest of sha256 hashes"
     ),
     StepInfo("register", "Register", "with the inference sidecar, which loads it"),
-    StepInfo("warmup", "Warm up", "a probe embedding: dimensions and norm checked"),
+    StepInfo(
+        "warmup",
+        "Warm up",
+        "a probe embedding (dimensions and norm checked), or for a reranker a probe ranking",
+    ),
     StepInfo("allowlist", "Allowlist", "azure_local_ai (and vector) added to azure.extensions"),
-    StepInfo("ready", "Ready", "CREATE EXTENSION azure_local_ai and create_embeddings work"),
+    StepInfo(
+        "ready",
+        "Ready",
+        "CREATE EXTENSION azure_local_ai works; where an older version is installed, it is "
+        "updated (ALTER EXTENSION ... UPDATE)",
+    ),
 )
 DISABLE_STEPS: tuple[StepInfo, ...] = (
     StepInfo(
