@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 
+from inference import catalog as model_catalog
 from inference.client import InferenceClient
 from serverparams.machine import Resources, resources
 from serverparams.server import ServerError, ServerStatus, display_uri, get_managed_server
@@ -59,6 +60,17 @@ class SidecarOverview:
             str(model.get("model_uri"))
             for model in self.health.get("models", [])
             if isinstance(model, dict) and model.get("loaded")
+        ]
+
+    @property
+    def models_by_kind(self) -> list[tuple[str, str]]:
+        """The loaded models' URIs, each with its kind as the catalog says it ("Embedding",
+        "Reranker"; "" for a model the catalog does not list)."""
+        entries = {entry.uri: entry for entry in model_catalog.catalog().entries}
+        labels = {"embedding": "Embedding", "reranker": "Reranker"}
+        return [
+            (uri, labels.get(entries[uri].kind, "") if uri in entries else "")
+            for uri in self.models
         ]
 
 

@@ -1,5 +1,5 @@
-"""The top bar's search: pages, server parameters, models, deployments and embedding jobs that
-match a query.
+"""The top bar's search: pages, server parameters, models (by URI, title or kind), deployments
+and embedding jobs that match a query.
 
 Each kind of result is found where it lives: the menu (pages), the managed server's
 ``pg_settings`` (parameters, opening the blade filtered on the name), the model catalog, the
@@ -80,12 +80,18 @@ def _parameters(query: str) -> Group:
     return group
 
 
+_KIND_LABELS = {"embedding": "Embedding model", "reranker": "Reranker"}
+
+
 def _models(needle: str) -> Group:
-    hits = [
-        Hit(entry.uri, entry.title, reverse("deployments:model", args=[entry.uri]))
-        for entry in model_catalog.catalog().entries
-        if needle in entry.uri.lower() or needle in entry.title.lower()
-    ]
+    """Catalog models whose URI, title or kind ("reranker", "embedding") holds ``needle``;
+    each hit says its kind."""
+    hits = []
+    for entry in model_catalog.catalog().entries:
+        kind = _KIND_LABELS.get(entry.kind, entry.kind)
+        if needle in entry.uri.lower() or needle in entry.title.lower() or needle in kind.lower():
+            detail = f"{kind}, {entry.title}" if entry.title else kind
+            hits.append(Hit(entry.uri, detail, reverse("deployments:model", args=[entry.uri])))
     return Group("Models", hits[:PER_GROUP])
 
 

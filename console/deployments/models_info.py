@@ -15,7 +15,7 @@ from console.overview import RENDER_TIMEOUT_S
 from inference import catalog as model_catalog
 from inference.catalog import CatalogEntry
 from inference.client import InferenceClient, ModelFacts
-from inference.store import ModelStore, StoredModel, StoreError
+from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,19 @@ class ModelInfo:
     @property
     def uri(self) -> str:
         return self.entry.uri
+
+    @property
+    def kind(self) -> str:
+        """ "embedding" or "reranker" (``inference.modelconfig.MODEL_KINDS``)."""
+        return self.entry.kind
+
+    @property
+    def is_reranker(self) -> bool:
+        return self.entry.kind == "reranker"
+
+    @property
+    def kind_label(self) -> str:
+        return "Reranker" if self.is_reranker else "Embedding"
 
     @property
     def loaded(self) -> bool:
@@ -92,7 +105,12 @@ class ModelInfo:
 
     @property
     def precision_wanted(self) -> str:
-        return "int8" if "int8" in self.precisions else "fp32"
+        return "int8" if "int8" in self.precisions and self.entry.offers_int8 else "fp32"
+
+    @property
+    def offered_precisions(self) -> tuple[str, ...]:
+        """The precisions a deployment of it may ask for: int8 only where its gate exists."""
+        return offered_precisions(self.entry)
 
     @property
     def size_bytes(self) -> int:
@@ -106,6 +124,11 @@ class ModelInfo:
     @property
     def languages(self) -> str:
         return str(self.entry.raw.get("languages") or "")
+
+
+def offered_precisions(entry: CatalogEntry) -> tuple[str, ...]:
+    """``PRECISIONS`` less int8 for a model that has no int8 variant to offer (a reranker)."""
+    return tuple(p for p in PRECISIONS if p != "int8" or entry.offers_int8)
 
 
 def _sidecar_models() -> tuple[dict[str, ModelFacts], float | None, str]:

@@ -48,6 +48,11 @@ def check_request(model_uri: str, source: str, precision: str) -> dict[str, str]
         return {"model": str(exc)}
     if precision not in PRECISIONS:
         errors["precision"] = f"precision must be one of {', '.join(PRECISIONS)}"
+    elif precision == "int8" and not entry.offers_int8:
+        errors["precision"] = (
+            f"{model_uri} is a {entry.kind} model, for which no int8 variant is offered: "
+            "deploy it at fp32"
+        )
     if source and source not in entry.sources:
         path = Path(source)
         if source == "local" or not path.is_absolute():
