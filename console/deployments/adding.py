@@ -3,9 +3,12 @@
 
 Adding inspects the source again (what was shown is not trusted from the form), stores the
 entry in the added models' catalog and starts its deployment; if the deployment cannot be
-started, the entry is dropped again, so nothing is half-added. Removing is refused while an
-embedding job or a generated column of the managed server names the model; otherwise the
-model is unloaded and unregistered, its files leave the store and its entry the catalog.
+started, the entry is dropped again, so nothing is half-added. A source is an embedding model
+or a cross-encoder, added as a reranker (``kind`` insists on one). Removing is refused while an
+embedding job or a generated column of the managed server names the model, or, for a
+reranker, while the sidecar's setting default_rerank_model does (rank() calls are not stored
+anywhere to look for); otherwise the model is unloaded and unregistered, its files leave the
+store and its entry the catalog.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ from console.databases import managed_databases
 from console.deployments import service
 from console.deployments.models import Deployment
 from console.jobs.models import EmbeddingJob
+from console.overview import RENDER_TIMEOUT_S
 from inference import catalog as model_catalog
 from inference.catalog import CatalogError, ModelURIError, parse_uri
 from inference.client import InferenceError, InferenceUnavailable
 from inference.intake import Inspection, IntakeError, inspect_source
-from inference.store import ModelStore
+from inference.store import PRECISIONS, ModelStore
 from serverparams.server import ServerError, get_managed_server
 
 log = logging.getLogger(__name__)
+
+# The sidecar setting naming the reranker of requests that name none.
+RERANK_SETTING = "default_rerank_model"
 
 
 class AddModelError(ValueError):
@@ -43,12 +50,24 @@ class RemoveModelError(ValueError):
     """The model cannot be removed; the message says why (and which job or column holds it)."""
 
 
-def inspect(source: str) -> Inspection:
-    """Inspect ``source``; AddModelError when it cannot be read at all."""
+def inspect(source: str, kind: str | None = None) -> Inspection:
+    """Inspect ``source`` (``kind``: "embedding" or "reranker" refuses a source of the other
+    kind; None takes either); AddModelError when it cannot be read at all."""
     try:
-        return inspect_source(source)
+        return inspect_source(source, kind=kind)
     except IntakeError as exc:
         raise AddModelError({"source": str(exc)}) from None
+
+
+def facts(inspection: Inspection) -> list[tuple[str, str]]:
+    """The inspection's facts for people, its kind first: what the rest is read as."""
+    rows = inspection.facts()
+    return sorted(rows, key=lambda row: row[0] != "Kind")
+
+
+def precisions_for(inspection: Inspection) -> tuple[str, ...]:
+    """The precisions an inspected model may be deployed at: a reranker has no int8 gate."""
+    return PRECISIONS if inspection.kind == "embedding" else ("fp32",)
 
 
 def check_uri(uri: str) -> str | None:
@@ -63,13 +82,24 @@ def check_uri(uri: str) -> str | None:
 
 
 def add_model(
-    source: str, uri: str, user: service.User, *, precision: str = "fp32"
+    source: str,
+    uri: str,
+    user: service.User,
+    *,
+    precision: str = "fp32",
+    kind: str | None = None,
 ) -> tuple[Inspection, Deployment]:
-    """Inspect ``source`` again, add it to the catalog as ``uri`` and start its deployment."""
-    inspection = inspect(source)
+    """Inspect ``source`` again (as ``kind``, if given), add it to the catalog as ``uri`` and
+    start its deployment."""
+    inspection = inspect(source, kind)
     errors: dict[str, str] = {}
     if not inspection.ok:
         errors["source"] = "; ".join(map(str, inspection.refusals))
+    elif precision not in precisions_for(inspection):
+        errors["precision"] = (
+            f"a {inspection.kind} is deployed at {' or '.join(precisions_for(inspection))}: "
+            f"no {precision} variant is offered for it"
+        )
     uri = uri.strip() or inspection.proposed_uri
     if (problem := check_uri(uri)) is not None:
         errors["uri"] = problem
@@ -143,6 +173,8 @@ def removal_blockers(uri: str) -> list[str]:
             f"embedding job #{job.pk} ({job.database}: {job.qualified_table}."
             f"{job.destination_column}) embeds with it"
         )
+    if entry.kind == "reranker":
+        blockers += _rerank_setting_blockers(uri)
     try:
         columns = generated_columns(uri)
     except (ServerError, psycopg.Error) as exc:
@@ -153,6 +185,27 @@ def removal_blockers(uri: str) -> list[str]:
     else:
         blockers += [f"the generated column {column} calls it" for column in columns]
     return blockers
+
+
+def _rerank_setting_blockers(uri: str) -> list[str]:
+    """The sidecar's setting default_rerank_model naming ``uri`` blocks its removal: rank()
+    calls and rerank requests that name no model would fail. The setting is left for its owner
+    to change rather than cleared here."""
+    try:
+        with console_sidecar.sidecar_client(RENDER_TIMEOUT_S) as client:
+            current = str(client.settings().get(RERANK_SETTING) or "")
+    except (InferenceError, InferenceUnavailable) as exc:
+        return [
+            f"the inference sidecar cannot be asked whether its setting {RERANK_SETTING} names "
+            f"it ({exc}); start it and try again"
+        ]
+    if current != uri:
+        return []
+    return [
+        f"the inference sidecar's setting {RERANK_SETTING} names it, so rank() and rerank "
+        "requests that name no model use it; choose another reranker or (none) for "
+        f"{RERANK_SETTING} on the Settings page first (removal does not change the setting)"
+    ]
 
 
 def remove_model(uri: str) -> None:

@@ -116,13 +116,23 @@ def model_add(request: HttpRequest) -> HttpResponse:
     try:
         if request.POST.get("action") != "add":
             inspection = adding.inspect(source)
-            context.update(inspection=inspection, uri=uri or inspection.proposed_uri)
+            context.update(
+                inspection=inspection,
+                facts=adding.facts(inspection),
+                uri=uri or inspection.proposed_uri,
+                precisions=adding.precisions_for(inspection),
+            )
             return render(request, "deployments/add.html", context)
         _, deployment = adding.add_model(source, uri, request.user, precision=precision)
     except adding.AddModelError as exc:
         context["errors"] = exc.errors
         if "source" not in exc.errors:
-            context["inspection"] = adding.inspect(source)
+            inspection = adding.inspect(source)
+            context.update(
+                inspection=inspection,
+                facts=adding.facts(inspection),
+                precisions=adding.precisions_for(inspection),
+            )
         return render(request, "deployments/add.html", context, status=422)
     except service.DeploymentError as exc:
         context["errors"] = {"deployment": str(exc)}
@@ -144,7 +154,7 @@ def _model_context(request: HttpRequest, uri: str, form: DeployForm | None = Non
     return {
         "model": info,
         "can_manage": _can_manage(request),
-        "precisions": PRECISIONS,
+        "precisions": info.offered_precisions,
         "form": form or DeployForm(source="", precision=info.precision_wanted, errors={}),
     }
 

@@ -1,7 +1,9 @@
 """Adding and removing models from the console and ``manage.py addmodel``, all real: the page
 inspects a generated folder, the Celery worker deploys it with its parity gate, SQL embeds with
-it, every list of models shows it; refusals leave nothing behind; removal is refused while an
-embedding job or a generated column names the model."""
+it, every list of models shows it; refusals (a generative model, or a source of the other kind
+than ``addmodel --kind`` asks for) leave nothing behind; removal is refused while an embedding
+job or a generated column names the model. Cross-encoders, added as rerankers, are
+test_rerankers.py's."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from console.roles import ADMIN, READER
 from inference import catalog as model_catalog
 from inference.store import ModelStore
 from tests.console.stack import Stack, drop_database, scratch_database
-from tests.fixtures.stmodels import make_cross_encoder, make_st_model, st_encode
+from tests.fixtures.stmodels import make_cross_encoder, make_generative, make_st_model, st_encode
 
 URI = "byom-bert:v1"
 TEXTS = ["PostgreSQL stores vectors.", "Ein Satz auf Deutsch.", "向量搜索"]
@@ -99,11 +101,12 @@ def test_a_model_added_on_the_models_page_deploys_and_serves_like_a_shipped_one(
 
 
 def test_a_refused_model_shows_why_and_leaves_nothing_behind(stack: Stack, tmp_path: Path) -> None:
-    folder = make_cross_encoder(tmp_path / "reranker")
+    folder = make_generative(tmp_path / "causal-lm")
     admin = _client("ada", ADMIN)
     page = admin.post("/models/add/", {"action": "inspect", "source": str(folder)})
     text = page.content.decode()
-    assert page.status_code == 200 and "Refused" in text and "cross-encoder" in text
+    assert page.status_code == 200 and "Refused" in text
+    assert "Qwen2ForCausalLM is a generative language model" in text
     assert "Add and deploy" not in text
     response = admin.post("/models/add/", {"action": "add", "source": str(folder), "uri": "x:v1"})
     assert response.status_code == 422
@@ -180,10 +183,34 @@ def test_removal_is_refused_while_a_job_or_a_generated_column_names_the_model(
 
 
 def test_addmodel_refuses_clearly_and_adds_nothing(stack: Stack, tmp_path: Path) -> None:
-    folder = make_cross_encoder(tmp_path / "ce")
     with pytest.raises(CommandError, match="cannot be served faithfully"):
-        call_command("addmodel", str(folder), "--yes", stdout=StringIO())
+        call_command("addmodel", str(make_generative(tmp_path / "lm")), "--yes", stdout=StringIO())
     with pytest.raises(CommandError, match="--yes"):
         call_command("addmodel", str(make_st_model(tmp_path / "ok")), stdout=StringIO())
+    assert not Deployment.objects.exists()
+    assert not _added_file(stack).exists()
+
+
+def test_addmodel_kind_refuses_a_source_of_the_other_kind(stack: Stack, tmp_path: Path) -> None:
+    """``--kind embedding`` refuses a cross-encoder, ``--kind reranker`` an embedding model,
+    naming the kind each is; without ``--kind`` the cross-encoder is inspected as a reranker
+    (test_rerankers.py adds and deploys one)."""
+    cross_encoder = make_cross_encoder(tmp_path / "ce")
+    out = StringIO()
+    with pytest.raises(CommandError, match="is a cross-encoder \\(a reranker\\)"):
+        call_command("addmodel", str(cross_encoder), "--kind", "embedding", "--yes", stdout=out)
+    assert "Kind" in out.getvalue() and "reranker (cross-encoder" in out.getvalue()
+    with pytest.raises(CommandError, match="is an embedding model"):
+        call_command(
+            "addmodel", str(make_st_model(tmp_path / "st")), "--kind", "reranker", "--yes",
+            stdout=StringIO(),
+        )  # fmt: skip
+    # Without --kind it is accepted: it gets as far as asking (no --yes, no terminal).
+    out = StringIO()
+    with pytest.raises(CommandError, match="--yes"):
+        call_command("addmodel", str(cross_encoder), stdout=out)
+    assert "reranker (cross-encoder" in out.getvalue() and "cannot be served" not in out.getvalue()
+    with pytest.raises(CommandError, match="invalid choice"):
+        call_command("addmodel", str(cross_encoder), "--kind", "classifier", stdout=StringIO())
     assert not Deployment.objects.exists()
     assert not _added_file(stack).exists()

@@ -1,5 +1,6 @@
 """``manage.py addmodel SOURCE``: add a model from the Hugging Face Hub or a folder to the
-catalog and deploy it, as the Models page's "Add a model" does."""
+catalog and deploy it, as the Models page's "Add a model" does: an embedding model, or a
+cross-encoder as a reranker (``--kind`` insists on one)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from django.core.management.base import CommandError, CommandParser
 from console.deployments import adding
 from console.deployments.management.commands import deploy
 from console.deployments.models import Deployment
+from inference.modelconfig import MODEL_KINDS
 from inference.store import PRECISIONS
 
 
 class Command(deploy.Command):
     help = (
         "Inspect SOURCE (hf:ORG/REPO[@REVISION], or the path of a folder laid out like a Hub "
-        "repository), show what it holds, and on confirmation add it to the catalog and deploy "
-        "it through the same pipeline as the console (the parity gate included)."
+        "repository), show what it holds (an embedding model, or a cross-encoder: a reranker), "
+        "and on confirmation add it to the catalog and deploy it through the same pipeline as "
+        "the console (the parity gate included)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,6 +30,13 @@ class Command(deploy.Command):
             "--name", default="", metavar="NAME:VERSION", help="the model's URI (default: proposed)"
         )
         parser.add_argument("--yes", action="store_true", help="add without asking")
+        parser.add_argument(
+            "--kind",
+            choices=MODEL_KINDS,
+            default=None,
+            help="insist on a kind: a source of the other kind is refused (default: either, an "
+            "embedding model or a cross-encoder, added as a reranker)",
+        )
         parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
         parser.add_argument("--wait", action="store_true", help="print the steps until it ends")
         parser.add_argument("--user", default="", help="console user to record as requester")
@@ -34,7 +44,7 @@ class Command(deploy.Command):
     def handle(self, *args: Any, **options: Any) -> None:
         user = self._user(options["user"])
         try:
-            inspection = adding.inspect(options["source"])
+            inspection = adding.inspect(options["source"], options["kind"])
         except adding.AddModelError as exc:
             raise CommandError(str(exc)) from None
         width = max(len(label) for label, _ in inspection.facts())
@@ -58,7 +68,11 @@ class Command(deploy.Command):
                 raise CommandError("nothing was added")
         try:
             _, deployment = adding.add_model(
-                options["source"], uri, user, precision=options["precision"]
+                options["source"],
+                uri,
+                user,
+                precision=options["precision"],
+                kind=options["kind"],
             )
         except adding.AddModelError as exc:
             raise CommandError(str(exc)) from None

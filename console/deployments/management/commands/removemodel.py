@@ -1,5 +1,6 @@
 """``manage.py removemodel URI``: unload an added model, delete its files and drop it from the
-catalog; refused while an embedding job or a generated column still names it."""
+catalog; refused while an embedding job or a generated column still names it, or, for a
+reranker, the sidecar's setting default_rerank_model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from console.deployments import adding
 class Command(BaseCommand):
     help = (
         "Remove a model that was added to the catalog: unload it, delete its files and drop its "
-        "entry. Refused while an embedding job or a generated column names it."
+        "entry. Refused while an embedding job or a generated column names it, or (a reranker) "
+        "the inference setting default_rerank_model."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
