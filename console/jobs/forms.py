@@ -34,6 +34,24 @@ def split_columns(text: str) -> list[str]:
     return [name.strip() for name in re.split(r"[,\n]", text) if name.strip()]
 
 
+class ModelField(forms.ChoiceField):
+    """The embedding models to choose from; a reranker's URI is refused naming its kind."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rerankers: set[str] = set()
+
+    def validate(self, value: Any) -> None:
+        if value in self.rerankers:
+            raise ValidationError(
+                "%(value)s is a reranker: it scores query-document pairs and gives no "
+                "embeddings. Choose an embedding model.",
+                code="reranker",
+                params={"value": value},
+            )
+        super().validate(value)
+
+
 class JobForm(forms.Form):
     database = forms.ChoiceField(
         label="Database",
@@ -71,7 +89,7 @@ class JobForm(forms.Form):
         help_text="Optional: how the columns are joined. Without one, one column per line.",
         widget=forms.TextInput(attrs={"placeholder": "{title}: {body}", "spellcheck": "false"}),
     )
-    model = forms.ChoiceField(
+    model = ModelField(
         label="Model",
         error_messages={
             "required": "Choose a model.",
@@ -138,12 +156,15 @@ class JobForm(forms.Form):
         super().__init__(*args, **kwargs)
         database = self.fields["database"]
         model = self.fields["model"]
-        assert isinstance(database, forms.ChoiceField) and isinstance(model, forms.ChoiceField)
+        assert isinstance(database, forms.ChoiceField) and isinstance(model, ModelField)
         database.choices = [(name, name) for name in databases]
+        # Rerankers score pairs and give no vectors: a job embeds with embedding models only.
         model.choices = [
             (m.uri, f"{m.uri} ({m.dimensions} dimensions, up to {m.max_tokens} tokens)")
             for m in models
+            if not m.is_reranker
         ]
+        model.rerankers = {m.uri for m in models if m.is_reranker}
         self.job_error = ""  # a server's answer about no one field, shown above the form
 
     def clean_columns(self) -> list[str]:

@@ -121,10 +121,7 @@ def create(
                 f"it names {', '.join(strangers) or 'none'}",
                 "text_format",
             )
-    try:
-        entry = model_catalog.catalog().get(model_uri)
-    except CatalogError as exc:
-        raise JobError(str(exc), "model_uri") from None
+    entry = _embedding_entry(model_uri, "model_uri")
     prefix = entry.prefixes.get(input_type, "") if input_type != "none" else ""
     schema, _, name = table.rpartition(".")
     schema = schema or "public"
@@ -212,6 +209,22 @@ TUNING_LIMITS: dict[str, tuple[float, float]] = {
     "max_attempts": (1, 100),
     "retry_backoff_s": (0, 86400),
 }
+
+
+def _embedding_entry(model_uri: str, field: str | None = None) -> model_catalog.CatalogEntry:
+    """The catalog entry of ``model_uri``, which must be an embedding model: a reranker scores
+    (query, document) pairs and gives no vectors to store."""
+    try:
+        entry = model_catalog.catalog().get(model_uri)
+    except CatalogError as exc:
+        raise JobError(str(exc), field) from None
+    if entry.kind != "embedding":
+        raise JobError(
+            f"{model_uri} is a {entry.kind} model (a cross-encoder: it scores query-document "
+            "pairs and gives no embeddings); an embedding job needs an embedding model",
+            field,
+        )
+    return entry
 
 
 def _table_busy(table: str) -> JobError:
@@ -398,10 +411,7 @@ def change_model(job: EmbeddingJob, model_uri: str) -> int:
         )
     if model_uri == job.model_uri:
         raise JobError(f"job #{job.pk} embeds with {model_uri} already")
-    try:
-        entry = model_catalog.catalog().get(model_uri)
-    except CatalogError as exc:
-        raise JobError(str(exc)) from None
+    entry = _embedding_entry(model_uri)
     prefix = entry.prefixes.get(job.input_type, "") if job.input_type != "none" else ""
     if job.chunking:
         assert job.chunk_tokens is not None

@@ -185,6 +185,8 @@ def job_create(request: HttpRequest) -> HttpResponse:
         raise PermissionDenied(NOT_ALLOWED)
     databases, database_problem = _databases()
     deployed = deployed_models()
+    # A job stores vectors: rerankers, which score pairs and give none, are not offered.
+    embedders = [m for m in deployed.models if not m.is_reranker]
     form = JobForm(
         request.POST if creating else None,
         initial={"database": request.GET.get("database", "")},
@@ -212,6 +214,8 @@ def job_create(request: HttpRequest) -> HttpResponse:
         "form": form,
         "database_problem": database_problem,
         "deployed": deployed,
+        "embedders": embedders,
+        "rerankers_only": bool(deployed.models) and not embedders,
         "can_manage": can_manage,
     }
     return render(request, "jobs/create.html", context, status=status)
@@ -232,7 +236,11 @@ def _detail_context(request: HttpRequest, job: EmbeddingJob, **extra: Any) -> di
     can_manage = can_manage_jobs(request.user)
     other_models: list[str] = []
     if can_manage and job.state != EmbeddingJob.State.DELETED and not job.next_model_uri:
-        other_models = [m.uri for m in deployed_models().models if m.uri != job.model_uri]
+        other_models = [
+            m.uri
+            for m in deployed_models().models
+            if m.uri != job.model_uri and not m.is_reranker  # rerankers give no vectors
+        ]
     return {
         "job": job,
         "watch": watch,
