@@ -1,13 +1,15 @@
 """The settings form, one field per entry of the sidecar's settings schema.
 
-The fields check type and range before anything is sent; the sidecar checks again. Each
+The fields check type and range before anything is sent; the sidecar checks again. A setting
+that names a model (type "uri", such as default_rerank_model) is a choice of the registered
+models of its kind, or none. Each
 field carries the value the page showed (Django's hidden initial), so that only the settings
 the user changed are sent, and a value someone else changed meanwhile is not overwritten.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from console.inference_settings.service import SaveResult, Snapshot, Spec, hint_text, value_text
+from inference.client import ModelFacts
 
 
 def _range_messages(spec: Spec) -> dict[str, str]:
@@ -61,6 +64,56 @@ def _text_field(spec: Spec) -> forms.Field:
     return forms.CharField(strip=True)
 
 
+# The kind of model each "uri" setting names (a setting not listed may name any model).
+URI_SETTING_KINDS = {"default_rerank_model": "reranker"}
+_KIND_NAMES = {"embedding": "an embedding model", "reranker": "a reranker"}
+_REGISTERED = {"embedding": "a registered embedding model", "reranker": "a registered reranker"}
+NONE_LABEL = "(none)"
+
+
+class ModelChoiceField(forms.ChoiceField):
+    """A "uri" setting: one of the registered models of its kind, or "" for none. A value the
+    sidecar holds that is not one of them (set from SQL, or a model since removed) is kept as
+    a choice, marked, so that the page shows it and a save that leaves it alone keeps it."""
+
+    def __init__(self, spec: Spec, models: Sequence[ModelFacts], current: Any) -> None:
+        self.wanted = URI_SETTING_KINDS.get(spec.key)
+        self.kinds = {m.uri: m.kind for m in models}
+        choices = [("", NONE_LABEL)]
+        choices += [
+            (m.uri, m.uri if m.loaded else f"{m.uri} (registered, not loaded)")
+            for m in sorted(models, key=lambda m: m.uri)
+            if self.wanted is None or m.kind == self.wanted
+        ]
+        self.kept = str(current or "")
+        if self.kept and self.kept not in {value for value, _ in choices}:
+            why = "not registered" if self.kept not in self.kinds else self.kind_name(self.kept)
+            choices.append((self.kept, f"{self.kept} ({why})"))
+        super().__init__(choices=choices, required=False)
+
+    @property
+    def what(self) -> str:
+        return _KIND_NAMES.get(self.wanted or "", "a model")
+
+    def kind_name(self, uri: str) -> str:
+        return _KIND_NAMES.get(self.kinds.get(uri, ""), "a model")
+
+    def validate(self, value: Any) -> None:
+        if value and value != self.kept and not self.valid_value(value):
+            if value in self.kinds:
+                reason = f"{value} is {self.kind_name(value)}, not {self.what}"
+            else:
+                reason = f"{value} is not {self.what} the inference sidecar has registered"
+            raise ValidationError(
+                f"{reason}: choose one from the list, or {NONE_LABEL}.", code="invalid_choice"
+            )
+        super().validate(value)
+
+    @property
+    def hint(self) -> str:
+        return f"{_REGISTERED.get(self.wanted or '', 'a registered model')}, or {NONE_LABEL}"
+
+
 FIELD_BY_KIND: dict[str, Callable[[Spec], forms.Field]] = {
     "int": _int_field,
     "float": _float_field,
@@ -69,8 +122,17 @@ FIELD_BY_KIND: dict[str, Callable[[Spec], forms.Field]] = {
 }
 
 
-def _field(spec: Spec, *, read_only: bool) -> forms.Field:
-    field = FIELD_BY_KIND.get(spec.kind, _text_field)(spec)
+def _field(
+    spec: Spec,
+    *,
+    read_only: bool,
+    models: Sequence[ModelFacts] = (),
+    current: Any = None,
+) -> forms.Field:
+    if spec.kind == "uri":
+        field: forms.Field = ModelChoiceField(spec, models, current)
+    else:
+        field = FIELD_BY_KIND.get(spec.kind, _text_field)(spec)
     field.label = spec.key
     field.help_text = spec.help
     field.disabled = read_only
@@ -95,11 +157,22 @@ class Row:
 
     @property
     def current_text(self) -> str:
+        if self.spec.kind == "uri" and not self.current:
+            return NONE_LABEL
         return hint_text(self.current)
 
     @property
     def default_text(self) -> str:
+        if self.spec.kind == "uri" and not self.spec.default:
+            return NONE_LABEL
         return hint_text(self.spec.default)
+
+    @property
+    def range_text(self) -> str:
+        """The allowed values, for the hint beside the field."""
+        if isinstance(self.field.field, ModelChoiceField):
+            return self.field.field.hint
+        return self.spec.range_text
 
 
 class SettingsForm(forms.Form):
@@ -116,7 +189,9 @@ class SettingsForm(forms.Form):
         self.specs = specs
         self.current = current
         for key, spec in specs.items():
-            self.fields[key] = _field(spec, read_only=read_only)
+            self.fields[key] = _field(
+                spec, read_only=read_only, models=snapshot.models, current=current[key]
+            )
 
     def rows(self) -> Iterator[Row]:
         for key, spec in self.specs.items():

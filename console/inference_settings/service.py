@@ -18,7 +18,7 @@ from django.db import transaction
 from console.inference_settings.models import SettingChange
 from console.overview import RENDER_TIMEOUT_S
 from console.sidecar import sidecar_client
-from inference.client import InferenceError, InferenceUnavailable
+from inference.client import InferenceError, InferenceUnavailable, ModelFacts
 
 # A change may rebuild the ONNX Runtime session of every loaded model before the sidecar
 # answers, which can take longer than a read; reads keep the page's short timeout.
@@ -30,7 +30,9 @@ class Spec:
     """One entry of the sidecar's settings schema."""
 
     key: str
-    kind: str  # "int" | "float" | "bool" | "choice"; anything else is edited as text
+    # "int" | "float" | "bool" | "choice" | "uri" (a registered model, or "" for none);
+    # anything else is edited as text
+    kind: str
     default: Any
     help: str = ""
     minimum: float | None = None
@@ -94,17 +96,23 @@ class Snapshot:
     # How the settings resolve on the sidecar's machine ("1 session x 2 threads on 2 cores");
     # "" when the sidecar does not say.
     layout: str = ""
+    # The registered models, what a "uri" setting may name.
+    models: tuple[ModelFacts, ...] = ()
 
 
 def read() -> Snapshot:
-    """The schema, the current values and the layout they give; raises InferenceError
-    (InferenceUnavailable when the sidecar cannot be reached)."""
+    """The schema, the current values, the layout they give and the registered models; raises
+    InferenceError (InferenceUnavailable when the sidecar cannot be reached)."""
     with sidecar_client(RENDER_TIMEOUT_S) as client:
         schema = client.settings_schema()
         values = client.settings()
         layout = _layout(client.health())
+        models = tuple(client.model_facts())
     return Snapshot(
-        specs=[Spec.from_schema(entry) for entry in schema], values=values, layout=layout
+        specs=[Spec.from_schema(entry) for entry in schema],
+        values=values,
+        layout=layout,
+        models=models,
     )
 
 

@@ -78,6 +78,6 @@ def settings_form(request: HttpRequest) -> HttpResponse:
     try:
         after = service.read()
     except InferenceError:
-        after = service.Snapshot(specs=snapshot.specs, values=result.values)
-    saved = SettingsForm(service.Snapshot(after.specs, result.values, after.layout))
+        after = service.Snapshot(specs=snapshot.specs, values=result.values, models=snapshot.models)
+    saved = SettingsForm(service.Snapshot(after.specs, result.values, after.layout, after.models))
     return _render(request, {"form": saved, "result": result, "layout": after.layout})

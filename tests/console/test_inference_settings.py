@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,7 +23,8 @@ from serverparams.apply import auto_conf
 from serverparams.server import ManagedServer
 from tests.console.servers import UNUSED_SIDECAR_URL, restore_auto_conf
 from tests.fixtures.pg import allow_extensions
-from tests.fixtures.sidecar import SidecarProcess
+from tests.fixtures.rerankers import deploy_reranker
+from tests.fixtures.sidecar import TINY_URI, SidecarProcess
 
 URL = "/settings/"
 SQL_DB = "inference_settings_tests"
@@ -374,3 +376,57 @@ def test_a_hung_sidecar_gives_up_after_the_render_timeout(
     assert response.status_code == 503
     assert "no answer in time" in response.content.decode()
     assert elapsed < service.RENDER_TIMEOUT_S + 3
+
+
+def test_default_rerank_model_is_chosen_from_the_registered_rerankers(
+    live: SidecarProcess, manager_client: Client, tmp_path: Path
+) -> None:
+    """The "uri" setting is a choice of the rerankers the sidecar has registered, or none:
+    an embedding model or an unknown URI is refused beside the field before anything is sent,
+    the chosen one is applied and recorded, and the sidecar then ranks with it unasked. A
+    value set elsewhere that is no reranker stays shown, marked, and is kept on save."""
+    key = "default_rerank_model"
+    reranker = deploy_reranker(tmp_path, "bert", "settings-reranker:v1")
+    live.client.register(reranker.uri, str(reranker.stored.path))
+    try:
+        html = row(manager_client.get(URL).content.decode(), key)
+        assert '<select name="default_rerank_model"' in html
+        assert '<option value="" selected>(none)</option>' in html
+        assert f'<option value="{reranker.uri}">{reranker.uri}</option>' in html
+        assert TINY_URI not in html  # an embedding model is not offered
+        assert "default: (none)<" in html
+        assert "allowed: a registered reranker, or (none)<" in html
+
+        for typed, reason in (
+            (TINY_URI, f"{TINY_URI} is an embedding model, not a reranker"),
+            ("nope:v1", "nope:v1 is not a reranker the inference sidecar has registered"),
+        ):
+            response = manager_client.post(URL, posted(live, **{key: typed}))
+            assert response.status_code == 422
+            html = row(response.content.decode(), key)
+            assert "has-error" in html and reason in html
+            assert live.client.settings()[key] == ""
+        assert not SettingChange.objects.exists()
+
+        response = manager_client.post(URL, posted(live, **{key: reranker.uri}))
+        assert response.status_code == 200
+        html = row(response.content.decode(), key)
+        assert f'<option value="{reranker.uri}" selected>' in html and "Modified</span>" in html
+        assert live.client.settings()[key] == reranker.uri
+        change = SettingChange.objects.get(key=key)
+        assert (change.old_value, change.new_value) == ("", reranker.uri)
+        # Asked for no model, the sidecar ranks with it.
+        ranked = live.client.rerank(None, "what stores vectors?", ["PostgreSQL", "a fox"])
+        assert sorted(index for index, _ in ranked) == [0, 1]
+
+        # Set elsewhere to a model that is not a reranker: shown as it is, and kept when
+        # another setting is saved.
+        live.client.update_settings({key: TINY_URI})
+        html = row(manager_client.get(URL).content.decode(), key)
+        assert f'<option value="{TINY_URI}" selected>{TINY_URI} (an embedding model)' in html
+        response = manager_client.post(URL, posted(live, max_batch_size=8))
+        assert response.status_code == 200
+        assert live.client.settings()[key] == TINY_URI
+    finally:
+        live.client.update_settings({key: ""})
+        live.client.unregister(reranker.uri)
