@@ -195,11 +195,12 @@ class Inspection:
         license_text = "unknown (the model card declares none)"
         if self.license:
             license_text = self.license["name"]
-        kind = (
-            "reranker (cross-encoder: scores query-document pairs)"
-            if self.kind == "reranker"
-            else "embedding (a vector per text)"
-        )
+        if self.kind == "reranker":
+            kind = "reranker (cross-encoder: scores query-document pairs)"
+        elif self.config is not None:
+            kind = "embedding (a vector per text)"
+        else:  # refused before its configuration was read: it may be neither
+            kind = "?"
         rows = [
             ("Source", self.source.label + (f" ({self.revision[:12]})" if self.revision else "")),
             ("Kind", kind),
