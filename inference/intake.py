@@ -157,7 +157,7 @@ class Inspection:
     memory_mb: int = 0  # to deploy, the larger need: what the machine is checked against
     serve_memory_mb: int = 0
     onnx: str | None = None  # the fp32 graph the source ships, if any
-    kind: str = "embedding"
+    kind: str | None = "embedding"  # None: neither kind (a generative model)
     refusals: list[Refusal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -197,10 +197,10 @@ class Inspection:
             license_text = self.license["name"]
         if self.kind == "reranker":
             kind = "reranker (cross-encoder: scores query-document pairs)"
-        elif self.config is not None:
+        elif self.kind == "embedding":
             kind = "embedding (a vector per text)"
-        else:  # refused before its configuration was read: it may be neither
-            kind = "?"
+        else:
+            kind = "neither an embedding model nor a reranker"
         rows = [
             ("Source", self.source.label + (f" ({self.revision[:12]})" if self.revision else "")),
             ("Kind", kind),
@@ -504,6 +504,7 @@ def _inspect_folder(ins: Inspection, folder: Path, wanted: str | None) -> None:
             "(*ForSequenceClassification with one label) as the reranker",
         )
     elif any(heads.endswith(h) for h in _GENERATIVE_HEADS) and not module_types:
+        ins.kind = None
         ins.refuse(
             f"{', '.join(ins.architectures)} is a generative language model, not an embedding "
             "model",
@@ -581,7 +582,7 @@ def _inspect_folder(ins: Inspection, folder: Path, wanted: str | None) -> None:
         )
 
 
-def _architectures(kind: str) -> tuple[str, ...]:
+def _architectures(kind: str | None) -> tuple[str, ...]:
     return RERANK_ARCHITECTURES if kind == "reranker" else EXPORT_ARCHITECTURES
 
 
