@@ -20,7 +20,11 @@ Measured, for each document count:
   ``cross_encoder`` (``CrossEncoder.predict``, batch size 32, PyTorch on every core), and
   ``plain_ort`` (one ONNX Runtime session of every core on the same graph, transformers'
   tokenizer padding each batch of 32 pairs to its longest, as a straightforward port would);
-  ``vs_cross_encoder`` is engine / cross_encoder.
+  ``vs_cross_encoder`` is engine / cross_encoder;
+* ``engine_int8_pairs_per_s`` (and ``int8_vs_cross_encoder``): the engine on the int8 variant
+  that ``build_rerank_int8`` makes in this CPU's format, with its rankings gate's figures
+  (``int8_gate``) against the catalog's thresholds. A random model's int8 figures say nothing of
+  a trained one's; the speed is the same.
 
 Usage: ``.venv/bin/python bench/rerank.py [--runs N] [--rebuild]``.
 Prints a table and writes ``VAR_DIR/bench/rerank.json``.
@@ -48,12 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.system import machine
 from inference import catalog as catalog_module
 from inference import sidecar_settings
-from inference.catalog import Catalog, entry_from_raw
+from inference.catalog import INT8_THRESHOLDS, Catalog, entry_from_raw
 from inference.config import var_dir
+from inference.cpu import read_cpu
 from inference.intake import inspect_source
 from inference.process import free_port, start_sidecar
 from inference.provision import deploy
-from inference.reranker import RerankModel
+from inference.reranker import RerankModel, build_rerank_int8
 from inference.store import ModelStore, StoredModel
 from serverparams.server import ManagedServer
 from tests.fixtures.stmodels import CORPUS, make_cross_encoder
@@ -159,6 +164,7 @@ def measure(
     ort_score: Callable[[list[str]], np.ndarray],
     docs: list[str],
     runs: int,
+    int8: RerankModel,
 ) -> dict[str, Any]:
     """One document count's figures (see the module docstring)."""
     count = len(docs)
@@ -183,7 +189,9 @@ def measure(
             runs,
         ),
         "plain_ort_pairs_per_s": pairs_per_s(lambda: ort_score(docs), count, runs),
+        "engine_int8_pairs_per_s": pairs_per_s(lambda: int8.score(QUERY, docs), count, runs),
     }
+    row["int8_vs_cross_encoder"] = row["engine_int8_pairs_per_s"] / row["cross_encoder_pairs_per_s"]
     row["vs_cross_encoder"] = row["engine_pairs_per_s"] / row["cross_encoder_pairs_per_s"]
     row["vs_plain_ort"] = row["engine_pairs_per_s"] / row["plain_ort_pairs_per_s"]
     return row
@@ -207,6 +215,19 @@ def main() -> None:
     )
     reference = CrossEncoder(str(folder), device="cpu", local_files_only=True)
     ort_score = plain_ort(stored, folder, cores)
+    cpu = read_cpu()
+    int8_path = root / "int8" / "model_int8.onnx"
+    print(f"quantising to int8 ({cpu.int8_format}) and running its rankings gate ...", flush=True)
+    gate = build_rerank_int8(
+        stored.onnx_path(),
+        int8_path,
+        stored.tokenizer_dir,
+        stored.config,
+        INT8_THRESHOLDS["reranker"],
+        cpu.int8_format,
+        cpu,
+    )
+    int8 = RerankModel(int8_path, stored.tokenizer_dir, stored.config, sidecar_settings.defaults())
 
     def tokens(text: str) -> int:
         return len(engine.tokenize_pairs("", [text]).ids[0]) - 3
@@ -230,7 +251,7 @@ def main() -> None:
                 docs = documents(count, tokens, seed=count)
                 mean_tokens = statistics.mean(tokens(d) for d in docs)
                 runs = args.runs if count <= 50 else max(3, args.runs // 2)
-                row = measure(conn, http, engine, reference, ort_score, docs, runs)
+                row = measure(conn, http, engine, reference, ort_score, docs, runs, int8)
                 row["mean_document_tokens"] = round(mean_tokens, 1)
                 rows.append(row)
                 print(f"{count} documents measured", flush=True)
@@ -245,6 +266,7 @@ def main() -> None:
         "threads": cores,
         "layout": sidecar_settings.layout(sidecar_settings.defaults()).describe(),
         "rows": rows,
+        "int8_gate": gate.to_manifest(),
     }
     out = var_dir() / "bench" / "rerank.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +278,8 @@ def main() -> None:
     )
     header = (
         f"{'docs':>5} {'tokens':>6} {'SQL p50':>9} {'HTTP p50':>9} {'engine':>8} "
-        f"{'CrossEnc':>9} {'plain ORT':>9} {'vs CE':>6} {'vs ORT':>6} {'max diff':>9}"
+        f"{'CrossEnc':>9} {'plain ORT':>9} {'vs CE':>6} {'vs ORT':>6} {'max diff':>9} "
+        f"{'int8':>8} {'vs CE':>6}"
     )
     print(header)
     print(f"{'':>5} {'':>6} {'ms':>9} {'ms':>9} {'pairs/s':>8} {'pairs/s':>9} {'pairs/s':>9}")
@@ -266,8 +289,10 @@ def main() -> None:
             f"{r['http_p50_ms']:>9.1f} {r['engine_pairs_per_s']:>8.0f} "
             f"{r['cross_encoder_pairs_per_s']:>9.0f} {r['plain_ort_pairs_per_s']:>9.0f} "
             f"{r['vs_cross_encoder']:>5.2f}x {r['vs_plain_ort']:>5.2f}x "
-            f"{r['max_abs_diff_vs_cross_encoder']:>9.1e}"
+            f"{r['max_abs_diff_vs_cross_encoder']:>9.1e} {r['engine_int8_pairs_per_s']:>8.0f} "
+            f"{r['int8_vs_cross_encoder']:>5.2f}x"
         )
+    print(gate.summary())
     print(f"wrote {out}")
 
 

@@ -40,6 +40,13 @@ from inference.statefile import write_json_atomic
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 SOURCE_KINDS = ("hub", "package", "local")
 
+# The int8 quality gate's thresholds a model added by a user gets, by kind: an embedder's
+# vectors (inference/quantize.py) and a reranker's rankings (inference/reranker.py).
+INT8_THRESHOLDS: dict[str, dict[str, float]] = {
+    "embedding": {"mean_cos": 0.99, "top10_agreement": 0.9},
+    "reranker": {"mean_spearman": 0.98, "top3_agreement": 0.9},
+}
+
 # Names and versions become directory names in the store: keep them to safe characters.
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 URI_PATTERN = re.compile(rf"^({_PART}):({_PART})$")
@@ -166,9 +173,8 @@ class CatalogEntry:
 
     @property
     def offers_int8(self) -> bool:
-        """Whether an int8 variant may be made: embedders with quality thresholds for its gate
-        (rerankers have none: their int8 gate is not built)."""
-        return self.embedding is not None and bool(self.int8_thresholds)
+        """Whether an int8 variant may be made: the entry gives its quality gate thresholds."""
+        return bool(self.int8_thresholds)
 
     @property
     def memory_mb(self) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import layout
-from inference.catalog import parse_uri
+from inference.catalog import INT8_THRESHOLDS, parse_uri
 from inference.modelconfig import (
     MODEL_KINDS,
     ModelConfig,
@@ -267,10 +267,8 @@ class Inspection:
         license_entry = dict(self.license or {"name": "unknown", "url": ""})
         if isinstance(self.config, RerankConfig):
             what = f"cross-encoder reranker, {self.config.max_tokens} tokens per pair"
-            int8: dict[str, Any] = {}
         else:
             what = f"encoder, {self.config.dimensions} dimensions, {self.config.pooling} pooling"
-            int8 = {"int8": {"thresholds": {"mean_cos": 0.99, "top10_agreement": 0.9}}}
         return {
             "uri": uri,
             "title": title or name,
@@ -289,7 +287,7 @@ class Inspection:
             "memory_mb": self.memory_mb,
             "disk_mb": math.ceil(self.download_bytes * 2 / _MB) + 1,
             "min_cores": 1,
-            **int8,
+            "int8": {"thresholds": dict(INT8_THRESHOLDS[self.config.kind])},
             "default_source": default_source,
             "sources": sources,
             "added": {

@@ -24,7 +24,8 @@ from inference import catalog as catalog_module
 from inference import layout, preparation, quantize, sources
 from inference.catalog import Catalog, CatalogEntry
 from inference.cpu import CpuFeatures, read_cpu
-from inference.modelconfig import ModelConfig, ModelConfigError, read_config
+from inference.modelconfig import ModelConfig, ModelConfigError, RerankConfig, read_config
+from inference.reranker import RerankInt8Report, build_rerank_int8
 from inference.store import PRECISIONS, ModelStore, StoredModel, StoreError
 
 STEPS = ("fetch", "verify", "prepare", "install")
@@ -138,17 +139,26 @@ def _prepare_int8(
     )
     manifest["onnx"].pop("int8", None)
     started = time.perf_counter()
+    tokenizer_dir = staging / str(manifest.get("tokenizer") or ".")
+    say = lambda line: report.emit("prepare", "log", line)  # noqa: E731
     try:
-        gate = quantize.build_int8(
-            fp32,
-            int8,
-            staging / str(manifest.get("tokenizer") or "."),
-            ModelConfig.from_manifest(manifest),
-            entry.int8_thresholds,
-            fmt,
-            cpu,
-            log=lambda line: report.emit("prepare", "log", line),
-        )
+        gate: quantize.QualityReport | RerankInt8Report
+        if entry.kind == "reranker":
+            config = RerankConfig.from_manifest(manifest)
+            gate = build_rerank_int8(
+                fp32, int8, tokenizer_dir, config, entry.int8_thresholds, fmt, cpu, log=say
+            )
+        else:
+            gate = quantize.build_int8(
+                fp32,
+                int8,
+                tokenizer_dir,
+                ModelConfig.from_manifest(manifest),
+                entry.int8_thresholds,
+                fmt,
+                cpu,
+                log=say,
+            )
     except OSError:  # the machine's fault, not the graph's: nothing to record
         int8.unlink(missing_ok=True)
         raise
@@ -197,8 +207,8 @@ def deploy(
     entry = (catalog or catalog_module.catalog()).get(uri)
     if precision == "int8" and not entry.offers_int8:
         raise ProvisionError(
-            f"{uri} is a {entry.kind} model, for which no int8 variant is offered (its quality "
-            "gate measures embeddings); deploy it in fp32"
+            f"{uri}'s catalog entry gives no int8 quality thresholds, so no int8 variant is "
+            "offered for it; deploy it in fp32"
         )
     store = store or ModelStore()
     cpu = cpu or read_cpu()

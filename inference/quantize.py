@@ -532,6 +532,12 @@ def check_int8_for_cpu(
     if made_for(quality, cpu):
         return None
     fmt = recorded_format(quality)
+    if manifest.get("kind") == "reranker":
+        # The rerank gate is run where the variant is made, not again at load.
+        raise Int8NotAdmittedHere(
+            f"its int8 variant was made as {fmt} weights on {_made_on(quality)}, not in this "
+            f"CPU's format ({cpu.describe()}), where its rankings were never measured; " + _FIX
+        )
     thresholds = quality.get("thresholds")
     if not isinstance(thresholds, Mapping):
         raise Int8NotAdmittedHere(

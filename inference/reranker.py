@@ -20,6 +20,7 @@ characters took a second and 700 MB per pair.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -483,3 +484,134 @@ def check_rerank_parity(
     )
     say(result.summary())
     return result
+
+
+# -- int8 ---------------------------------------------------------------------------------------
+
+# The int8 gate of a reranker (thresholds: catalog.INT8_THRESHOLDS["reranker"]) measures what
+# it keeps of its fp32 rankings, a reranker's only output: the mean, over the probe queries, of
+# the Spearman correlation of the documents' scores, and the share of each query's fp32 top 3
+# that int8 also ranks in its top 3. Probe texts serve as queries (every n-th of the set, across
+# its lengths and languages), each against the documents that follow it in the set.
+_INT8_QUERIES = 24
+_INT8_DOCUMENTS = 40
+_TOP = 3
+
+
+@dataclass(frozen=True)
+class RerankInt8Report:
+    passed: bool
+    mean_spearman: float
+    min_spearman: float
+    top3_agreement: float
+    max_abs_diff: float  # of the scores as served (the activation of the logits)
+    queries: int
+    pairs: int
+    thresholds: Mapping[str, float]
+    format: str
+    cpu: Mapping[str, Any]
+
+    def figures(self) -> str:
+        return (
+            f"rankings' Spearman correlation {self.mean_spearman:.4f} on average (lowest "
+            f"{self.min_spearman:.4f}, needs {self.thresholds['mean_spearman']}), top-{_TOP} "
+            f"agreement {self.top3_agreement:.3f} (needs {self.thresholds['top3_agreement']}), "
+            f"largest score difference {self.max_abs_diff:.4f}, over {self.pairs} pairs"
+        )
+
+    def summary(self) -> str:
+        outcome = "passed" if self.passed else "FAILED"
+        return f"int8 rerank quality gate {outcome} ({self.format} weights): {self.figures()}"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "kind": "reranker",
+            "passed": self.passed,
+            "mean_spearman": round(self.mean_spearman, 6),
+            "min_spearman": round(self.min_spearman, 6),
+            "top3_agreement": round(self.top3_agreement, 6),
+            "max_abs_diff": round(self.max_abs_diff, 6),
+            "queries": self.queries,
+            "pairs": self.pairs,
+            "thresholds": dict(self.thresholds),
+            "format": self.format,
+            "cpu": dict(self.cpu),
+        }
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(np.float64)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb) / denominator if denominator else 1.0
+
+
+def _probe_rankings(model: RerankModel, texts: Sequence[str]) -> list[np.ndarray]:
+    """Each probe query's logits over its documents."""
+    step = max(1, len(texts) // _INT8_QUERIES)
+    out = []
+    for start in range(0, step * _INT8_QUERIES, step):
+        documents = [texts[(start + 1 + i) % len(texts)] for i in range(_INT8_DOCUMENTS)]
+        out.append(model.score(texts[start], documents, raw=True))
+    return out
+
+
+def compare_rerank_int8(
+    fp32: Sequence[np.ndarray], int8: Sequence[np.ndarray], activate: Any
+) -> dict[str, float]:
+    """The gate's figures for the probe queries' logits under fp32 and under int8."""
+    spearman = [_spearman(a, b) for a, b in zip(fp32, int8, strict=True)]
+    top = [
+        len(set(np.argsort(-a, kind="stable")[:_TOP]) & set(np.argsort(-b, kind="stable")[:_TOP]))
+        / _TOP
+        for a, b in zip(fp32, int8, strict=True)
+    ]
+    diff = max(
+        float(np.abs(activate(a) - activate(b)).max()) for a, b in zip(fp32, int8, strict=True)
+    )
+    return {
+        "mean_spearman": float(np.mean(spearman)),
+        "min_spearman": float(np.min(spearman)),
+        "top3_agreement": float(np.mean(top)),
+        "max_abs_diff": diff,
+    }
+
+
+def build_rerank_int8(
+    fp32_path: Path,
+    int8_path: Path,
+    tokenizer_dir: Path,
+    config: RerankConfig,
+    thresholds: Mapping[str, float],
+    fmt: str,
+    cpu: Any,
+    log: Log | None = None,
+) -> RerankInt8Report:
+    """Quantise ``fp32_path`` to ``int8_path`` (``quantize.quantize_int8``: dynamic, per-channel
+    weights in ``fmt``) and hold its rankings of the probe queries' documents to fp32's."""
+    from inference.quantize import probe_texts, quantize_int8
+
+    say = log or (lambda _line: None)
+    quantize_int8(fp32_path, int8_path, fmt)  # type: ignore[arg-type]
+    texts = probe_texts()
+    settings = {"engine_sessions": 1, "spin_control": False}
+    reference = RerankModel(fp32_path, tokenizer_dir, config, settings)
+    fp32 = _probe_rankings(reference, texts)
+    int8 = _probe_rankings(RerankModel(int8_path, tokenizer_dir, config, settings), texts)
+    figures = compare_rerank_int8(fp32, int8, reference.activate)
+    report = RerankInt8Report(
+        passed=figures["mean_spearman"] >= thresholds["mean_spearman"]
+        and figures["top3_agreement"] >= thresholds["top3_agreement"],
+        queries=len(fp32),
+        pairs=sum(len(scores) for scores in fp32),
+        thresholds=dict(thresholds),
+        format=fmt,
+        cpu=cpu.to_manifest(),
+        **figures,
+    )
+    say(report.summary())
+    return report

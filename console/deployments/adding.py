@@ -66,8 +66,9 @@ def facts(inspection: Inspection) -> list[tuple[str, str]]:
 
 
 def precisions_for(inspection: Inspection) -> tuple[str, ...]:
-    """The precisions an inspected model may be deployed at: a reranker has no int8 gate."""
-    return PRECISIONS if inspection.kind == "embedding" else ("fp32",)
+    """The precisions an inspected model may be deployed at: both for either kind (each has
+    its own int8 gate), none for a model of neither kind."""
+    return PRECISIONS if inspection.kind is not None else ("fp32",)
 
 
 def check_uri(uri: str) -> str | None:

@@ -127,7 +127,7 @@ class ModelInfo:
 
 
 def offered_precisions(entry: CatalogEntry) -> tuple[str, ...]:
-    """``PRECISIONS`` less int8 for a model that has no int8 variant to offer (a reranker)."""
+    """``PRECISIONS`` less int8 for a model whose entry gives no int8 quality thresholds."""
     return tuple(p for p in PRECISIONS if p != "int8" or entry.offers_int8)
 
 

@@ -50,8 +50,8 @@ def check_request(model_uri: str, source: str, precision: str) -> dict[str, str]
         errors["precision"] = f"precision must be one of {', '.join(PRECISIONS)}"
     elif precision == "int8" and not entry.offers_int8:
         errors["precision"] = (
-            f"{model_uri} is a {entry.kind} model, for which no int8 variant is offered: "
-            "deploy it at fp32"
+            f"{model_uri}'s catalog entry gives no int8 quality thresholds, so no int8 variant "
+            "is offered for it: deploy it at fp32"
         )
     if source and source not in entry.sources:
         path = Path(source)

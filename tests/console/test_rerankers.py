@@ -121,15 +121,9 @@ def test_a_cross_encoder_added_on_the_models_page_serves_as_a_reranker(
     assert not {"Output dimensions", "Pooling", "Prompts"} & set(facts)
     assert "reranker (cross-encoder: scores query-document pairs)" in text
     assert "Add and deploy" in text and "CrossEncoder.predict" in text
-    assert '<option value="fp32"' in text and '<option value="int8"' not in text
-
-    # int8 is refused before anything is added.
-    refused = admin.post(
-        "/models/add/",
-        {"action": "add", "source": str(folder), "uri": URI, "precision": "int8"},
-    )
-    assert refused.status_code == 422 and "no int8 variant is offered" in refused.content.decode()
-    assert model_catalog.catalog().find(URI) is None and not Deployment.objects.exists()
+    # int8 is offered, with the rerank gate named.
+    assert '<option value="fp32"' in text and '<option value="int8"' in text
+    assert "rank the probe queries' documents as fp32 does" in text
 
     response = admin.post("/models/add/", {"action": "add", "source": str(folder), "uri": URI})
     assert response.status_code == 302, response.content.decode()[-2000:]
@@ -174,7 +168,19 @@ def test_a_cross_encoder_added_on_the_models_page_serves_as_a_reranker(
     for absent in ("<dt>Dimensions</dt>", "<dt>Pooling</dt>", "<dt>Prefixes</dt>"):
         assert absent not in model_page
     assert "per pair, the query and the document together" in model_page
-    assert '<option value="int8"' not in model_page  # the deploy form offers fp32 only
+    assert '<option value="int8"' in model_page  # int8 has its own rankings gate
+    # Deployed again at int8: the rankings gate runs and the page shows its figures, whichever
+    # way a random model's verdict goes.
+    again = admin.post(f"/models/{URI}/deploy/", {"source": "", "precision": "int8"})
+    assert again.status_code == 302, again.content.decode()[-2000:]
+    int8_run = stack.wait(Deployment.objects.filter(model_uri=URI).latest("pk"), timeout=240)
+    assert int8_run.state == "succeeded", int8_run.error
+    prepare = next(step for step in int8_run.steps.all() if step.name == "prepare")
+    assert any("int8 rerank quality gate" in line for line in prepare.log_lines)
+    model_page = admin.get(f"/models/{URI}/").content.decode()
+    for label in ("int8 quality gate", "Rankings (int8 vs fp32)", "Top-3 agreement"):
+        assert label in model_page
+    assert "Mean cosine (int8 vs fp32)" not in model_page
     found = admin.get("/search/", {"q": "reranker"}, HTTP_HX_REQUEST="true").content.decode()
     assert f"/models/{URI}/" in found and "Reranker, " in found
     overview = admin.get("/").content.decode()

@@ -181,8 +181,8 @@ def test_a_cross_encoder_is_added_and_deployed_as_a_reranker(
     assert "query and document together" in _fact(page, "Max tokens")
     assert "sigmoid" in _fact(page, "Score")
     expect(page.locator("dl#facts dt", has_text="Pooling")).to_have_count(0)
-    # A reranker is served at fp32: int8 is not offered.
-    expect(page.locator("#precision option")).to_have_count(1)
+    # int8 is offered, with its own gate on rankings; fp32 is the default.
+    expect(page.locator("#precision option")).to_have_count(2)
     expect(page.locator("#precision")).to_have_value("fp32")
     page.screenshot(path=str(screenshots / "add-reranker-1-inspected.png"), full_page=True)
 

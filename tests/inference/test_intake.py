@@ -192,7 +192,7 @@ def test_a_cross_encoder_is_inspected_as_a_reranker(models: Path) -> None:
     assert "Output dimensions" not in facts and "Pooling" not in facts
     entry = entry_from_raw(found.entry("reranker:v1"))
     assert entry.kind == "reranker" and entry.dimensions is None
-    assert not entry.offers_int8 and entry.max_tokens == 128
+    assert entry.offers_int8 and entry.max_tokens == 128  # with its own rankings gate
 
 
 def test_a_cross_encoder_of_several_labels_is_refused(models: Path) -> None:
@@ -334,8 +334,6 @@ def test_a_reranker_deploys_through_its_own_gate_and_serves_crossencoder_scores(
     sharpen(folder)
     store = ModelStore(tmp_path / "store")
     _add(str(folder), "rerank-deploy:v1")
-    with pytest.raises(ProvisionError, match="no int8 variant is offered"):
-        deploy("rerank-deploy:v1", store=store, precision="int8")
     stored = deploy("rerank-deploy:v1", store=store).stored
     assert stored.manifest["kind"] == "reranker"
     gate = stored.manifest["quality"]["parity"]
@@ -344,6 +342,39 @@ def test_a_reranker_deploys_through_its_own_gate_and_serves_crossencoder_scores(
     model = RerankModel(stored.onnx_path(), stored.tokenizer_dir, stored.config, {})
     scores = model.score(TEXTS[0], TEXTS)
     np.testing.assert_allclose(scores, reference_scores(folder, TEXTS[0], TEXTS), atol=1e-4)
+
+
+@pytest.mark.parametrize("passes", [True, False], ids=["admitted", "refused"])
+def test_a_rerankers_int8_variant_is_held_to_its_fp32_rankings(
+    models: Path, added_catalog: Path, tmp_path: Path, passes: bool
+) -> None:
+    """The gate's figures are recorded either way; thresholds out of reach (or none at all)
+    decide the verdict here, since a random model's int8 figures say nothing of a real one's."""
+    folder = make_cross_encoder(models / f"rerank-int8-{passes}", "bert", seed=4)
+    sharpen(folder)
+    entry = inspect_source(str(folder)).entry("rerank-int8:v1")
+    assert entry["int8"]["thresholds"] == {"mean_spearman": 0.98, "top3_agreement": 0.9}
+    entry["int8"]["thresholds"] = (
+        {"mean_spearman": -1.0, "top3_agreement": 0.0}
+        if passes
+        else {"mean_spearman": 1.01, "top3_agreement": 1.01}
+    )
+    catalog_module.add_entry(entry)
+    store = ModelStore(tmp_path / "store")
+    result = deploy("rerank-int8:v1", store=store, precision="int8")
+    gate = result.stored.manifest["quality"]["int8"]
+    assert gate["kind"] == "reranker" and gate["passed"] is passes
+    assert gate["queries"] >= 20 and gate["pairs"] == gate["queries"] * 40
+    assert -1.0 <= gate["min_spearman"] <= gate["mean_spearman"] <= 1.0
+    assert 0.0 <= gate["top3_agreement"] <= 1.0
+    assert ("int8" in result.stored.precisions) is passes
+    if passes:
+        config = result.stored.config
+        int8 = RerankModel(result.stored.onnx_path("int8"), result.stored.tokenizer_dir, config, {})
+        fp32 = RerankModel(result.stored.onnx_path(), result.stored.tokenizer_dir, config, {})
+        scores = int8.score(TEXTS[0], TEXTS)
+        assert scores.shape == (len(TEXTS),)
+        assert np.abs(scores - fp32.score(TEXTS[0], TEXTS)).max() <= max(gate["max_abs_diff"], 0.05)
 
 
 def test_a_reranker_graph_of_other_weights_fails_the_gate_and_installs_nothing(
