@@ -105,6 +105,8 @@ READER_MAY_POST: dict[str, str] = {
     "logout": "signing out",
     "password_change": "changing one's own password, which asks for the old one",
     "playground:embed": "embedding texts only reads: the sidecar computes, nothing is stored",
+    "playground:rank": "ranking documents only reads: rank() scores them, nothing is stored "
+    "(an extension created for the call is rolled back with it)",
     "admin:login": "the admin's sign-in form, as anyone may",
 }
 
