@@ -307,7 +307,8 @@ class SearchResult:
     elapsed_ms: float  # the statement's round trip, embedding the query included
 
 
-def _error_text(exc: psycopg.Error) -> str:
+def error_text(exc: psycopg.Error) -> str:
+    """What a failed statement says, its hint appended, for the page."""
     diag = exc.diag
     text = diag.message_primary or str(exc).strip() or type(exc).__name__
     if diag.message_hint:
@@ -478,9 +479,9 @@ def setup(model: ModelFacts, documents: Sequence[Document] | None = None) -> Set
             conn.execute(f"ANALYZE {TABLE}")
             conn.commit()
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise DemoError(_error_text(exc), not_allowed=list(EXTENSIONS)) from None
+        raise DemoError(error_text(exc), not_allowed=list(EXTENSIONS)) from None
     except psycopg.Error as exc:
-        raise DemoError(f"Creating the sample table failed: {_error_text(exc)}") from None
+        raise DemoError(f"Creating the sample table failed: {error_text(exc)}") from None
     except ServerError as exc:
         raise DemoError(str(exc), status=503) from None
     return SetupOutcome(
@@ -522,7 +523,7 @@ def search(query: str, k: int = DEFAULT_K) -> SearchResult:
             rows = conn.execute(statement, [table.model, query, k]).fetchall()
             elapsed = time.perf_counter() - started
     except psycopg.Error as exc:
-        raise DemoError(f"The search failed: {_error_text(exc)}") from None
+        raise DemoError(f"The search failed: {error_text(exc)}") from None
     except ServerError as exc:
         raise DemoError(str(exc), status=503) from None
     return SearchResult(
@@ -681,12 +682,12 @@ def hybrid_search(query: str, reranker: str) -> HybridResult:
                 )
     except psycopg.errors.UndefinedFunction as exc:
         raise DemoError(
-            f"The search failed: {_error_text(exc)}. Database {DATABASE} may have an "
+            f"The search failed: {error_text(exc)}. Database {DATABASE} may have an "
             "azure_local_ai older than 1.1.0, which has no rank(): update it with ALTER "
             "EXTENSION azure_local_ai UPDATE, or re-create the sample table."
         ) from None
     except psycopg.Error as exc:
-        raise DemoError(f"The search failed: {_error_text(exc)}") from None
+        raise DemoError(f"The search failed: {error_text(exc)}") from None
     except ServerError as exc:
         raise DemoError(str(exc), status=503) from None
 

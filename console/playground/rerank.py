@@ -116,14 +116,6 @@ def _database(server: Any) -> str:
     return demo.DATABASE if found else FALLBACK_DATABASE
 
 
-def _error_text(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    text = diag.message_primary or str(exc).strip() or type(exc).__name__
-    if diag.message_hint:
-        text += f" ({diag.message_hint})"
-    return text
-
-
 def rank(model: str, query: str, documents: Sequence[str]) -> Ranking:
     """``documents`` (already validated: 1 to MAX_DOCUMENTS, none empty) ranked against
     ``query`` by the reranker ``model``, through SQL on the managed server."""
@@ -154,17 +146,17 @@ def rank(model: str, query: str, documents: Sequence[str]) -> Ranking:
     except psycopg.errors.InsufficientPrivilege as exc:
         raise RerankError(
             f"Database {database} has no azure_local_ai extension, and it cannot be created "
-            f"there for the statement: {_error_text(exc)}",
+            f"there for the statement: {demo.error_text(exc)}",
             not_allowed=True,
         ) from None
     except psycopg.errors.UndefinedFunction as exc:
         version = installed[0] if installed else "?"
         raise RerankError(
             f"Database {database} has azure_local_ai {version}, which has no rank(): "
-            f"{_error_text(exc)}. Update it there with ALTER EXTENSION azure_local_ai UPDATE."
+            f"{demo.error_text(exc)}. Update it there with ALTER EXTENSION azure_local_ai UPDATE."
         ) from None
     except psycopg.Error as exc:
-        raise RerankError(f"rank() failed: {_error_text(exc)}") from None
+        raise RerankError(f"rank() failed: {demo.error_text(exc)}") from None
     except ServerError as exc:
         raise RerankError(str(exc), status=503) from None
     scores = {
