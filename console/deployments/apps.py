@@ -7,6 +7,7 @@ class DeploymentsConfig(AppConfig):
     verbose_name = "Deployments"
 
     def ready(self) -> None:
-        # The blade's Save reaches the pipeline through serverparams' hook registry, and the
-        # worker resumes or fails what a stopped worker left running.
-        from console.deployments import hooks, tasks  # noqa: F401
+        # The blade's Save reaches the pipeline through serverparams' hook registry. The tasks
+        # (and the worker's resuming what a stopped worker left) are found by Celery's
+        # autodiscovery; everything else sends them by name (dispatch.py).
+        from console.deployments import hooks  # noqa: F401

@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from console import sidecar as console_sidecar
 from console.databases import managed_databases
+from console.deployments import service
 from console.deployments.models import Deployment, DeploymentStep
 from console.deployments.steps import PROVISION_STEPS, STEPS_BY_ACTION, TITLES
 from inference import catalog as model_catalog
@@ -147,8 +148,6 @@ def recover_stopped(*, requeue_queued: bool = False) -> list[int]:
     """Resume (or, after MAX_ATTEMPTS claims, fail) deployments whose worker stopped, and send
     again queued ones the broker refused; with ``requeue_queued``, every queued one (the
     broker may have lost them). Returns the ids sent to a worker."""
-    from console.deployments.service import enqueue
-
     now = timezone.now()
     sent: list[int] = []
     for deployment in Deployment.objects.filter(state=Deployment.State.RUNNING):
@@ -190,7 +189,7 @@ def recover_stopped(*, requeue_queued: bool = False) -> list[int]:
             )
         )
     for deployment_id in dict.fromkeys(sent):
-        enqueue(deployment_id)
+        service.enqueue(deployment_id)
     return sent
 
 

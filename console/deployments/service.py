@@ -10,6 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from console.deployments import dispatch
 from console.deployments.models import Deployment, DeploymentStep
 from console.deployments.steps import STEPS_BY_ACTION
 from inference import catalog as model_catalog
@@ -120,12 +121,8 @@ def start(
 def enqueue(deployment_id: int) -> None:
     """Send the deployment to a worker. A broker that cannot be reached leaves the row queued:
     the next worker to start picks it up."""
-    from django.conf import settings
-
-    from console.deployments.tasks import run_deployment
-
     try:
-        run_deployment.apply_async(args=[deployment_id], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+        dispatch.run_deployment(deployment_id)
     except Exception as exc:  # kombu raises several types for an unreachable broker
         log.warning("deployment %s stays queued: the broker refused it (%s)", deployment_id, exc)
         return

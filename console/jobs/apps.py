@@ -6,6 +6,5 @@ class JobsConfig(AppConfig):
     label = "jobs"
     verbose_name = "Embedding jobs"
 
-    def ready(self) -> None:
-        # A worker that starts sends every active job's runners again (see tasks.py).
-        from console.jobs import tasks  # noqa: F401
+    # The tasks (and a starting worker's nudging every active job's runners) are found by
+    # Celery's autodiscovery; everything else sends them by name (dispatch.py).

@@ -33,16 +33,14 @@ import logging
 import os
 import socket
 import time
-import uuid
 from datetime import timedelta
 
 import psycopg
-from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
-from console.jobs import batches, objects
+from console.jobs import batches, dispatch, objects
 from console.jobs.models import EmbeddingJob, JobRunner
 from console.jobs.service import JobError, connect
 
@@ -62,29 +60,6 @@ UNRECORDED_CHANGE_S = 30.0  # a shadow with no model change in the job's record,
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def send(job_id: int, slot: int, *, nudge: bool, countdown: float = 0) -> None:
-    """Send a task for the slot; a successor is recorded as the slot's expected next task."""
-    from console.jobs.tasks import run_job
-
-    task_id = str(uuid.uuid4())
-    if not nudge:
-        JobRunner.objects.update_or_create(
-            job_id=job_id,
-            slot=slot,
-            defaults={"next_task": task_id, "handed_over_at": timezone.now()},
-        )
-    try:
-        run_job.apply_async(
-            args=[job_id, slot],
-            kwargs={"nudge": nudge},
-            task_id=task_id,
-            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-            countdown=countdown or None,
-        )
-    except Exception as exc:  # kombu raises several types for an unreachable broker
-        log.warning("job %s slot %s: the broker refused its task (%s)", job_id, slot, exc)
 
 
 def _lock_key(job_id: int, slot: int) -> str:
@@ -119,7 +94,7 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
         conn = connect(job.database)
     except JobError as exc:
         _blocked(job, str(exc))
-        send(job_id, slot, nudge=False, countdown=BLOCKED_WAIT_S)
+        dispatch.run_job_slot(job_id, slot, nudge=False, countdown=BLOCKED_WAIT_S)
         return "server unreachable"
     with conn:
         if not _lock(conn, job_id, slot, NUDGE_WAIT_S if nudge else 0):
@@ -134,7 +109,7 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
             outcome, countdown = "active", BLOCKED_WAIT_S
     # Closing the connection released the slot's lock.
     if outcome in ("active", "idle"):
-        send(
+        dispatch.run_job_slot(
             job_id, slot, nudge=False, countdown=IDLE_RECHECK_S if outcome == "idle" else countdown
         )
         _nudge_abandoned()
@@ -277,7 +252,7 @@ def _nudge_abandoned() -> None:
             pk=runner.pk, handed_over_at=runner.handed_over_at
         ).update(handed_over_at=now)
         if claimed:
-            send(runner.job_id, runner.slot, nudge=True)
+            dispatch.run_job_slot(runner.job_id, runner.slot, nudge=True)
 
 
 def nudge_active_jobs() -> list[int]:
@@ -285,5 +260,5 @@ def nudge_active_jobs() -> list[int]:
     jobs = list(EmbeddingJob.objects.filter(state=EmbeddingJob.State.ACTIVE))
     for job in jobs:
         for slot in range(job.workers):
-            send(job.pk, slot, nudge=True)
+            dispatch.run_job_slot(job.pk, slot, nudge=True)
     return [job.pk for job in jobs]

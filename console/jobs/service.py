@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 from psycopg import sql
 
-from console.jobs import objects
+from console.jobs import dispatch, objects
 from console.jobs.batches import describe
 from console.jobs.models import EmbeddingJob
 from console.sidecar import sidecar_client
@@ -375,10 +375,8 @@ def _check_table(
 
 def start_runners(job: EmbeddingJob) -> None:
     """Send a nudge for each of the job's runner slots (one that runs already ignores it)."""
-    from console.jobs import runner
-
     for slot in range(job.workers):
-        runner.send(job.pk, slot, nudge=True)
+        dispatch.run_job_slot(job.pk, slot, nudge=True)
 
 
 def _set_state(job: EmbeddingJob, state: str, allowed: tuple[str, ...]) -> None:

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.test import Client
 from django.utils import timezone
 
-from console.deployments import pipeline, service
+from console.deployments import dispatch, pipeline, service
 from console.deployments.models import Deployment, DeploymentStep
 from console.roles import ADMIN, READER
 from inference.store import ModelStore
@@ -448,12 +448,10 @@ def test_deploy_command_prints_the_steps_as_they_go(stack: Stack, tiny_model_dir
 def test_a_deployment_the_broker_refused_is_sent_again_once_it_is_back(
     stack: Stack, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from console.deployments.tasks import run_deployment
-
     def broker_down(*args: object, **kwargs: object) -> None:
         raise ConnectionRefusedError("the broker is down")
 
-    monkeypatch.setattr(run_deployment, "apply_async", broker_down)
+    monkeypatch.setattr(dispatch, "run_deployment", broker_down)
     deployment = _deploy(stack, tiny_model_dir)
     deployment.refresh_from_db()
     assert deployment.state == "queued" and deployment.sent_at is None
