@@ -27,6 +27,9 @@ class EmbeddingJob(models.Model):
         PASSAGE = "passage", "Passage"
 
     class State(models.TextChoices):
+        # The row is saved first, then the job's triggers and tables are created in the user's
+        # database, then it becomes active; a failure between undoes both (service.create).
+        CREATING = "creating", "Creating"
         ACTIVE = "active", "Active"
         PAUSED = "paused", "Paused"
         DELETED = "deleted", "Deleted"

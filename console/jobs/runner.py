@@ -40,7 +40,7 @@ from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
-from console.jobs import batches, dispatch, objects
+from console.jobs import batches, dispatch, objects, service
 from console.jobs.models import EmbeddingJob, JobRunner
 from console.jobs.service import JobError, connect
 
@@ -256,7 +256,9 @@ def _nudge_abandoned() -> None:
 
 
 def nudge_active_jobs() -> list[int]:
-    """Nudge every slot of every active job (a worker that starts does this)."""
+    """Nudge every slot of every active job (a worker that starts does this), once the
+    creations a stopped process left half-done are undone."""
+    service.clean_up_interrupted()
     jobs = list(EmbeddingJob.objects.filter(state=EmbeddingJob.State.ACTIVE))
     for job in jobs:
         for slot in range(job.workers):

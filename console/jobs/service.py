@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -30,6 +31,8 @@ EXTENSIONS = ("vector", "azure_local_ai")
 DDL_LOCK_TIMEOUT = "10s"
 CHECK_TIMEOUT_S = 10.0
 RATE_WINDOW_S = 60
+# A job still being created this long after its row was saved was interrupted (see create).
+INTERRUPTED_AFTER = timedelta(minutes=5)
 
 
 class JobError(ValueError):
@@ -132,6 +135,7 @@ def create(
         raise JobError(
             "a chunk table and an overlap need chunking: give the chunk size too", "chunk_tokens"
         )
+    clean_up_interrupted()  # one may hold the destination this job asks for
     clash = EmbeddingJob.objects.exclude(state=EmbeddingJob.State.DELETED).filter(
         database=database,
         schema_name=schema,
@@ -155,29 +159,32 @@ def create(
         if chunk_tokens is not None:
             _check_chunk_table(conn, schema, chunk_table)
         conn.commit()
-        with transaction.atomic():
-            job = EmbeddingJob.objects.create(
-                database=database,
-                schema_name=schema,
-                table_name=name,
-                key_column=key,
-                key_type=key_type,
-                text_columns=columns,
-                text_format=text_format,
-                model_uri=model_uri,
-                input_type=input_type,
-                text_prefix=prefix,
-                destination_column=column,
-                dimensions=entry.dimensions,
-                chunk_tokens=chunk_tokens,
-                chunk_overlap=chunk_overlap,
-                chunk_table=chunk_table,
-                build_index=build_index,
-                backfill_started_at=timezone.now(),
-                created_by=user if user is not None and user.is_authenticated else None,
-                created_by_name=(user.get_username() if user is not None else "") or "system",
-                **tuning,
-            )
+        # The row first, as being created (runners ignore it): were the process to stop
+        # after the DDL, the row names what to undo (clean_up_interrupted).
+        job = EmbeddingJob.objects.create(
+            database=database,
+            schema_name=schema,
+            table_name=name,
+            key_column=key,
+            key_type=key_type,
+            text_columns=columns,
+            text_format=text_format,
+            model_uri=model_uri,
+            input_type=input_type,
+            text_prefix=prefix,
+            destination_column=column,
+            dimensions=entry.dimensions,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            chunk_table=chunk_table,
+            build_index=build_index,
+            backfill_started_at=timezone.now(),
+            created_by=user if user is not None and user.is_authenticated else None,
+            created_by_name=(user.get_username() if user is not None else "") or "system",
+            state=EmbeddingJob.State.CREATING,
+            **tuning,
+        )
+        try:
             try:
                 with conn.transaction():
                     conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
@@ -189,7 +196,7 @@ def create(
                                 sql.Literal(entry.dimensions),
                             )
                         )
-                    job.backfill_rows = objects.create(conn, job)
+                    backfill_rows = objects.create(conn, job)
             except psycopg.errors.LockNotAvailable:
                 raise _table_busy(f"{schema}.{name}") from None
             except psycopg.Error as exc:
@@ -197,9 +204,73 @@ def create(
                     f"creating the job's triggers and queue on {schema}.{name} failed: "
                     f"{describe(exc)}"
                 ) from None
-            job.save(update_fields=["backfill_rows"])
-            transaction.on_commit(lambda: start_runners(job))
+        except BaseException:
+            _forget(job)  # the DDL rolled back: nothing was made in the user's database
+            raise
+        try:
+            activated = EmbeddingJob.objects.filter(
+                pk=job.pk, state=EmbeddingJob.State.CREATING
+            ).update(state=EmbeddingJob.State.ACTIVE, backfill_rows=backfill_rows)
+            if not activated:
+                raise JobError(f"job #{job.pk} was undone while it was being created; try again")
+        except BaseException:
+            # The column is dropped only where this creation added it (a chunk table always).
+            _undo(conn, job, drop_column=not destination_exists)
+            raise
+    job.state = EmbeddingJob.State.ACTIVE
+    job.backfill_rows = backfill_rows
+    transaction.on_commit(lambda: start_runners(job))
     return job
+
+
+def _forget(job: EmbeddingJob) -> None:
+    """Delete the row of a job whose creation failed before anything was made for it."""
+    try:
+        EmbeddingJob.objects.filter(pk=job.pk, state=EmbeddingJob.State.CREATING).delete()
+    except Exception:  # the console's database failed: clean_up_interrupted deletes it later
+        log.exception("could not delete the row of job %s, whose creation failed", job.pk)
+
+
+def _undo(conn: psycopg.Connection, job: EmbeddingJob, *, drop_column: bool) -> None:
+    """Drop what a failed creation made in the user's database, then its row. Where the drop
+    fails too, the row stays, being created, for ``clean_up_interrupted`` to try again."""
+    try:
+        if conn.closed:
+            raise psycopg.OperationalError("the connection to the user's database is closed")
+        conn.rollback()
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+            objects.drop(conn, job, drop_column=drop_column)
+    except psycopg.Error:
+        log.exception("could not drop the triggers and tables of job %s, whose creation failed",
+                      job.pk)  # fmt: skip
+        return
+    _forget(job)
+
+
+def clean_up_interrupted() -> list[int]:
+    """Undo the creations that stopped half-way (the process creating them stopped): jobs
+    still being created ``INTERRUPTED_AFTER`` after their row was saved lose their triggers,
+    tables and chunk table, then their row. A destination column the creation may have added
+    stays (it may have been there before: a later job reuses it). Called when a job is
+    created and when a worker starts. Returns the ids undone."""
+    undone: list[int] = []
+    stale = EmbeddingJob.objects.filter(
+        state=EmbeddingJob.State.CREATING, created_at__lt=timezone.now() - INTERRUPTED_AFTER
+    )
+    for job in stale:
+        try:
+            with connect(job.database, autocommit=False) as conn:
+                # A creation still running holds the table: it times out here, and is left be.
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+                objects.drop(conn, job, drop_column=job.chunking)
+        except (JobError, psycopg.Error) as exc:
+            log.warning("could not undo the interrupted creation of job %s: %s", job.pk, exc)
+            continue
+        if EmbeddingJob.objects.filter(pk=job.pk, state=EmbeddingJob.State.CREATING).delete()[0]:
+            log.info("undid the interrupted creation of job %s", job.pk)
+            undone.append(job.pk)
+    return undone
 
 
 # The range of each setting of a job's batches.
@@ -400,8 +471,8 @@ def change_model(job: EmbeddingJob, model_uri: str) -> int:
     """Embed every row again with ``model_uri``, in the background, into a shadow of the
     destination that replaces it once done: queries keep the current vectors until then.
     Returns how many rows were queued."""
-    if job.state == EmbeddingJob.State.DELETED:
-        raise JobError(f"job #{job.pk} is deleted")
+    if job.state in (EmbeddingJob.State.DELETED, EmbeddingJob.State.CREATING):
+        raise JobError(f"job #{job.pk} is {job.state}")
     if job.next_model_uri:
         raise JobError(
             f"job #{job.pk} is already being embedded again with {job.next_model_uri}; "
@@ -444,6 +515,8 @@ def delete(job: EmbeddingJob, *, drop_column: bool = False) -> None:
     the destination column, or the chunk table); the job's row stays, deleted, as history."""
     if job.state == EmbeddingJob.State.DELETED:
         raise JobError(f"job #{job.pk} is deleted already")
+    if job.state == EmbeddingJob.State.CREATING:  # its creation finishes, or is undone
+        raise JobError(f"job #{job.pk} is being created")
     # Dropped first, in one transaction: a failure leaves the job as it was. A runner's batch
     # in flight finishes first (it holds the tables), and its next one finds them gone.
     try:

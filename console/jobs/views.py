@@ -14,6 +14,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console.databases import managed_databases
@@ -91,6 +92,10 @@ class Watch:
             return "Deleted", "neutral"
         if job.state == EmbeddingJob.State.PAUSED:
             return "Paused", "neutral"
+        if job.state == EmbeddingJob.State.CREATING:
+            if job.created_at < timezone.now() - service.INTERRUPTED_AFTER:
+                return "Creation interrupted", "bad"  # undone by the next creation, or worker
+            return "Creating", "warn"
         if progress is None:
             return "Unknown", "bad"
         if job.last_error and progress.pending:
@@ -136,8 +141,8 @@ class Watch:
 
 
 def _watch(job: EmbeddingJob) -> Watch:
-    if job.state == EmbeddingJob.State.DELETED:
-        return Watch(job, None)  # its tables are gone: nothing to count
+    if job.state in (EmbeddingJob.State.DELETED, EmbeddingJob.State.CREATING):
+        return Watch(job, None)  # its tables are gone, or not there yet: nothing to count
     try:
         return Watch(job, service.progress(job))
     except service.JobError as exc:
@@ -235,7 +240,11 @@ def _detail_context(request: HttpRequest, job: EmbeddingJob, **extra: Any) -> di
             failures_problem = str(exc)
     can_manage = can_manage_jobs(request.user)
     other_models: list[str] = []
-    if can_manage and job.state != EmbeddingJob.State.DELETED and not job.next_model_uri:
+    if (
+        can_manage
+        and job.state not in (EmbeddingJob.State.DELETED, EmbeddingJob.State.CREATING)
+        and not job.next_model_uri
+    ):
         other_models = [
             m.uri
             for m in deployed_models().models

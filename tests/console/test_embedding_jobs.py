@@ -728,3 +728,136 @@ def test_batches_write_as_the_tables_owner_so_its_triggers_never_run_as_superuse
         service.delete(chunks, drop_column=True)
     finally:
         jobs.sql(f'DROP OWNED BY "{role}" CASCADE; DROP ROLE "{role}"')
+
+
+def _leftovers(jobs: Jobs) -> list[tuple]:
+    """What any job made in the user's database: triggers on docs, and relations and
+    functions in the jobs' schema."""
+    return jobs.sql(
+        "SELECT 'trigger', tgname::text FROM pg_trigger WHERE tgrelid = 'docs'::regclass"
+        " AND NOT tgisinternal"
+        " UNION ALL SELECT 'relation', c.relname::text FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+        " UNION ALL SELECT 'function', p.proname::text FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+        [objects.SCHEMA, objects.SCHEMA],
+    )
+
+
+def _has_column(jobs: Jobs, name: str = "embedding") -> bool:
+    return bool(
+        jobs.sql(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = %s"
+            " AND NOT attisdropped",
+            [name],
+        )
+    )
+
+
+def test_a_creation_whose_ddl_fails_midway_leaves_no_row_and_nothing_in_the_database(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 5)
+    real = objects.write_trigger_function
+
+    def fails_after_the_function(conn: psycopg.Connection, *args: object, **kw: object) -> None:
+        real(conn, *args, **kw)  # type: ignore[arg-type]
+        conn.execute("SELECT 1 / 0")  # the queue tables and the function exist by now
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(objects, "write_trigger_function", fails_after_the_function)
+        with pytest.raises(service.JobError, match=r"triggers and queue on public\.docs failed"):
+            jobs.create()
+    assert not EmbeddingJob.objects.exists()
+    assert _leftovers(jobs) == [] and not _has_column(jobs)
+
+    def raises(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stopped midway")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(objects, "write_trigger_function", raises)
+        with pytest.raises(RuntimeError, match="stopped midway"):
+            jobs.create(columns=["body"], text_format="", chunk_tokens=8)
+    assert not EmbeddingJob.objects.exists()
+    assert _leftovers(jobs) == [] and jobs.sql("SELECT to_regclass('docs_chunks')") == [(None,)]
+
+    job = jobs.create()  # the happy path, as before
+    assert job.state == EmbeddingJob.State.ACTIVE and job.backfill_rows == 5
+    assert EmbeddingJob.objects.get().state == EmbeddingJob.State.ACTIVE
+    assert len([row for row in _leftovers(jobs) if row[0] == "trigger"]) == 3
+
+
+def test_a_creation_that_fails_after_its_ddl_drops_it_again(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import DatabaseError
+    from django.db.models import QuerySet
+
+    jobs.table("docs", 5)
+    real_update = QuerySet.update
+
+    def activation_fails(self: QuerySet, **kwargs: object) -> int:
+        if kwargs.get("state") == EmbeddingJob.State.ACTIVE:
+            raise DatabaseError("the console's database went away")
+        return real_update(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", activation_fails)
+    with pytest.raises(DatabaseError, match="went away"):
+        jobs.create()
+    assert not EmbeddingJob.objects.exists()
+    assert _leftovers(jobs) == [] and not _has_column(jobs)  # the creation added it
+
+    # A destination column that was there before stays; a chunk table the creation made goes.
+    jobs.sql("ALTER TABLE docs ADD COLUMN embedding vector(32)")
+    with pytest.raises(DatabaseError, match="went away"):
+        jobs.create()
+    with pytest.raises(DatabaseError, match="went away"):
+        jobs.create(columns=["body"], text_format="", chunk_tokens=8)
+    assert not EmbeddingJob.objects.exists()
+    assert _leftovers(jobs) == [] and _has_column(jobs)
+    assert jobs.sql("SELECT to_regclass('docs_chunks')") == [(None,)]
+
+
+def test_an_interrupted_creation_is_ignored_by_runners_then_undone_once_stale(
+    jobs: Jobs,
+) -> None:
+    from django.db import DatabaseError
+    from django.db.models import QuerySet
+
+    from console.jobs import views
+
+    jobs.table("docs", 5)
+    real_update = QuerySet.update
+
+    def activation_fails(self: QuerySet, **kwargs: object) -> int:
+        if kwargs.get("state") == EmbeddingJob.State.ACTIVE:
+            raise DatabaseError("the console's database went away")
+        return real_update(self, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(QuerySet, "update", activation_fails)
+        # The process stops (SIGKILL) before it can undo anything.
+        patch.setattr(service, "_undo", lambda *args, **kwargs: None)
+        with pytest.raises(DatabaseError):
+            jobs.create()
+    job = EmbeddingJob.objects.get()
+    assert job.state == EmbeddingJob.State.CREATING
+    assert len([row for row in _leftovers(jobs) if row[0] == "trigger"]) == 3
+    assert runner.run(job.pk, 0, "task", nudge=True) == "inactive"
+    assert views.Watch(job, None).status == ("Creating", "warn")
+    with pytest.raises(service.JobError, match="is being created"):
+        service.delete(job)
+    assert service.clean_up_interrupted() == []  # not stale yet: it may still be running
+
+    EmbeddingJob.objects.filter(pk=job.pk).update(
+        created_at=timezone.now() - service.INTERRUPTED_AFTER - timedelta(seconds=1)
+    )
+    job.refresh_from_db()
+    assert views.Watch(job, None).status == ("Creation interrupted", "bad")
+    created = jobs.create()  # the next creation undoes it first, then takes its destination
+    assert not EmbeddingJob.objects.filter(pk=job.pk).exists()
+    assert created.state == EmbeddingJob.State.ACTIVE
+    triggers = {row[1] for row in _leftovers(jobs) if row[0] == "trigger"}
+    assert triggers == {
+        f"embedding_job_{created.pk}_{what}" for what in ("write", "update", "truncate")
+    }

@@ -355,3 +355,32 @@ def test_an_admin_changes_the_model_from_the_page(
     jobs.wait("the model changed", changed)
     body = admin_client.get(f"/jobs/{job.pk}/", **HTMX_BODY).content.decode()
     assert f"rows embedded with <code>{cls_model}</code>" in body
+
+
+def test_a_job_being_created_is_shown_as_such_and_offers_no_commands(
+    admin_client: Client,
+) -> None:
+    job = EmbeddingJob.objects.create(
+        database="docs",
+        schema_name="public",
+        table_name="docs",
+        key_column="id",
+        key_type="bigint",
+        text_columns=["body"],
+        model_uri=TINY_URI,
+        destination_column="embedding",
+        dimensions=32,
+        state=EmbeddingJob.State.CREATING,
+    )
+    listing = admin_client.get("/jobs/").content.decode()
+    assert '<span class="state warn">Creating</span>' in listing
+    assert "cannot be read" not in listing and "every 2s" not in listing
+    detail = admin_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Being created:" in detail and "Counted once the job is created." in detail
+    for button in ("cmd-pause", "cmd-resume", "cmd-delete", "change-model"):
+        assert button not in detail
+    EmbeddingJob.objects.filter(pk=job.pk).update(
+        created_at=timezone.now() - service.INTERRUPTED_AFTER - timedelta(seconds=1)
+    )
+    listing = admin_client.get("/jobs/").content.decode()
+    assert '<span class="state bad">Creation interrupted</span>' in listing
