@@ -2,9 +2,13 @@
 
 Per job, in schema ``embedding_jobs``: ``job_<id>_queue`` (keys waiting to be embedded, with
 attempts, next attempt time, last error, and whether a write or a model change queued them),
-``job_<id>_failed`` (keys given up on, with the reason) and ``job_<id>_stamps`` (which model
+``job_<id>_failed`` (keys given up on, with the reason), ``job_<id>_stamps`` (which model
 and precision embedded each key, when, and how many times; during a model change, also which
-did so into the shadow), plus one trigger function and three triggers on the user's table.
+did so into the shadow) and ``job_<id>_counts`` (the table's row count: a base row, id 0,
+plus one delta row per INSERT or DELETE statement, written by a statement-level trigger in the
+writer's transaction, so the sum is exact and concurrent writers never wait on each other;
+``service`` folds the deltas into the base row), plus two trigger functions and six triggers
+on the user's table.
 
 The vectors go to the job's destination: a column of the table, or with chunking a chunk
 table beside it (``key, chunk_no, chunk, embedding``). During a model change the new vectors
@@ -48,8 +52,16 @@ class Names:
         return self._table("stamps")
 
     @property
+    def counts(self) -> sql.Identifier:
+        return self._table("counts")
+
+    @property
     def function(self) -> sql.Identifier:
         return self._table("on_write")
+
+    @property
+    def count_function(self) -> sql.Identifier:
+        return self._table("count")
 
     def trigger(self, what: str) -> sql.Identifier:
         return sql.Identifier(f"embedding_job_{self.job_id}_{what}")
@@ -205,7 +217,81 @@ def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
     cursor = conn.execute(
         sql.SQL("INSERT INTO {} (key) SELECT {} FROM {} ORDER BY 1").format(n.queue, key, target)
     )
+    create_counts(conn, job, cursor.rowcount)
     return cursor.rowcount
+
+
+COUNT_TRIGGERS = ("count_insert", "count_delete", "count_truncate")
+
+
+def create_counts(conn: psycopg.Connection, job: EmbeddingJob, rows: int) -> None:
+    """Create the job's counts table with ``rows`` (the table's exact count, under a lock that
+    keeps writers out) and the statement-level triggers that keep it, in the caller's
+    transaction. Each INSERT or DELETE statement adds one delta row (its transition table's
+    size), so writers never update a shared row, and TRUNCATE sets the count to 0."""
+    n = Names(job.pk)
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigserial PRIMARY KEY, rows bigint NOT NULL,"
+            " recounted_at timestamptz)"
+        ).format(n.counts)
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, rows, recounted_at) VALUES (0, %s, now())").format(n.counts),
+        [rows],
+    )
+    body = sql.SQL(
+        """
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM {c} WHERE id <> 0;
+    UPDATE {c} SET rows = 0 WHERE id = 0;
+  ELSIF TG_OP = 'INSERT' THEN
+    INSERT INTO {c} (rows) SELECT count(*) FROM new_rows HAVING count(*) > 0;
+  ELSE
+    INSERT INTO {c} (rows) SELECT -count(*) FROM old_rows HAVING count(*) > 0;
+  END IF;
+  RETURN NULL;
+END
+"""
+    ).format(c=n.counts)
+    conn.execute(
+        sql.SQL(
+            "CREATE FUNCTION {} () RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+            " SET search_path = pg_catalog, pg_temp AS {}"
+        ).format(n.count_function, sql.Literal(body.as_string(conn)))
+    )
+    target = table(job)
+    for what, event, referencing in (
+        ("count_insert", "INSERT", "REFERENCING NEW TABLE AS new_rows"),
+        ("count_delete", "DELETE", "REFERENCING OLD TABLE AS old_rows"),
+        ("count_truncate", "TRUNCATE", ""),
+    ):
+        conn.execute(
+            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()")
+            .format(n.trigger(what), sql.SQL(event), target, sql.SQL(referencing),
+                    n.count_function)
+        )  # fmt: skip
+
+
+def has_counts(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", [Names(job.pk).counts.as_string(conn)]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def add_counts(conn: psycopg.Connection, job: EmbeddingJob) -> bool:
+    """For a job created before it had counts: count the table once, exactly, with writers
+    kept out, and create its counts (in the caller's transaction). False if another session
+    did so first."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table(job)))
+    if has_counts(conn, job):
+        return False
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table(job))).fetchone()
+    assert row is not None
+    create_counts(conn, job, row[0])
+    return True
 
 
 def create_chunk_table(conn: psycopg.Connection, job: EmbeddingJob, dimensions: int, *,
@@ -281,10 +367,11 @@ def drop(conn: psycopg.Connection, job: EmbeddingJob, *, drop_column: bool = Fal
     # The user's table first, as a batch takes it: a batch in flight ends before, and the next
     # one waits and then finds the queue gone.
     conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(target))
-    for what in ("write", "update", "truncate"):
+    for what in ("write", "update", "truncate", *COUNT_TRIGGERS):
         conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(n.trigger(what), target))
     conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} ()").format(n.function))
-    for name in (n.queue, n.failed, n.stamps):
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} ()").format(n.count_function))
+    for name in (n.queue, n.failed, n.stamps, n.counts):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
     drop_destination(conn, job, shadow=True)
     if drop_column:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -46,8 +46,8 @@ class JobError(ValueError):
 
 @dataclass(frozen=True)
 class Progress:
-    total: int  # rows in the table now
-    done: int  # rows embedded by the job's model with their current text
+    total: int  # rows in the table now (the job's counts)
+    done: int  # rows embedded with their current text: neither pending nor failed
     pending: int  # keys waiting in the queue
     failed: int  # keys given up on
     # Embeddings written per second over the last RATE_WINDOW_S seconds (0: none written).
@@ -55,6 +55,8 @@ class Progress:
     chunks: int | None = None  # rows of the chunk table (None: the job does not chunk)
     chunked: int | None = None  # rows split into more than one chunk
     reembedding: str = ""  # the model the rows are being embedded again with, if any
+    # When the table was last counted row by row (created, first counted, or Recount).
+    recounted_at: datetime | None = field(default=None, compare=False)
 
     @property
     def percent(self) -> int:
@@ -546,63 +548,130 @@ def retry_failed(job: EmbeddingJob) -> int:
     return moved
 
 
-def progress(job: EmbeddingJob) -> Progress:
-    """Exact counts from the user's table and the job's tables."""
+def progress(job: EmbeddingJob, *, chunks: bool = True) -> Progress:
+    """The job's figures from its own tables, never by reading the user's table: the row
+    count from the job's counts (kept by triggers), pending and failed from its queue and
+    failed tables, and done as the rows neither pending nor failed (a row the job knows is
+    embedded, queued or failed). ``chunks``: also count the chunk table (the job's page).
+    A job created before it had counts gets them here, from one exact count of the table."""
     n = objects.Names(job.pk)
     with connect(job.database) as conn:
         try:
-            row = _counts(conn, job, n)
+            _ensure_counts(conn, job)
+            _fold_counts(conn, job)
+            row = _counts(conn, job, n, chunks=chunks)
         except psycopg.Error as exc:
             raise JobError(f"cannot count job #{job.pk}'s progress: {describe(exc)}") from None
+    total, outstanding = row[0], row[6]
     return Progress(
-        total=row[0],
-        done=row[1],
-        pending=row[2],
-        failed=row[3],
-        rows_per_s=float(row[4] or 0),
-        chunks=row[5] if job.chunking else None,
-        chunked=row[6] if job.chunking else None,
+        total=total,
+        done=max(0, total - outstanding),
+        pending=row[1],
+        failed=row[2],
+        rows_per_s=float(row[3] or 0),
+        chunks=row[4] if job.chunking and chunks else None,
+        chunked=row[5] if job.chunking and chunks else None,
         reembedding=job.next_model_uri,
+        recounted_at=row[7],
     )
 
 
-def _counts(conn: psycopg.Connection, job: EmbeddingJob, n: objects.Names) -> tuple[Any, ...]:
-    # During a model change, done counts the rows the new model embedded.
-    model_column = sql.Identifier("next_model" if job.next_model_uri else "model")
-    chunks: sql.Composable = sql.SQL("NULL, NULL")
-    if job.chunking:
+# Deltas the counts table may gather before a poll folds them into its base row.
+FOLD_AFTER = 100
+
+
+def _ensure_counts(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    if objects.has_counts(conn, job):
+        return
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [DDL_LOCK_TIMEOUT])
+        if objects.add_counts(conn, job):
+            log.info("job %s: counted %s once and created its counts", job.pk, job.qualified_table)
+
+
+def _fold_counts(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    """Fold the delta rows into the base row once there are FOLD_AFTER. Folds (and recounts)
+    take a lock that excludes one another but not the writers' triggers."""
+    c = objects.Names(job.pk).counts
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id <> 0").format(c)).fetchone()
+    if not row or row[0] < FOLD_AFTER:
+        return
+    with conn.transaction():
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(c))
+        conn.execute(
+            sql.SQL(
+                "WITH d AS (DELETE FROM {c} WHERE id <> 0 RETURNING rows)"
+                " UPDATE {c} SET rows = rows + (SELECT coalesce(sum(rows), 0) FROM d)"
+                " WHERE id = 0"
+            ).format(c=c)
+        )
+
+
+def recount(job: EmbeddingJob) -> tuple[int, int]:
+    """Count the job's table exactly, once, and correct its counts; returns the count the
+    counts had and the exact one. Writers go on meanwhile: the count and the deltas it
+    replaces are read in one snapshot, and deltas committed later are kept."""
+    if job.state in (EmbeddingJob.State.DELETED, EmbeddingJob.State.CREATING):
+        raise JobError(f"job #{job.pk} is {job.state}")
+    c = objects.Names(job.pk).counts
+    try:
+        with connect(job.database) as conn:
+            _ensure_counts(conn, job)
+            conn.autocommit = False
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            # The lock comes before the first query, which takes the snapshot: a fold that
+            # commits while this waits is then seen by it.
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(c))
+            before = conn.execute(sql.SQL("SELECT sum(rows) FROM {}").format(c)).fetchone()
+            exact = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(objects.table(job))
+            ).fetchone()
+            assert before is not None and exact is not None
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id <> 0").format(c))
+            conn.execute(
+                sql.SQL("UPDATE {} SET rows = %s, recounted_at = now() WHERE id = 0").format(c),
+                [exact[0]],
+            )
+            conn.commit()
+    except psycopg.Error as exc:
+        raise JobError(f"recounting job #{job.pk}'s table failed: {describe(exc)}") from None
+    return int(before[0] or 0), int(exact[0])
+
+
+def _counts(
+    conn: psycopg.Connection, job: EmbeddingJob, n: objects.Names, *, chunks: bool
+) -> tuple[Any, ...]:
+    extra: sql.Composable = sql.SQL("NULL, NULL")
+    if job.chunking and chunks:
         chunk_table = objects.destination(job).table
-        chunks = sql.SQL(
+        extra = sql.SQL(
             "(SELECT count(*) FROM {c}),"
             " (SELECT count(*) FROM {c} WHERE chunk_no = 1)"  # keys with a second chunk
         ).format(c=chunk_table)
+    # One statement, one snapshot: a write commits its delta and its queue entry together.
     row = conn.execute(
         sql.SQL(
-            "SELECT (SELECT count(*) FROM {t}),"
-            " (SELECT count(*) FROM {s} WHERE {m} = %s"
-            "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE q.key = {s}.key)"
-            "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE f.key = {s}.key)),"
+            "SELECT (SELECT sum(rows) FROM {c}),"
             " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f}),"
             " (SELECT count(*) / greatest(extract(epoch FROM clock_timestamp()"
             "   - min(embedded_at)), 1) FROM {s}"
             "   WHERE embedded_at > clock_timestamp() - make_interval(secs => %s)),"
-            " {chunks}"
+            " {extra},"
+            " (SELECT count(*) FROM (SELECT key FROM {q0} UNION SELECT key FROM {f0}) AS o),"
+            " (SELECT recounted_at FROM {c} WHERE id = 0)"
         ).format(
-            t=objects.table(job),
+            c=n.counts,
             s=n.stamps,
-            m=model_column,
-            q=_aliased(n.queue, "q"),
-            f=_aliased(n.failed, "f"),
-            chunks=chunks,
+            q=n.queue,
+            f=n.failed,
+            q0=n.queue,
+            f0=n.failed,
+            extra=extra,
         ),
-        [job.next_model_uri or job.model_uri, RATE_WINDOW_S],
+        [RATE_WINDOW_S],
     ).fetchone()
     assert row is not None
-    return tuple(row)
-
-
-def _aliased(name: sql.Identifier, alias: str) -> sql.Composable:
-    return sql.SQL("{} AS {}").format(name, sql.Identifier(alias))
+    return (int(row[0] or 0), *row[1:])
 
 
 def failures(job: EmbeddingJob, limit: int = 20) -> list[tuple[Any, str, int]]:

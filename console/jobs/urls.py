@@ -14,6 +14,7 @@ urlpatterns = [
     path("<int:pk>/pause/", views.job_pause, name="pause"),
     path("<int:pk>/resume/", views.job_resume, name="resume"),
     path("<int:pk>/retry/", views.job_retry, name="retry"),
+    path("<int:pk>/recount/", views.job_recount, name="recount"),
     path("<int:pk>/model/", views.job_change_model, name="change_model"),
     path("<int:pk>/delete/", views.job_delete, name="delete"),
 ]

@@ -27,7 +27,7 @@ from serverparams.server import ServerError
 
 LIST_ROWS = 100
 FAILURES_SHOWN = 20
-NOT_ALLOWED = "Only admins may create, pause, resume, retry or delete embedding jobs."
+NOT_ALLOWED = "Only admins may create, pause, resume, retry, recount or delete embedding jobs."
 
 View = Callable[..., HttpResponse]
 
@@ -140,11 +140,13 @@ class Watch:
         return _duration(eta)
 
 
-def _watch(job: EmbeddingJob) -> Watch:
+def _watch(job: EmbeddingJob, *, chunks: bool = True) -> Watch:
+    """The job with its figures: from the job's own tables, never a scan of the user's table
+    (``chunks``: also count its chunk table, for the job's page)."""
     if job.state in (EmbeddingJob.State.DELETED, EmbeddingJob.State.CREATING):
         return Watch(job, None)  # its tables are gone, or not there yet: nothing to count
     try:
-        return Watch(job, service.progress(job))
+        return Watch(job, service.progress(job, chunks=chunks))
     except service.JobError as exc:
         return Watch(job, None, str(exc))
 
@@ -158,7 +160,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     jobs = EmbeddingJob.objects.all()
     if not show_deleted:
         jobs = jobs.exclude(state=EmbeddingJob.State.DELETED)
-    watches = [_watch(job) for job in jobs[:LIST_ROWS]]
+    watches = [_watch(job, chunks=False) for job in jobs[:LIST_ROWS]]
     context = {
         "watches": watches,
         "polling": any(watch.live for watch in watches),
@@ -314,6 +316,21 @@ def job_retry(request: HttpRequest, pk: int) -> HttpResponse:
         return f"{moved:,} failed row{'' if moved == 1 else 's'} queued again."
 
     return _act(request, pk, retry)
+
+
+@require_POST
+@_managers_only
+def job_recount(request: HttpRequest, pk: int) -> HttpResponse:
+    def recount(job: EmbeddingJob) -> str:
+        before, exact = service.recount(job)
+        if before == exact:
+            return f"Recounted {job.qualified_table}: {exact:,} rows, as the job's counts said."
+        return (
+            f"Recounted {job.qualified_table}: {exact:,} rows; the job's counts said "
+            f"{before:,} and now say {exact:,}."
+        )
+
+    return _act(request, pk, recount)
 
 
 @require_POST

@@ -5,6 +5,7 @@ their own, sharing the console's test database."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from io import StringIO
 
@@ -784,7 +785,7 @@ def test_a_creation_whose_ddl_fails_midway_leaves_no_row_and_nothing_in_the_data
     job = jobs.create()  # the happy path, as before
     assert job.state == EmbeddingJob.State.ACTIVE and job.backfill_rows == 5
     assert EmbeddingJob.objects.get().state == EmbeddingJob.State.ACTIVE
-    assert len([row for row in _leftovers(jobs) if row[0] == "trigger"]) == 3
+    assert len([row for row in _leftovers(jobs) if row[0] == "trigger"]) == 6  # 3 queue, 3 count
 
 
 def test_a_creation_that_fails_after_its_ddl_drops_it_again(
@@ -842,7 +843,7 @@ def test_an_interrupted_creation_is_ignored_by_runners_then_undone_once_stale(
             jobs.create()
     job = EmbeddingJob.objects.get()
     assert job.state == EmbeddingJob.State.CREATING
-    assert len([row for row in _leftovers(jobs) if row[0] == "trigger"]) == 3
+    assert len([row for row in _leftovers(jobs) if row[0] == "trigger"]) == 6  # 3 queue, 3 count
     assert runner.run(job.pk, 0, "task", nudge=True) == "inactive"
     assert views.Watch(job, None).status == ("Creating", "warn")
     with pytest.raises(service.JobError, match="is being created"):
@@ -859,5 +860,122 @@ def test_an_interrupted_creation_is_ignored_by_runners_then_undone_once_stale(
     assert created.state == EmbeddingJob.State.ACTIVE
     triggers = {row[1] for row in _leftovers(jobs) if row[0] == "trigger"}
     assert triggers == {
-        f"embedding_job_{created.pk}_{what}" for what in ("write", "update", "truncate")
+        f"embedding_job_{created.pk}_{what}"
+        for what in ("write", "update", "truncate", *objects.COUNT_TRIGGERS)
     }
+
+
+def _exact(jobs: Jobs, job: EmbeddingJob) -> service.Progress:
+    """The figures counted row by row, as the job's counts stand for them: every row of the
+    table, those stamped with the job's model and neither queued nor failed, the queued keys
+    and the failed ones."""
+    n = objects.Names(job.pk)
+    row = jobs.sql(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {t}),"
+            " (SELECT count(*) FROM {s} WHERE model = %s"
+            "   AND NOT EXISTS (SELECT 1 FROM {q} WHERE key = {s}.key)"
+            "   AND NOT EXISTS (SELECT 1 FROM {f} WHERE key = {s}.key)),"
+            " (SELECT count(DISTINCT key) FROM {q}), (SELECT count(*) FROM {f})"
+        )
+        .format(t=objects.table(job), s=n.stamps, q=n.queue, f=n.failed)
+        .as_string(),
+        [job.model_uri],
+    )[0]
+    return service.Progress(total=row[0], done=row[1], pending=row[2], failed=row[3])
+
+
+def test_the_counts_stay_exact_under_concurrent_writes_batches_and_a_failed_row(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 400, body=lambda i: "" if i == 7 else f"body {i}")
+    jobs.worker()
+    jobs.worker()
+    # One column, no format: the empty body of row 7 is refused, and fails at once.
+    job = jobs.create(columns=["body"], text_format="", max_attempts=1, batch_size=8, workers=2)
+    assert service.progress(job).total == 400  # counted when created
+
+    def write(writer: int) -> None:
+        base = 10_000 * (writer + 1)
+        with jobs.connect() as conn:
+            for round_no in range(25):
+                with conn.transaction():
+                    # A statement of many rows, one of one, an update, a delete of several.
+                    conn.execute(
+                        "INSERT INTO docs (id, title, body) SELECT g, 'bulk', 'bulk ' || g"
+                        " FROM generate_series(%s::bigint, %s::bigint) AS g",
+                        [base + round_no * 10, base + round_no * 10 + 5],
+                    )
+                    conn.execute(
+                        "INSERT INTO docs (id, title, body) VALUES (%s, 'one', 'one row')",
+                        [base + round_no * 10 + 9],
+                    )
+                    conn.execute(
+                        "UPDATE docs SET body = %s WHERE id = %s",
+                        [f"writer {writer} round {round_no}", 20 + writer * 100 + round_no],
+                    )
+                    conn.execute(
+                        "DELETE FROM docs WHERE id BETWEEN %s AND %s",
+                        [base + round_no * 10, base + round_no * 10 + 1],
+                    )
+                # A transaction rolled back counts nothing.
+                with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+                    conn.execute("INSERT INTO docs (id, title, body) VALUES (999, 'x', 'x')")
+                    conn.execute("INSERT INTO docs (id, title, body) VALUES (1, 'x', 'x')")
+            # Rows inserted, then deleted by the statement after.
+            conn.execute("DELETE FROM docs WHERE id > %s AND id < %s AND title = 'one'",
+                         [base, base + 50])  # fmt: skip
+
+    with ThreadPoolExecutor(3) as pool:
+        for writer in [pool.submit(write, w) for w in range(3)]:
+            writer.result()  # raises what the writer raised
+    progress = jobs.wait_synced(job, timeout=120)
+    exact = _exact(jobs, job)
+    assert progress == exact
+    # 400 + 3 writers * (25 rounds * (6 + 1 - 2) rows - 5 single rows deleted at the end)
+    assert exact == service.Progress(total=400 + 3 * (125 - 5), done=399 + 3 * 120,
+                                     pending=0, failed=1)  # fmt: skip
+    assert jobs.mismatches(job, "docs") == 1  # the failed row, which has no vector
+
+
+def test_recount_corrects_a_skewed_count_and_an_older_job_gets_its_counts_on_first_use(
+    jobs: Jobs,
+) -> None:
+    jobs.table("docs", 10)
+    job = jobs.create()  # no worker: the rows stay pending
+    n = objects.Names(job.pk)
+    counted = service.progress(job).recounted_at
+    assert counted is not None
+    jobs.sql(sql.SQL("UPDATE {} SET rows = rows + 5 WHERE id = 0").format(n.counts).as_string())
+    assert service.progress(job).total == 15
+    assert service.recount(job) == (15, 10)
+    progress = service.progress(job)
+    assert progress == service.Progress(total=10, done=0, pending=10, failed=0)
+    assert progress.recounted_at is not None and progress.recounted_at > counted
+
+    # Many small statements: their deltas are folded into the count by a poll.
+    with jobs.connect() as conn:
+        for key in range(11, 11 + service.FOLD_AFTER + 20):
+            conn.execute("INSERT INTO docs (id, title, body) VALUES (%s, 't', 'b')", [key])
+    total = 10 + service.FOLD_AFTER + 20
+    assert service.progress(job).total == total
+    assert jobs.sql(sql.SQL("SELECT count(*) FROM {}").format(n.counts).as_string()) == [(1,)]
+    jobs.sql("TRUNCATE docs")
+    assert service.progress(job) == service.Progress(total=0, done=0, pending=0, failed=0)
+
+    # A job from before the counts: its first poll counts the table once and creates them.
+    jobs.sql("INSERT INTO docs (id, title, body) SELECT g, 't', 'b' FROM generate_series(1, 7) g")
+    with jobs.connect() as conn:
+        for what in objects.COUNT_TRIGGERS:
+            conn.execute(sql.SQL("DROP TRIGGER {} ON docs").format(n.trigger(what)))
+        conn.execute(sql.SQL("DROP FUNCTION {} ()").format(n.count_function))
+        conn.execute(sql.SQL("DROP TABLE {}").format(n.counts))
+        conn.execute("INSERT INTO docs (id, title, body) VALUES (8, 't', 'b')")
+        assert not objects.has_counts(conn, job)
+    assert service.progress(job) == service.Progress(total=8, done=0, pending=8, failed=0)
+    jobs.sql("DELETE FROM docs WHERE id IN (1, 2)")
+    assert service.progress(job).total == 6
+    assert service.recount(job) == (6, 6)
+    service.delete(job)
+    assert jobs.sql("SELECT to_regclass(%s)", [n.counts.as_string()]) == [(None,)]
+    assert jobs.sql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass") == [(0,)]

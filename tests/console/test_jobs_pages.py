@@ -5,14 +5,16 @@ views. The server's objections reach the form through ``service.create`` itself.
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
+from psycopg import sql
 
-from console.jobs import service
+from console.jobs import objects, service
 from console.jobs.models import EmbeddingJob
 from tests.console.jobstack import Jobs
 from tests.fixtures.sidecar import TINY_URI
@@ -183,11 +185,14 @@ def test_readers_see_every_page_without_write_buttons_and_every_write_is_refused
         ("post", f"/jobs/{job.pk}/delete/", {"drop_column": "on"}),
         ("get", f"/jobs/{job.pk}/delete/", {}),
         ("post", f"/jobs/{job.pk}/model/", {"model_uri": TINY_URI}),
+        ("post", f"/jobs/{job.pk}/recount/", {}),
     ]
     for method, url, data in writes:
         response = getattr(reader_client, method)(url, data)
         assert response.status_code == 403, url
-        assert "Only admins may create, pause, resume, retry or delete" in response.content.decode()
+        assert "Only admins may create, pause, resume, retry, recount or delete" in (
+            response.content.decode()
+        )
     job.refresh_from_db()
     assert job.state == EmbeddingJob.State.ACTIVE and EmbeddingJob.objects.count() == 1
     assert "embedding" in _columns(jobs)
@@ -202,7 +207,7 @@ def test_every_write_needs_the_csrf_token(
     guarded = Client(enforce_csrf_checks=True)
     guarded.force_login(User.objects.get(username="ada"))
     for url in ("new/", f"{job.pk}/pause/", f"{job.pk}/resume/", f"{job.pk}/retry/",
-                f"{job.pk}/model/"):  # fmt: skip
+                f"{job.pk}/model/", f"{job.pk}/recount/"):  # fmt: skip
         assert guarded.post(f"/jobs/{url}", _form(jobs)).status_code == 403, url
     assert guarded.post(f"/jobs/{job.pk}/delete/").status_code == 403
     job.refresh_from_db()
@@ -384,3 +389,54 @@ def test_a_job_being_created_is_shown_as_such_and_offers_no_commands(
     )
     listing = admin_client.get("/jobs/").content.decode()
     assert '<span class="state bad">Creation interrupted</span>' in listing
+
+
+def _scans(jobs: Jobs) -> int:
+    """Sequential and index scans of public.docs so far, once the server has them all."""
+
+    def read() -> int:
+        row = jobs.sql(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+            " WHERE relid = 'public.docs'::regclass"
+        )
+        return int(row[0][0])
+
+    last = read()
+    while True:  # a closed session's statistics reach the server shortly after
+        time.sleep(0.7)
+        now = read()
+        if now == last:
+            return now
+        last = now
+
+
+def test_the_polls_never_read_the_table_and_recount_corrects_its_count(
+    jobs: Jobs,
+    admin_client: Client,
+    reader_client: Client,
+) -> None:
+    jobs.table("docs", 12)
+    job = jobs.create()  # no worker: the job has work, so its pages poll
+    before = _scans(jobs)
+    for _ in range(3):
+        assert admin_client.get("/jobs/", **HTMX_TABLE).status_code == 200
+        assert admin_client.get(f"/jobs/{job.pk}/", **HTMX_BODY).status_code == 200
+        assert admin_client.get(f"/jobs/{job.pk}/").status_code == 200
+    assert _scans(jobs) == before
+    jobs.sql("SELECT count(*) FROM docs")  # and a query of the table would show
+    assert _scans(jobs) == before + 1
+
+    detail = admin_client.get(f"/jobs/{job.pk}/", **HTMX_BODY).content.decode()
+    assert 'id="job-total" data-value="12"' in detail
+    assert "last counted row by row" in detail and 'id="recount"' in detail
+    n = objects.Names(job.pk)
+    jobs.sql(sql.SQL("UPDATE {} SET rows = 40 WHERE id = 0").format(n.counts).as_string())
+    assert "28 / 40 (70%)" in admin_client.get("/jobs/").content.decode()  # 12 pending
+    assert reader_client.post(f"/jobs/{job.pk}/recount/").status_code == 403
+    assert 'id="recount"' not in reader_client.get(f"/jobs/{job.pk}/").content.decode()
+    response = admin_client.post(f"/jobs/{job.pk}/recount/")
+    assert response.status_code == 302
+    page = admin_client.get(response["Location"]).content.decode()
+    assert "Recounted public.docs: 12 rows; the job&#x27;s counts said 40 and now say 12." in page
+    assert 'id="job-total" data-value="12"' in page
+    assert "last counted row by row <time" in page and "just now</time>" in page

@@ -2,7 +2,8 @@
 worker sharing its console database, the session's sidecar (``tiny:v1``) and managed server.
 A job created through the form fills a table of a few hundred rows while its page follows
 without a reload, then stops polling; rows inserted later are counted; the bell tells of the
-finished backfill; pause and resume work from the command bar."""
+finished backfill; pause and resume work from the command bar; Recount puts a skewed row count
+right."""
 
 from __future__ import annotations
 
@@ -216,6 +217,18 @@ def test_a_job_created_in_the_form_fills_the_table_and_its_page_follows_it(
         expect(page.locator(".job-summary")).to_contain_text(f"rows embedded with {CLS_URI}")
         page.reload()
         expect(page.locator("#change-model")).to_contain_text(TINY_URI)  # and back again
+
+        # The row count, skewed behind the job's back, is put right by Recount.
+        job_id = int(detail_path.strip("/").split("/")[-1])
+        console.sql(f"UPDATE embedding_jobs.job_{job_id}_counts SET rows = rows + 7 WHERE id = 0")
+        page.locator("#cmd-refresh").click()
+        expect(page.locator("#job-total")).to_have_attribute("data-value", str(ROWS + 57))
+        page.locator("#recount").click()
+        expect(page.locator(".job-messages")).to_contain_text(
+            f"Recounted public.docs: {ROWS + 50} rows; the job's counts said {ROWS + 57}"
+        )
+        expect(page.locator("#job-total")).to_have_attribute("data-value", str(ROWS + 50))
+        expect(page.locator("#job-counted")).to_contain_text("last counted row by row just now")
         page.screenshot(path=str(screenshots / "jobs-8-model-changed.png"), full_page=True)
 
         # Delete asks first, offering to drop the vectors too; cancelled, nothing happens.
