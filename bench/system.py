@@ -16,7 +16,6 @@ import contextlib
 import os
 import platform
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
+from console.workers import all_queues, worker_command
 from inference.config import PROJECT_ROOT, var_dir
 from inference.process import ChildProcess, SidecarProcess, free_port, start_sidecar
 from serverparams.server import ManagedServer
@@ -60,14 +60,12 @@ class System:
     workers: list[ChildProcess] = field(default_factory=list)
 
     def start_worker(self) -> ChildProcess:
-        """One more ``celery worker`` process on the system's queue (solo pool: the tasks run
-        in the process started here), returned once it is ready."""
+        """One more ``celery worker`` process on the system's queues, started as production
+        starts it (``worker_command``), returned once it is ready."""
         number = len(self.workers)
-        argv = [
-            sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", self.queue,
-            "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--hostname", f"{self.queue}-{number}@%h",
-        ]  # fmt: skip
+        argv = worker_command(
+            queues=all_queues(self.queue), hostname=f"{self.queue}-{number}@%h", quiet=True
+        )
         log_path = self.base / "log" / f"worker-{number}.log"
         worker = ChildProcess(f"worker {number}", argv, log_path, env=self.env, cwd=PROJECT_ROOT)
         self.workers.append(worker)

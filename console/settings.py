@@ -199,8 +199,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Workers of one installation consume one queue; tests run on a queue of their own.
+# CELERY_QUEUE names an installation's queues: PREFIX.deployments and PREFIX.jobs, each task
+# routed there by its name (console/workers.py); tests run on a prefix of their own.
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "console")
+CELERY_TASK_ROUTES = ("console.workers.route_task",)
 CELERY_TASK_IGNORE_RESULT = True
 
 # The parts the console administers. The managed server reads its own variables

@@ -141,7 +141,16 @@ def _worker_gone(deployment: Deployment, now: timezone.datetime) -> bool:
         return True
     host, _, pid = deployment.worker.rpartition(":")
     # On this machine the process table answers at once, without waiting for the heartbeat.
-    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (a killed pool process that nobody has reaped
+    yet, as in a container whose first process does not reap) does not."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def recover_stopped(*, requeue_queued: bool = False) -> list[int]:

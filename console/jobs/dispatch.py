@@ -2,7 +2,8 @@
 
 Code that starts a runner calls these functions instead of importing ``tasks.py``: the tasks
 import the runner they run, and nothing imports the tasks but Celery's autodiscovery, so the
-service, the runner and the tasks form no import cycle.
+service, the runner and the tasks form no import cycle. The app routes the task to the jobs
+queue (``console.workers.route_task``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-from django.conf import settings
 from django.utils import timezone
 
 from console.celery import app as celery_app
@@ -40,7 +40,6 @@ def run_job_slot(job_id: int, slot: int, *, nudge: bool, countdown: float = 0) -
             args=[job_id, slot],
             kwargs={"nudge": nudge},
             task_id=task_id,
-            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
             countdown=countdown or None,
         )
     except Exception as exc:  # kombu raises several types for an unreachable broker

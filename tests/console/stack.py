@@ -10,18 +10,19 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from django.db import connection
 
 from console.deployments.models import Deployment
+from console.workers import all_queues, worker_command
 from inference import catalog as model_catalog
 from inference.catalog import CATALOG_PATH
 from inference.client import InferenceError
@@ -62,7 +63,9 @@ def deploy_catalog(path: Path, *extra: dict[str, object]) -> Path:
 
 @dataclass
 class Worker:
-    """``celery worker`` (solo pool: the task runs in the process a SIGKILL hits)."""
+    """``celery worker`` as production starts it (``worker_command``: prefork pool) on the
+    queues under the prefix ``queue``; ``kill`` hits the pool's processes too, as a crash of
+    the machine or container would."""
 
     env: dict[str, str]
     log_path: Path
@@ -71,16 +74,19 @@ class Worker:
     restarts: int = field(default=0)
 
     def start(self) -> None:
-        argv = [
-            sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", self.queue,
-            "--pool", "solo", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--hostname", f"{self.queue}-{self.restarts}@%h",
-        ]  # fmt: skip
+        argv = worker_command(
+            queues=all_queues(self.queue), hostname=f"{self.queue}-{self.restarts}@%h", quiet=True
+        )
         self.child = ChildProcess("worker", argv, self.log_path, env=self.env, cwd=PROJECT_ROOT)
         self.child.wait_ready(lambda: " ready." in self.child.output(), WORKER_START_S)
 
     def kill(self) -> None:
         assert self.child is not None
+        if self.child.alive():
+            pool = psutil.Process(self.child.pid).children(recursive=True)
+            for process in pool:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
         self.child.kill()
 
     def restart(self, **env: str) -> None:

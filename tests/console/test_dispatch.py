@@ -11,7 +11,6 @@ import ast
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from console.celery import app as celery_app
 from console.deployments import dispatch as deployment_dispatch
@@ -105,11 +104,11 @@ def test_each_dispatch_function_sends_a_task_celery_discovers(
         job_dispatch.RUN_JOB,
     ]
     assert {*deployment_dispatch.TASK_NAMES, *job_dispatch.TASK_NAMES} <= set(celery_app.tasks)
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    assert sent[0][1] == {"args": [7], "queue": queue}
+    # No queue is named: the app routes each task by its name (console/workers.py).
+    assert sent[0][1] == {"args": [7]}
     job_options = sent[1][1]
     assert job_options["args"] == [8, 1] and job_options["kwargs"] == {"nudge": True}
-    assert job_options["queue"] == queue and job_options["countdown"] is None
+    assert "queue" not in job_options and job_options["countdown"] is None
     assert job_options["task_id"]
 
 

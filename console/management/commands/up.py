@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from console.workers import worker_command
 from inference.client import InferenceError
 from inference.config import inference_socket, log_dir
 from inference.process import ChildProcess, StartError, http_ready, start_sidecar
@@ -74,18 +75,7 @@ class Command(BaseCommand):
             self._step("Celery worker")
             self._start(
                 "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "console",
-                    "worker",
-                    "--loglevel",
-                    "INFO",
-                    "--concurrency",
-                    "1",
-                ],
+                worker_command(),
                 logs,
             )
             self._ok(f"log: {logs / 'worker.log'}")

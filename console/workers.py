@@ -1,0 +1,76 @@
+"""The Celery queues and the one command line that starts a worker.
+
+Deployments and embedding jobs have queues of their own, named from ``CELERY_QUEUE`` (the
+installation's prefix, ``console`` by default): ``console.deployments`` and ``console.jobs``.
+The Celery app routes each task by its name (``route_task``, the app's ``task_routes``), so
+the dispatch modules name no queue. Every worker is started with the argv ``worker_command``
+builds: ``make run`` (``manage.py up``), the tests' stacks and the benchmarks call it, and
+docker-compose.yml's worker command mirrors it (a test compares them).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from django.conf import settings
+
+DEPLOYMENTS = "deployments"
+JOBS = "jobs"
+
+# Task name prefix -> the queue (suffix) it runs on.
+_ROUTES = {"deployments.": DEPLOYMENTS, "jobs.": JOBS}
+
+# The production pool. Prefork runs each task in a child process; with a prefetch multiplier
+# of 1 and two processes, a deployment waits for no more than one running job slot.
+POOL = "prefork"
+CONCURRENCY = 2
+
+
+def queue_name(kind: str, prefix: str | None = None) -> str:
+    """The queue of ``kind`` (``DEPLOYMENTS`` or ``JOBS``) under ``prefix`` (default: the
+    setting ``CELERY_TASK_DEFAULT_QUEUE``, from ``CELERY_QUEUE``)."""
+    return f"{prefix or settings.CELERY_TASK_DEFAULT_QUEUE}.{kind}"
+
+
+def all_queues(prefix: str | None = None) -> list[str]:
+    """Every queue an installation's workers consume."""
+    return [queue_name(DEPLOYMENTS, prefix), queue_name(JOBS, prefix)]
+
+
+def route_task(name: str, args: object, kwargs: object, options: object, **_: object) -> dict:
+    """Celery router (``task_routes``): a task's queue from its name; other tasks go to
+    the default queue. Read at send time, so a changed setting takes effect at once."""
+    for start, kind in _ROUTES.items():
+        if name.startswith(start):
+            return {"queue": queue_name(kind)}
+    return {"queue": settings.CELERY_TASK_DEFAULT_QUEUE}
+
+
+def worker_command(
+    *,
+    queues: Sequence[str] | None = None,
+    concurrency: int = CONCURRENCY,
+    pool: str = POOL,
+    hostname: str | None = None,
+    beat: bool = False,
+    loglevel: str = "INFO",
+    quiet: bool = False,
+    executable: Sequence[str] | None = None,
+) -> list[str]:
+    """The argv of a Celery worker consuming ``queues`` (default: ``all_queues()``).
+
+    ``executable`` is how Celery is run (default: this interpreter's ``-m celery``; the
+    container image runs ``celery``). ``beat`` embeds the beat scheduler (one per
+    installation). ``quiet`` drops gossip and mingle, which only slow a short-lived worker's
+    start. ``hostname`` names the worker node (Celery's default: ``celery@%h``)."""
+    argv = [*(executable or (sys.executable, "-m", "celery")), "-A", "console", "worker"]
+    argv += ["--queues", ",".join(queues or all_queues())]
+    argv += ["--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel]
+    if hostname:
+        argv += ["--hostname", hostname]
+    if quiet:
+        argv += ["--without-gossip", "--without-mingle"]
+    if beat:
+        argv += ["--beat"]
+    return argv
