@@ -203,6 +203,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # routed there by its name (console/workers.py); tests run on a prefix of their own.
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "console")
 CELERY_TASK_ROUTES = ("console.workers.route_task",)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TASK_IGNORE_RESULT = True
 
 # The parts the console administers. The managed server reads its own variables

@@ -18,8 +18,13 @@ from django.conf import settings
 DEPLOYMENTS = "deployments"
 JOBS = "jobs"
 
-# Task name prefix -> the queue (suffix) it runs on.
-_ROUTES = {"deployments.": DEPLOYMENTS, "jobs.": JOBS}
+# The sweeper (console/sweeper.py), which Celery beat sends every SWEEP_EVERY_S seconds.
+SWEEP = "console.sweep"
+SWEEP_EVERY_S = 10.0
+
+# Task name prefix -> the queue (suffix) it runs on. The sweep is short: it goes with the
+# deployments, never behind a job slot.
+_ROUTES = {"deployments.": DEPLOYMENTS, "jobs.": JOBS, SWEEP: DEPLOYMENTS}
 
 # The production pool. Prefork runs each task in a child process; with a prefetch multiplier
 # of 1 and two processes, a deployment waits for no more than one running job slot.
@@ -61,9 +66,10 @@ def worker_command(
     """The argv of a Celery worker consuming ``queues`` (default: ``all_queues()``).
 
     ``executable`` is how Celery is run (default: this interpreter's ``-m celery``; the
-    container image runs ``celery``). ``beat`` embeds the beat scheduler (one per
-    installation). ``quiet`` drops gossip and mingle, which only slow a short-lived worker's
-    start. ``hostname`` names the worker node (Celery's default: ``celery@%h``)."""
+    container image runs ``celery``). ``beat`` embeds the beat scheduler, which sends the
+    sweeper: exactly one beat must run per installation. ``quiet`` drops gossip and mingle,
+    which only slow a short-lived worker's start. ``hostname`` names the worker node
+    (Celery's default: ``celery@%h``)."""
     argv = [*(executable or (sys.executable, "-m", "celery")), "-A", "console", "worker"]
     argv += ["--queues", ",".join(queues or all_queues())]
     argv += ["--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel]

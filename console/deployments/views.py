@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console.deployments import adding, models_info, pipeline, queries, service
+from console.deployments import adding, models_info, queries, service
 from console.deployments.models import MANAGE_DEPLOYMENTS, Deployment
 from console.deployments.steps import STEPS_BY_ACTION, TITLES
 from inference import catalog as model_catalog
@@ -36,7 +36,6 @@ def _steps(deployment: Deployment) -> list[dict[str, Any]]:
 
 @require_GET
 def deployment_list(request: HttpRequest) -> HttpResponse:
-    pipeline.recover_stopped()
     deployments = list(Deployment.objects.select_related("requested_by")[:LIST_ROWS])
     rows = [(d, queries.current_step(d) if d.is_active else "") for d in deployments]
     context = {
@@ -52,9 +51,6 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = get_object_or_404(Deployment, pk=pk)
-    if deployment.is_active:
-        pipeline.recover_stopped()
-        deployment.refresh_from_db()
     context = {
         "deployment": deployment,
         "steps": _steps(deployment),

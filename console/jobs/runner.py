@@ -112,7 +112,7 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
         dispatch.run_job_slot(
             job_id, slot, nudge=False, countdown=IDLE_RECHECK_S if outcome == "idle" else countdown
         )
-        _nudge_abandoned()
+        nudge_abandoned()
     return outcome
 
 
@@ -240,9 +240,10 @@ def _blocked(job: EmbeddingJob, reason: str) -> None:
     EmbeddingJob.objects.filter(pk=job.pk).update(last_error=reason, last_error_at=timezone.now())
 
 
-def _nudge_abandoned() -> None:
+def nudge_abandoned() -> None:
     """Nudge the slots of active jobs whose handed-over task never started (lost with a
-    worker that stopped for good): any live runner watches over all jobs."""
+    worker that stopped for good): any live runner watches over all jobs, and so does the
+    sweeper."""
     now = timezone.now()
     for runner in JobRunner.objects.filter(
         job__state=EmbeddingJob.State.ACTIVE, handed_over_at__lt=now - ABANDONED_AFTER

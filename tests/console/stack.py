@@ -72,10 +72,14 @@ class Worker:
     queue: str
     child: ChildProcess | None = None
     restarts: int = field(default=0)
+    beat: bool = False  # embed Celery beat, which sends the sweeper (one per installation)
 
     def start(self) -> None:
         argv = worker_command(
-            queues=all_queues(self.queue), hostname=f"{self.queue}-{self.restarts}@%h", quiet=True
+            queues=all_queues(self.queue),
+            hostname=f"{self.queue}-{self.restarts}@%h",
+            beat=self.beat,
+            quiet=True,
         )
         self.child = ChildProcess("worker", argv, self.log_path, env=self.env, cwd=PROJECT_ROOT)
         self.child.wait_ready(lambda: " ready." in self.child.output(), WORKER_START_S)
@@ -223,14 +227,15 @@ def stack(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Iterator[Stack]:
-    """A worker on a fresh queue, the console configured like it; afterwards the allowlist,
+    """A worker (with beat, as ``make run`` starts it) on fresh queues, the console configured
+    like it; afterwards the allowlist,
     the sidecar's registrations and the model store are as they were."""
     marker = request.node.get_closest_marker("worker_env")
     extra: dict[str, str] = dict(marker.args[0]) if marker else {}
     catalog_path = deploy_catalog(tmp_path / "catalog.json", E5_FROM_FAKE_HUB, HUGE)
     queue = configure_like_the_worker(managed_pg, sidecar, catalog_path, settings, monkeypatch)
     env = worker_env(managed_pg, sidecar, catalog_path, queue, extra)
-    worker = Worker(env=env, log_path=tmp_path / "worker.log", queue=queue)
+    worker = Worker(env=env, log_path=tmp_path / "worker.log", queue=queue, beat=True)
     with fresh_deployment_state(managed_pg, sidecar) as models_dir:
         worker.start()
         try:

@@ -75,7 +75,7 @@ class Command(BaseCommand):
             self._step("Celery worker")
             self._start(
                 "worker",
-                worker_command(),
+                worker_command(beat=True),
                 logs,
             )
             self._ok(f"log: {logs / 'worker.log'}")
