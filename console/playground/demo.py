@@ -23,7 +23,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -509,23 +509,30 @@ def _connect_demo(server: ManagedServer) -> psycopg.Connection:
         raise
 
 
-def search(query: str, k: int = DEFAULT_K) -> SearchResult:
-    """The ``k`` sample documents nearest to ``query``, found by SQL on the managed server."""
-    server = get_managed_server()
+@contextlib.contextmanager
+def _searching() -> Iterator[tuple[psycopg.Connection, TableInfo]]:
+    """The demo's database and its sample table, under the search's statement timeout; what
+    fails there comes out as DemoError (a DemoError raised inside passes through)."""
     try:
-        with _connect_demo(server) as conn:
+        with _connect_demo(get_managed_server()) as conn:
             table = _table_info(conn)
             if table is None:
                 raise DemoError(NOT_SET_UP)
             conn.execute(f"SET statement_timeout = {int(SEARCH_TIMEOUT_S * 1000)}")
-            statement = SEARCH.format(function=table.query_function, model="%s", query="%s", k="%s")
-            started = time.perf_counter()
-            rows = conn.execute(statement, [table.model, query, k]).fetchall()
-            elapsed = time.perf_counter() - started
+            yield conn, table
     except psycopg.Error as exc:
         raise DemoError(f"The search failed: {error_text(exc)}") from None
     except ServerError as exc:
         raise DemoError(str(exc), status=503) from None
+
+
+def search(query: str, k: int = DEFAULT_K) -> SearchResult:
+    """The ``k`` sample documents nearest to ``query``, found by SQL on the managed server."""
+    with _searching() as (conn, table):
+        statement = SEARCH.format(function=table.query_function, model="%s", query="%s", k="%s")
+        started = time.perf_counter()
+        rows = conn.execute(statement, [table.model, query, k]).fetchall()
+        elapsed = time.perf_counter() - started
     return SearchResult(
         query=query,
         k=k,
@@ -647,29 +654,24 @@ def _timed(
 def hybrid_search(query: str, reranker: str) -> HybridResult:
     """``query`` through the four stages (full text, vector, fused, reranked by
     ``reranker``), each one statement on the managed server."""
-    server = get_managed_server()
     timeout_ms = int(SEARCH_TIMEOUT_S * 1000)
-    try:
-        with _connect_demo(server) as conn:
-            table = _table_info(conn)
-            if table is None:
-                raise DemoError(NOT_SET_UP)
-            conn.execute(f"SET statement_timeout = {timeout_ms}")
-            function = table.query_function
-            placeholders = {name: f"%({name})s" for name in ("model", "query")}
-            params: dict[str, object] = {"model": table.model, "query": query}
+    with _searching() as (conn, table):
+        function = table.query_function
+        placeholders = {name: f"%({name})s" for name in ("model", "query")}
+        params: dict[str, object] = {"model": table.model, "query": query}
 
-            def run(template: str) -> tuple[list, float]:
-                statement = template.format(function=function, **placeholders)
-                return _timed(conn, statement, params)
+        def run(template: str) -> tuple[list, float]:
+            statement = template.format(function=function, **placeholders)
+            return _timed(conn, statement, params)
 
-            fulltext_rows, fulltext_ms = run(FULLTEXT_SEARCH)
-            vector_rows, vector_ms = run(VECTOR_SEARCH)
-            fused_rows, fused_ms = run(FUSED_SEARCH)
-            ids = [int(row[0]) for row in fused_rows]
-            reranked_rows: list = []
-            reranked_ms = 0.0
-            if ids:  # (rank() refuses an empty list; a table with documents always has some)
+        fulltext_rows, fulltext_ms = run(FULLTEXT_SEARCH)
+        vector_rows, vector_ms = run(VECTOR_SEARCH)
+        fused_rows, fused_ms = run(FUSED_SEARCH)
+        ids = [int(row[0]) for row in fused_rows]
+        reranked_rows: list = []
+        reranked_ms = 0.0
+        if ids:  # (rank() refuses an empty list; a table with documents always has some)
+            try:
                 reranked_rows, reranked_ms = _timed(
                     conn,
                     RERANK.format(
@@ -680,16 +682,12 @@ def hybrid_search(query: str, reranker: str) -> HybridResult:
                     ),
                     {"ids": ids, "query": query, "reranker": reranker, "timeout_ms": timeout_ms},
                 )
-    except psycopg.errors.UndefinedFunction as exc:
-        raise DemoError(
-            f"The search failed: {error_text(exc)}. Database {DATABASE} may have an "
-            "azure_local_ai older than 1.1.0, which has no rank(): update it with ALTER "
-            "EXTENSION azure_local_ai UPDATE, or re-create the sample table."
-        ) from None
-    except psycopg.Error as exc:
-        raise DemoError(f"The search failed: {error_text(exc)}") from None
-    except ServerError as exc:
-        raise DemoError(str(exc), status=503) from None
+            except psycopg.errors.UndefinedFunction as exc:
+                raise DemoError(
+                    f"The search failed: {error_text(exc)}. Database {DATABASE} may have an "
+                    "azure_local_ai older than 1.1.0, which has no rank(): update it with ALTER "
+                    "EXTENSION azure_local_ai UPDATE, or re-create the sample table."
+                ) from None
 
     def item(row: Sequence, **extra: object) -> StageItem:
         return StageItem(
