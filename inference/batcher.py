@@ -47,7 +47,7 @@ from inference.engine import (
     padded_tokens,
     split_by_length,
 )
-from inference.reranker import RerankModel, RerankResult
+from inference.reranker import RerankModel, RerankResult, check_pair_inputs
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,7 @@ class DynamicBatcher:
         """Score ``documents`` against ``query`` in shared model runs; same scores as
         ``RerankModel.score`` (pairs of several requests may share a run)."""
         model: Any = self.model  # a RerankModel
-        if not isinstance(query, str):
-            raise TypeError(f"the query must be a string, got {type(query).__name__}")
-        for index, document in enumerate(documents):
-            if not isinstance(document, str):
-                raise TypeError(f"document {index} must be a string, got {type(document).__name__}")
+        check_pair_inputs(query, documents)  # here, not in the worker that tokenises
         if not documents:
             empty = np.empty(0, dtype=np.float32)
             return RerankResult(scores=empty, token_counts=[], truncated=[])

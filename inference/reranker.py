@@ -210,6 +210,15 @@ class RerankResult:
     truncated: list[bool]  # per document: whether its pair was cut to max_tokens
 
 
+def check_pair_inputs(query: object, documents: Sequence[object]) -> None:
+    """TypeError naming the query or the first document that is not a string."""
+    if not isinstance(query, str):
+        raise TypeError(f"the query must be a string, got {type(query).__name__}")
+    for index, document in enumerate(documents):
+        if not isinstance(document, str):
+            raise TypeError(f"document {index} must be a string, got {type(document).__name__}")
+
+
 # -- scoring ------------------------------------------------------------------------------------
 
 
@@ -261,11 +270,7 @@ class RerankModel(OnnxModel):
     def tokenize_pairs(self, query: str, documents: Sequence[str]) -> PairTokens:
         """Token ids of ``(query, document)`` for each document, cut to ``max_tokens`` as
         CrossEncoder cuts them (``longest_first``) and framed by the model's special tokens."""
-        if not isinstance(query, str):
-            raise TypeError(f"the query must be a string, got {type(query).__name__}")
-        for index, document in enumerate(documents):
-            if not isinstance(document, str):
-                raise TypeError(f"document {index} must be a string, got {type(document).__name__}")
+        check_pair_inputs(query, documents)
         texts = [query, *documents]
         # No token spans more than MAX_CHARS_PER_TOKEN characters, so what lies past this many
         # characters can never be kept: cut it before tokenising, as the engine does.
