@@ -73,6 +73,7 @@ bench: venv server
 	$(PY) bench/deployments.py
 	$(PY) bench/addmodel.py
 	$(PY) bench/jobs.py
+	$(PY) bench/scaleout.py
 	$(PY) bench/load.py
 	$(PY) bench/drills.py
 

@@ -219,13 +219,20 @@ def usage_since(
 
 
 def backfill(
-    bench: Bench, table: str, texts: list[str], *, workers: int, batch_size: int | None
+    bench: Bench,
+    table: str,
+    texts: list[str],
+    *,
+    workers: int,
+    batch_size: int | None,
+    embed_on: str = "server",
 ) -> tuple[Any, dict[str, Any]]:
-    """Create a job on a fresh table of ``texts`` and wait until it is in sync."""
+    """Create a job on a fresh table of ``texts`` and wait until it is in sync; ``embed_on``:
+    where its texts are embedded (``server`` or ``worker``)."""
     from console.jobs import service
 
     bench.table(table, texts)
-    tuning: dict[str, Any] = {"workers": workers}
+    tuning: dict[str, Any] = {"workers": workers, "embed_on": embed_on}
     if batch_size:
         tuning["batch_size"] = batch_size
     started_at = bench.clock()
@@ -255,6 +262,7 @@ def backfill(
     return job, {
         "rows": len(texts),
         "workers": workers,
+        "embed_on": embed_on,
         "batch_size": job.batch_size,
         "create_s": round(created_s, 2),
         "to_first_embedding_s": round((first - started_at).total_seconds(), 2),

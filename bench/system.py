@@ -5,6 +5,10 @@ console database and Celery workers on a queue of their own, all under ``VAR_DIR
         system.start_worker()
         ...
 
+A benchmark of worker machines gives each worker a sidecar of its own
+(``start_worker_sidecar``, then ``start_worker(env={"WORKER_INFERENCE_URL": ...})``), both
+pinned to some cores (``cores=``) to stand for a machine of that many cores.
+
 Entering points this process's environment (and so the console's settings, set up here) at the
 system and migrates its console database; leaving stops the workers, the server and the sidecar,
 whatever happened inside.
@@ -17,7 +21,7 @@ import os
 import platform
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import httpx
 import psutil
 
-from console.workers import all_queues, worker_command
+from console.workers import CONCURRENCY, all_queues, worker_command
 from inference.config import PROJECT_ROOT, var_dir
 from inference.process import ChildProcess, SidecarProcess, free_port, start_sidecar
 from serverparams.server import ManagedServer
@@ -58,19 +62,55 @@ class System:
     queue: str
     env: dict[str, str]  # the workers' environment
     workers: list[ChildProcess] = field(default_factory=list)
+    # Sidecars of the workers' own (one per worker machine), beside the server's.
+    worker_sidecars: list[SidecarProcess] = field(default_factory=list)
+    started: int = 0  # workers started so far: each one's number, in its node name and log
 
-    def start_worker(self) -> ChildProcess:
+    def start_worker(
+        self,
+        *,
+        name: str = "",
+        env: Mapping[str, str] | None = None,
+        concurrency: int = CONCURRENCY,
+        cores: Set[int] | None = None,
+    ) -> ChildProcess:
         """One more ``celery worker`` process on the system's queues, started as production
-        starts it (``worker_command``), returned once it is ready."""
-        number = len(self.workers)
+        starts it (``worker_command``), returned once it is ready. Its node name is
+        ``QUEUE-NAME@host`` (default name: its number); ``env`` is added to the workers'
+        environment; with ``cores``, the worker and its pool run on those cores only."""
+        number = self.started
+        self.started += 1
         argv = worker_command(
-            queues=all_queues(self.queue), hostname=f"{self.queue}-{number}@%h", quiet=True
+            queues=all_queues(self.queue),
+            concurrency=concurrency,
+            hostname=f"{self.queue}-{name or number}@%h",
+            quiet=True,
         )
-        log_path = self.base / "log" / f"worker-{number}.log"
-        worker = ChildProcess(f"worker {number}", argv, log_path, env=self.env, cwd=PROJECT_ROOT)
+        log_path = self.base / "log" / f"worker-{name or number}.log"
+        env = {**self.env, **(env or {})}
+        with pinned(cores):
+            worker = ChildProcess(
+                f"worker {name or number}", argv, log_path, env=env, cwd=PROJECT_ROOT
+            )
         self.workers.append(worker)
         worker.wait_ready(lambda: " ready." in worker.output(), WORKER_START_S)
         return worker
+
+    def start_worker_sidecar(
+        self,
+        name: str,
+        *,
+        cores: Set[int] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> SidecarProcess:
+        """A sidecar for workers, in ``NAME/sidecar`` under the base directory, on ``cores``
+        only, with ``settings`` (``PUT /settings``) applied before it loads a model."""
+        with pinned(cores):
+            sidecar = start_sidecar(self.base / name / "sidecar", log_dir=self.base / "log" / name)
+        self.worker_sidecars.append(sidecar)
+        if settings:
+            sidecar.client.update_settings(settings)
+        return sidecar
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user and system) used so far by each part of the system, by this
@@ -81,7 +121,11 @@ class System:
             "sidecar": _cpu([self.sidecar.process.pid]),
             # Backends that ended count in their postmaster's children times.
             "postgres": _cpu([postmaster] if postmaster else [], children=True),
-            "workers": _cpu([w.pid for w in self.workers if w.alive()]),
+            # A worker's tasks run in its pool's processes.
+            "workers": _cpu([w.pid for w in self.workers if w.alive()], children=True),
+            "worker_sidecars": _cpu(
+                [s.process.pid for s in self.worker_sidecars if s.process.alive()]
+            ),
             "benchmark": _cpu([os.getpid()]),
         }
         times = psutil.cpu_times()
@@ -110,8 +154,39 @@ class System:
         return totals
 
     def stop_workers(self) -> None:
-        while self.workers:
-            self.workers.pop().stop(grace=30)
+        """Stop the workers, then their sidecars."""
+        try:
+            while self.workers:
+                self.workers.pop().stop(grace=30)
+        finally:
+            while self.worker_sidecars:
+                self.worker_sidecars.pop().stop()
+
+
+@contextlib.contextmanager
+def pinned(cores: Set[int] | None) -> Iterator[None]:
+    """Run this thread on ``cores`` only (None: as it is), so that the processes it starts
+    meanwhile, and every thread and child of theirs, inherit that affinity from birth."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def affinity(pid: int) -> set[int]:
+    """The cores any thread of process ``pid`` or of its descendants may run on."""
+    process = psutil.Process(pid)
+    cores: set[int] = set()
+    for member in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error, OSError):
+            for thread in member.threads():
+                cores |= os.sched_getaffinity(thread.id)
+    return cores
 
 
 def _cpu(pids: list[int], *, children: bool = False) -> float:
