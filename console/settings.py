@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -210,6 +211,10 @@ CELERY_TASK_IGNORE_RESULT = True
 # (MANAGED_DATABASE_URL, MANAGED_PG_PORT) in serverparams.server.get_managed_server().
 INFERENCE_URL = inference_url()
 INFERENCE_TOKEN = inference_token()
+# The sidecar beside this worker, which embeds the batches of jobs set to embed on the workers
+# (console/jobs/onworker.py); by default the console's own. Each worker machine runs one.
+WORKER_INFERENCE_URL = env_str("WORKER_INFERENCE_URL", "").rstrip("/") or INFERENCE_URL
+WORKER_INFERENCE_TOKEN = os.environ.get("WORKER_INFERENCE_TOKEN", INFERENCE_TOKEN)
 
 LOGGING = {
     "version": 1,

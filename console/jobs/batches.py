@@ -25,16 +25,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from console.jobs import objects
+from console.jobs import objects, onworker
 from console.jobs.models import EmbeddingJob
 from console.sidecar import sidecar_client
-from inference.client import InferenceError
+from inference.client import InferenceClient, InferenceError
 
 CHUNK_TIMEOUT_S = 60.0
 BUSY_RETRY_S = 1.0  # a row a writer holds is tried again after this
@@ -64,6 +65,15 @@ def row_error(exc: psycopg.Error) -> bool:
     return state.startswith("22") or state == "54000"
 
 
+def row_failure(exc: psycopg.Error | onworker.RowRefused) -> str:
+    """Why a text failed; JobBlocked when the failure is the job's rather than the row's."""
+    if isinstance(exc, onworker.RowRefused):
+        return str(exc)
+    if not row_error(exc):
+        raise JobBlocked(describe(exc)) from exc
+    return describe(exc)
+
+
 def describe(exc: psycopg.Error) -> str:
     diag = exc.diag
     text = (diag.message_primary or str(exc)).strip()
@@ -72,12 +82,17 @@ def describe(exc: psycopg.Error) -> str:
     return f"{text} [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else text
 
 
-def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
+def run_batch(conn: psycopg.Connection, job: EmbeddingJob, worker: str = "") -> BatchResult:
+    """One batch; ``worker`` names the Celery worker running it (the stamps' provenance of a
+    job that embeds on the workers). A job embedding on the workers raises
+    ``onworker.WorkerRefused``, having taken nothing, where this worker cannot embed it."""
     n = objects.Names(job.pk)
     target = objects.table(job)
     key = sql.Identifier(job.key_column)
     result = BatchResult()
-    with conn.transaction():
+    objects.add_provenance(conn, job)
+    on_worker = job.embed_on == EmbeddingJob.EmbedOn.WORKER
+    with onworker.client() if on_worker else nullcontext() as sidecar, conn.transaction():
         # The table first, in the mode the UPDATE needs: a TRUNCATE (whose trigger empties
         # the queue) or a job's deletion then waits for this batch, rather than this batch,
         # holding queue rows, waiting for them.
@@ -148,23 +163,20 @@ def run_batch(conn: psycopg.Connection, job: EmbeddingJob) -> BatchResult:
         failures: dict[Any, str] = {}
         written: list[Any] = []
         # The first plan covers every key of the batch; the others, a part of them.
-        for index, plan in enumerate(_plans(conn, job, locked, written_to)):
+        for index, plan in enumerate(_plans(conn, job, locked, written_to, worker, sidecar)):
             todo = [k for k in plan.keys if k not in failures]
             try:
                 with conn.transaction():
                     done = plan.write(conn, job, todo, texts)
-            except psycopg.Error as exc:
-                if not row_error(exc):
-                    raise JobBlocked(describe(exc)) from exc
+            except (psycopg.Error, onworker.RowRefused) as exc:
+                row_failure(exc)
                 done = []
                 for k in todo:
                     try:
                         with conn.transaction():
                             done += plan.write(conn, job, [k], texts)
-                    except psycopg.Error as one:
-                        if not row_error(one):
-                            raise JobBlocked(describe(one)) from one
-                        failures[k] = describe(one)
+                    except (psycopg.Error, onworker.RowRefused) as one:
+                        failures[k] = row_failure(one)
             if done:
                 plan.stamp(conn, job, done)
             if index == 0:
@@ -216,6 +228,9 @@ class Plan:
     destination: objects.Destination
     precision: str
     shadow: bool  # stamps go to next_model
+    # Embedding on this worker: the sidecar beside it (None: on the server, in SQL).
+    sidecar: InferenceClient | None = None
+    embedded_by: str = "server"  # the stamps' provenance: the server, or the worker's name
 
     def write(self, conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any],
               texts: dict[Any, str | None]) -> list[Any]:  # fmt: skip
@@ -225,6 +240,24 @@ class Plan:
         if self.destination.chunked:
             return _write_chunks(conn, job, self, keys, [texts[k] for k in keys])
         prefixed = [None if texts[k] is None else self.prefix + texts[k] for k in keys]
+        names = {
+            "t": self.destination.table,
+            "dest": self.destination.column,
+            "keys": objects.key_array(job),
+            "k": sql.Identifier(job.key_column),
+        }
+        if self.sidecar is not None:
+            vectors = onworker.embed(self.sidecar, self.model_uri, prefixed, job.batch_size)
+            with onworker.vector_cursor(conn) as cursor:
+                rows = cursor.execute(
+                    sql.SQL(
+                        "UPDATE {t} SET {dest} = v.embedding"
+                        " FROM unnest({keys}, %b::vector[]) AS v(key, embedding)"
+                        " WHERE {t}.{k} = v.key RETURNING {t}.{k}"
+                    ).format(**names),
+                    [keys, onworker.as_vectors(vectors)],
+                ).fetchall()
+            return [row[0] for row in rows]
         rows = conn.execute(
             sql.SQL(
                 "UPDATE {t} SET {dest} = e.embedding::vector"
@@ -232,12 +265,7 @@ class Plan:
                 " JOIN azure_local_ai.create_embeddings(%s, %s::text[], %s) WITH ORDINALITY"
                 " AS e(embedding, ord) USING (ord)"
                 " WHERE {t}.{k} = k.key RETURNING {t}.{k}"
-            ).format(
-                t=self.destination.table,
-                dest=self.destination.column,
-                keys=objects.key_array(job),
-                k=sql.Identifier(job.key_column),
-            ),
+            ).format(**names),
             [keys, self.model_uri, prefixed, job.batch_size],
         ).fetchall()
         return [row[0] for row in rows]
@@ -251,49 +279,61 @@ class Plan:
         )
         conn.execute(
             sql.SQL(
-                "INSERT INTO {s} (key, {m}, {p}, embedded_at)"
-                " SELECT unnest({keys}), %s, %s, clock_timestamp()"
+                "INSERT INTO {s} (key, {m}, {p}, embedded_at, embedded_by)"
+                " SELECT unnest({keys}), %s, %s, clock_timestamp(), %s"
                 " ON CONFLICT (key) DO UPDATE SET {m} = excluded.{m}, {p} = excluded.{p},"
-                " embedded_at = excluded.embedded_at, embeddings = {s}.embeddings + 1"
+                " embedded_at = excluded.embedded_at, embedded_by = excluded.embedded_by,"
+                " embeddings = {s}.embeddings + 1"
             ).format(s=n.stamps, m=model, p=precision, keys=objects.key_array(job)),
-            [keys, self.model_uri, self.precision],
+            [keys, self.model_uri, self.precision, self.embedded_by],
         )
 
 
 def _plans(
-    conn: psycopg.Connection, job: EmbeddingJob, keys: list[Any], written_to: set[Any]
+    conn: psycopg.Connection,
+    job: EmbeddingJob,
+    keys: list[Any],
+    written_to: set[Any],
+    worker: str,
+    sidecar: InferenceClient | None,
 ) -> list[Plan]:
     """What a batch embeds: every key with the job's model, or during a model change every
-    key with the new model into the shadow, and keys a write queued with the current one."""
-    current = objects.destination(job)
+    key with the new model into the shadow, and keys a write queued with the current one.
+    With the worker's ``sidecar``, each model must be the server's (else WorkerRefused)."""
+
+    def plan(plan_keys: list[Any], model_uri: str, prefix: str, shadow: bool) -> Plan:
+        served = _served(conn, model_uri)
+        if sidecar is not None:
+            onworker.check_model(sidecar, served)
+        return Plan(
+            plan_keys,
+            model_uri,
+            prefix,
+            objects.destination(job, shadow=shadow),
+            str(served.get("precision") or "fp32"),
+            shadow=shadow,
+            sidecar=sidecar,
+            embedded_by=(worker or "worker") if sidecar is not None else "server",
+        )
+
     if not job.next_model_uri:
-        return [
-            Plan(keys, job.model_uri, job.text_prefix, current,
-                 _precision(conn, job.model_uri), shadow=False)
-        ]  # fmt: skip
-    plans = [
-        Plan(keys, job.next_model_uri, job.next_text_prefix, objects.destination(job, shadow=True),
-             _precision(conn, job.next_model_uri), shadow=True)
-    ]  # fmt: skip
+        return [plan(keys, job.model_uri, job.text_prefix, shadow=False)]
+    plans = [plan(keys, job.next_model_uri, job.next_text_prefix, shadow=True)]
     also = [k for k in keys if k in written_to]
     if also:
-        plans.append(
-            Plan(also, job.model_uri, job.text_prefix, current,
-                 _precision(conn, job.model_uri), shadow=False)
-        )  # fmt: skip
+        plans.append(plan(also, job.model_uri, job.text_prefix, shadow=False))
     return plans
 
 
-def _precision(conn: psycopg.Connection, model_uri: str) -> str:
-    """The precision the sidecar serves ``model_uri`` at, as the server's module sees it."""
+def _served(conn: psycopg.Connection, model_uri: str) -> dict[str, Any]:
+    """The model as the server's sidecar serves it (``model_metadata``: precision, files),
+    as the server's module sees it."""
     try:
         with conn.transaction():
-            row = conn.execute(
-                "SELECT azure_local_ai.model_metadata(%s) ->> 'precision'", [model_uri]
-            ).fetchone()
+            row = conn.execute("SELECT azure_local_ai.model_metadata(%s)", [model_uri]).fetchone()
     except psycopg.Error as exc:
         raise JobBlocked(describe(exc)) from exc
-    return (row[0] if row else None) or "fp32"
+    return dict(row[0]) if row and isinstance(row[0], dict) else {"model_uri": model_uri}
 
 
 def _write_chunks(
@@ -305,7 +345,7 @@ def _write_chunks(
 ) -> list[Any]:
     """Replace the chunk rows of ``keys``: split each text by the model's tokens, embed every
     chunk (with the input type's prefix) in one call, write one row per chunk."""
-    pieces = _chunks(job, plan.model_uri, texts)
+    pieces = _chunks(job, plan.model_uri, texts, plan.sidecar)
     where = plan.destination
     key_type = sql.SQL(job.key_type)
     conn.execute(
@@ -318,7 +358,19 @@ def _write_chunks(
             owners.append(k)
             numbers.append(number)
             chunks.append(chunk)
-    if chunks:
+    if chunks and plan.sidecar is not None:
+        vectors = onworker.embed(
+            plan.sidecar, plan.model_uri, [plan.prefix + c for c in chunks], job.batch_size
+        )
+        with onworker.vector_cursor(conn) as cursor:
+            cursor.execute(
+                sql.SQL(
+                    "INSERT INTO {t} (key, chunk_no, chunk, {col})"
+                    " SELECT * FROM unnest(%s::{kt}[], %s::integer[], %s::text[], %b::vector[])"
+                ).format(t=where.table, col=where.column, kt=key_type),
+                [owners, numbers, chunks, onworker.as_vectors(vectors)],
+            )
+    elif chunks:
         conn.execute(
             sql.SQL(
                 "INSERT INTO {t} (key, chunk_no, chunk, {col})"
@@ -334,9 +386,15 @@ def _write_chunks(
     return list(keys)
 
 
-def _chunks(job: EmbeddingJob, model_uri: str, texts: Sequence[str | None]) -> list[list[str]]:
+def _chunks(
+    job: EmbeddingJob,
+    model_uri: str,
+    texts: Sequence[str | None],
+    sidecar: InferenceClient | None,
+) -> list[list[str]]:
     """The chunks of each text (none for NULL; an empty text stays one chunk, for the model
-    to refuse), split by the sidecar that knows the model's tokenizer."""
+    to refuse), split by a sidecar that knows the model's tokenizer: the worker's when it
+    embeds (checked to serve the server's files), else the console's."""
     wanted = [i for i, t in enumerate(texts) if t]
     split: list[list[str]] = [[] if t is None else [t] for t in texts]
     if not wanted:
@@ -344,7 +402,7 @@ def _chunks(job: EmbeddingJob, model_uri: str, texts: Sequence[str | None]) -> l
     assert job.chunk_tokens is not None
     input_type = None if job.input_type == EmbeddingJob.InputType.NONE else job.input_type
     try:
-        with sidecar_client(CHUNK_TIMEOUT_S) as client:
+        with nullcontext(sidecar) if sidecar else sidecar_client(CHUNK_TIMEOUT_S) as client:
             answer = client.chunks(
                 model_uri,
                 [texts[i] or "" for i in wanted],
@@ -353,7 +411,8 @@ def _chunks(job: EmbeddingJob, model_uri: str, texts: Sequence[str | None]) -> l
                 input_type,
             )
     except InferenceError as exc:
-        raise JobBlocked(f"splitting texts into chunks with {model_uri} failed: {exc}") from exc
+        reason = f"splitting texts into chunks with {model_uri} failed: {exc}"
+        raise (onworker.WorkerRefused if sidecar else JobBlocked)(reason) from exc
     for i, parts in zip(wanted, answer, strict=True):
         split[i] = parts
     return split

@@ -13,7 +13,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from console.jobs.models import DEFAULT_BATCH_SIZE
+from console.jobs.models import DEFAULT_BATCH_SIZE, EmbeddingJob
 from console.jobs.service import TUNING_LIMITS, JobError
 from console.playground.embedding import INPUT_TYPES
 from inference.client import ModelFacts
@@ -121,6 +121,17 @@ class JobForm(forms.Form):
         initial=1,
         help_text="Batches of this job that run at once.",
     )
+    embed_on = forms.ChoiceField(
+        label="Embed on",
+        choices=EmbeddingJob.EmbedOn.choices,
+        initial=EmbeddingJob.EmbedOn.SERVER,
+        required=False,  # not given: the server, as before the choice existed
+        help_text=(
+            "The server: its sidecar embeds, on the database host's cores. The workers: each"
+            " worker's own sidecar embeds with the server's model files, and the server only"
+            " writes; backfills scale with worker machines."
+        ),
+    )
     chunking = forms.BooleanField(label="Split long texts into chunks", required=False)
     chunk_tokens = forms.IntegerField(
         label="Chunk size (tokens)",
@@ -207,6 +218,7 @@ class JobForm(forms.Form):
             "column": data["column"].strip(),
             "batch_size": data["batch_size"],
             "workers": data["workers"],
+            "embed_on": data["embed_on"] or EmbeddingJob.EmbedOn.SERVER,
         }
         if data["chunking"]:
             arguments["chunk_tokens"] = data["chunk_tokens"]

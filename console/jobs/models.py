@@ -26,6 +26,14 @@ class EmbeddingJob(models.Model):
         QUERY = "query", "Query"
         PASSAGE = "passage", "Passage"
 
+    class EmbedOn(models.TextChoices):
+        # The extension's create_embeddings() inside the batch's transaction: the server's
+        # sidecar embeds, on the database host's cores.
+        SERVER = "server", "The server"
+        # The worker running the batch calls the sidecar beside it (WORKER_INFERENCE_URL) and
+        # writes the vectors in the same transaction: backfills scale with worker machines.
+        WORKER = "worker", "The workers"
+
     class State(models.TextChoices):
         # The row is saved first, then the job's triggers and tables are created in the user's
         # database, then it becomes active; a failure between undoes both (service.create).
@@ -64,6 +72,7 @@ class EmbeddingJob(models.Model):
     backfill_done_at = models.DateTimeField(null=True, blank=True)  # the queue first ran dry
     batch_size = models.PositiveIntegerField(default=DEFAULT_BATCH_SIZE)
     workers = models.PositiveSmallIntegerField(default=1)  # batches of this job run at once
+    embed_on = models.CharField(max_length=10, choices=EmbedOn.choices, default=EmbedOn.SERVER)
     max_attempts = models.PositiveSmallIntegerField(default=5)
     retry_backoff_s = models.FloatField(default=30.0)  # doubles with each further attempt
     state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
@@ -127,6 +136,9 @@ class JobRunner(models.Model):
     handed_over_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)  # host:pid that ran it last
     batches = models.BigIntegerField(default=0)
+    # When the task running the slot now took it (next_task empty): a run lasts seconds, so a
+    # slot taken long ago with no handover since lost its worker (runner.nudge_abandoned).
+    started_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["job", "slot"]
@@ -134,3 +146,24 @@ class JobRunner(models.Model):
 
     def __str__(self) -> str:
         return f"job #{self.job_id} slot {self.slot}"
+
+
+class WorkerRefusal(models.Model):
+    """A worker that cannot embed a job's batches on itself (its sidecar lacks the model,
+    serves other files or another precision, or cannot be reached), and why. Shown on the
+    job's page; the worker's batches go to other workers. Cleared when it embeds again."""
+
+    job = models.ForeignKey(EmbeddingJob, on_delete=models.CASCADE, related_name="refusals")
+    worker = models.CharField(max_length=200)  # the Celery node name (name@host)
+    reason = models.TextField()
+    refused_at = models.DateTimeField()
+    refusals = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["job", "worker"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "worker"], name="one_refusal_per_worker")
+        ]
+
+    def __str__(self) -> str:
+        return f"job #{self.job_id}: {self.worker} refuses ({self.reason})"

@@ -3,8 +3,9 @@
 Per job, in schema ``embedding_jobs``: ``job_<id>_queue`` (keys waiting to be embedded, with
 attempts, next attempt time, last error, and whether a write or a model change queued them),
 ``job_<id>_failed`` (keys given up on, with the reason), ``job_<id>_stamps`` (which model
-and precision embedded each key, when, and how many times; during a model change, also which
-did so into the shadow) and ``job_<id>_counts`` (the table's row count: a base row, id 0,
+and precision embedded each key, when, where (``embedded_by``: ``server``, or the Celery
+worker that embedded it on its own sidecar) and how many times; during a model change, also
+which did so into the shadow) and ``job_<id>_counts`` (the table's row count: a base row, id 0,
 plus one delta row per INSERT or DELETE statement, written by a statement-level trigger in the
 writer's transaction, so the sum is exact and concurrent writers never wait on each other;
 ``service`` folds the deltas into the base row), plus two trigger functions and six triggers
@@ -186,7 +187,7 @@ def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
         sql.SQL(
             "CREATE TABLE {} (key {} PRIMARY KEY, model text, precision text,"
             " embedded_at timestamptz NOT NULL, embeddings integer NOT NULL DEFAULT 1,"
-            " next_model text, next_precision text)"
+            " next_model text, next_precision text, embedded_by text)"
         ).format(n.stamps, key_type)
     )
     conn.execute(sql.SQL("CREATE INDEX ON {} (embedded_at)").format(n.stamps))  # the rate
@@ -219,6 +220,31 @@ def create(conn: psycopg.Connection, job: EmbeddingJob) -> int:
     )
     create_counts(conn, job, cursor.rowcount)
     return cursor.rowcount
+
+
+_PROVENANCE_CHECKED: set[tuple[str, int]] = set()  # (database, job id) seen with the column
+
+
+def add_provenance(conn: psycopg.Connection, job: EmbeddingJob) -> None:
+    """Give the stamps of a job created before they recorded who embedded each key (the
+    server, or a worker's name) their ``embedded_by`` column; once per process and job."""
+    seen = (job.database, job.pk)
+    if seen in _PROVENANCE_CHECKED:
+        return
+    stamps = Names(job.pk).stamps.as_string(conn)
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass"
+            " AND attname = 'embedded_by' AND NOT attisdropped)",
+            [stamps],
+        ).fetchone()
+        if not (row and row[0]):
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS embedded_by text").format(
+                    Names(job.pk).stamps
+                )
+            )
+    _PROVENANCE_CHECKED.add(seen)
 
 
 COUNT_TRIGGERS = ("count_insert", "count_delete", "count_truncate")

@@ -40,8 +40,8 @@ from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
-from console.jobs import batches, dispatch, objects, service
-from console.jobs.models import EmbeddingJob, JobRunner
+from console.jobs import batches, dispatch, objects, onworker, service
+from console.jobs.models import EmbeddingJob, JobRunner, WorkerRefusal
 from console.jobs.service import JobError, connect
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ IDLE_S = 3.0
 IDLE_RECHECK_S = 2.0
 NUDGE_WAIT_S = 15.0
 BLOCKED_WAIT_S = 5.0  # between tries while the sidecar or the model is unavailable
+REFUSED_WAIT_S = 1.0  # a batch this worker refused goes back to the queue after this
 ABANDONED_AFTER = timedelta(seconds=60)  # a handover no task took up in this long
 INDEX_RETRY_AFTER = timedelta(seconds=60)  # after a failed index build
 SWAP_LOCK_TIMEOUT = "5s"  # a model change's swap waits this long for the table
@@ -81,8 +82,10 @@ def _lock(conn: psycopg.Connection, job_id: int, slot: int, wait_s: float) -> bo
         conn.execute("SELECT set_config('lock_timeout', '0', false)")
 
 
-def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
-    """Run the slot's batches for a while, then hand over; returns what happened."""
+def run(job_id: int, slot: int, task_id: str, *, nudge: bool, node: str = "") -> str:
+    """Run the slot's batches for a while, then hand over; returns what happened. ``node``
+    is the Celery worker's name (``name@host``): where a job that embeds on the workers
+    records its vectors were made."""
     close_old_connections()
     job = EmbeddingJob.objects.filter(pk=job_id).first()
     if job is None or job.state != EmbeddingJob.State.ACTIVE:
@@ -97,12 +100,21 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
         dispatch.run_job_slot(job_id, slot, nudge=False, countdown=BLOCKED_WAIT_S)
         return "server unreachable"
     with conn:
+        # pg_stat_activity shows whose batch a session runs.
+        conn.execute(
+            "SELECT set_config('application_name', %s, false)",
+            [f"embedding job {job_id} slot {slot} {node or worker_name()}"[:63]],
+        )
         if not _lock(conn, job_id, slot, NUDGE_WAIT_S if nudge else 0):
             return "slot busy"
-        JobRunner.objects.filter(pk=runner.pk).update(next_task="", worker=worker_name())
+        JobRunner.objects.filter(pk=runner.pk).update(
+            next_task="", worker=worker_name(), started_at=timezone.now()
+        )
         countdown = 0.0
         try:
-            outcome = _batches(conn, job, runner)
+            outcome = _batches(conn, job, runner, node or worker_name())
+            if outcome == "refused":  # to the queue again: another worker may take it
+                outcome, countdown = "active", REFUSED_WAIT_S
         except Exception as exc:  # the chain must go on: record why, hand over a bit later
             log.exception("job %s slot %s: batch loop failed", job_id, slot)
             _blocked(job, f"unexpected error: {exc!r}; see the worker's log")
@@ -116,10 +128,11 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool) -> str:
     return outcome
 
 
-def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> str:
+def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner, node: str) -> str:
     deadline = time.monotonic() + RUN_S
     last_work = time.monotonic()
     unrecorded_since: float | None = None
+    refusal_cleared = False
     conn.autocommit = False
     while time.monotonic() < deadline:
         # Read again each time: pause, delete and a model change take effect at once.
@@ -128,9 +141,12 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
             return current.state if current else "deleted"
         job = current
         try:
-            result = batches.run_batch(conn, job)
+            result = batches.run_batch(conn, job, node)
             if not result.taken and _caught_up(conn, job, runner.slot):
                 continue
+        except onworker.WorkerRefused as exc:
+            _refused(job, node, str(exc))
+            return "refused"
         except batches.JobBlocked as exc:
             _blocked(job, str(exc))
             time.sleep(min(BLOCKED_WAIT_S, max(0.0, deadline - time.monotonic())))
@@ -166,6 +182,9 @@ def _batches(conn: psycopg.Connection, job: EmbeddingJob, runner: JobRunner) -> 
             time.sleep(POLL_S)
             continue
         last_work = time.monotonic()
+        if job.embed_on == EmbeddingJob.EmbedOn.WORKER and not refusal_cleared:
+            WorkerRefusal.objects.filter(job=job, worker=node).delete()  # it embeds again
+            refusal_cleared = True
         now = timezone.now()
         EmbeddingJob.objects.filter(pk=job.pk).update(
             embedded_rows=F("embedded_rows") + result.embedded,
@@ -235,6 +254,19 @@ def _build_index(conn: psycopg.Connection, job: EmbeddingJob) -> None:
     log.info("job %s: HNSW index %s built", job.pk, objects.index_name(job))
 
 
+def _refused(job: EmbeddingJob, node: str, reason: str) -> None:
+    """Record that worker ``node`` cannot embed the job's batches, and why (the job's page
+    lists it); the batch goes back to the queue for another worker."""
+    log.warning("job %s: worker %s refuses its batches: %s", job.pk, node, reason)
+    refusal, created = WorkerRefusal.objects.get_or_create(
+        job=job, worker=node, defaults={"reason": reason, "refused_at": timezone.now()}
+    )
+    if not created:
+        WorkerRefusal.objects.filter(pk=refusal.pk).update(
+            reason=reason, refused_at=timezone.now(), refusals=F("refusals") + 1
+        )
+
+
 def _blocked(job: EmbeddingJob, reason: str) -> None:
     log.warning("job %s waits: %s", job.pk, reason)
     EmbeddingJob.objects.filter(pk=job.pk).update(last_error=reason, last_error_at=timezone.now())
@@ -245,13 +277,22 @@ def nudge_abandoned() -> None:
     worker that stopped for good): any live runner watches over all jobs, and so does the
     sweeper."""
     now = timezone.now()
-    for runner in JobRunner.objects.filter(
-        job__state=EmbeddingJob.State.ACTIVE, handed_over_at__lt=now - ABANDONED_AFTER
-    ).exclude(next_task=""):
+    active = JobRunner.objects.filter(job__state=EmbeddingJob.State.ACTIVE)
+    for runner in active.filter(handed_over_at__lt=now - ABANDONED_AFTER).exclude(next_task=""):
         # One nudge per period, whichever runner notices first.
         claimed = JobRunner.objects.filter(
             pk=runner.pk, handed_over_at=runner.handed_over_at
         ).update(handed_over_at=now)
+        if claimed:
+            dispatch.run_job_slot(runner.job_id, runner.slot, nudge=True)
+    # A slot taken that long ago and never handed over lost its worker mid-run (a run hands
+    # over within seconds): a nudge takes it up once that worker's connection, and with it
+    # the slot's lock, is gone. A slot still running (a long index build) keeps its lock, and
+    # the nudge gives up.
+    for runner in active.filter(next_task="", started_at__lt=now - ABANDONED_AFTER):
+        claimed = JobRunner.objects.filter(
+            pk=runner.pk, next_task="", started_at=runner.started_at
+        ).update(started_at=now)
         if claimed:
             dispatch.run_job_slot(runner.job_id, runner.slot, nudge=True)
 

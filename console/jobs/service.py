@@ -97,14 +97,17 @@ def create(
     chunk_overlap: int = 0,
     chunk_table: str = "",
     build_index: bool = False,
+    embed_on: str = EmbeddingJob.EmbedOn.SERVER,
     **tuning: Any,
 ) -> EmbeddingJob:
     """Check the request against the server, create the job, its tables and triggers, queue
     every row, and start its runners once committed. With ``chunk_tokens``, texts are split
     into chunks of that many tokens (``chunk_overlap`` shared) and ``column`` is the vector
     column of the chunk table ``chunk_table`` (default ``<table>_chunks``), created beside the
-    table. ``build_index``: an HNSW index once backfilled. ``tuning``: batch_size, workers,
+    table. ``build_index``: an HNSW index once backfilled. ``embed_on``: where the texts are
+    embedded, ``server`` or ``worker`` (``onworker.py``). ``tuning``: batch_size, workers,
     max_attempts, retry_backoff_s."""
+    _check_embed_on(embed_on)
     if input_type not in EmbeddingJob.InputType.values:
         raise JobError(
             f"the input type must be one of {', '.join(EmbeddingJob.InputType.values)}",
@@ -180,6 +183,7 @@ def create(
             chunk_overlap=chunk_overlap,
             chunk_table=chunk_table,
             build_index=build_index,
+            embed_on=embed_on,
             backfill_started_at=timezone.now(),
             created_by=user if user is not None and user.is_authenticated else None,
             created_by_name=(user.get_username() if user is not None else "") or "system",
@@ -306,6 +310,28 @@ def _table_busy(table: str) -> JobError:
         "try again when it is free",
         "table",
     )
+
+
+def _check_embed_on(embed_on: str) -> None:
+    if embed_on not in EmbeddingJob.EmbedOn.values:
+        raise JobError(
+            f"where to embed must be one of {', '.join(EmbeddingJob.EmbedOn.values)},"
+            f" not {embed_on!r}",
+            "embed_on",
+        )
+
+
+def set_embed_on(job: EmbeddingJob, embed_on: str) -> None:
+    """Embed the job's next batches on the server or on the workers; batches running now
+    finish as they started. Vectors are the same either way (a worker embeds only with the
+    server's own model files), so nothing is embedded again."""
+    _check_embed_on(embed_on)
+    if job.state in (EmbeddingJob.State.DELETED, EmbeddingJob.State.CREATING):
+        raise JobError(f"job #{job.pk} is {job.get_state_display().lower()}")
+    EmbeddingJob.objects.filter(pk=job.pk).update(embed_on=embed_on)
+    job.embed_on = embed_on
+    if embed_on == EmbeddingJob.EmbedOn.SERVER:
+        job.refusals.all().delete()  # no worker embeds it now
 
 
 def _check_tuning(tuning: dict[str, Any]) -> None:
@@ -672,6 +698,26 @@ def _counts(
     ).fetchone()
     assert row is not None
     return (int(row[0] or 0), *row[1:])
+
+
+def recent_embedders(job: EmbeddingJob) -> list[tuple[str, int]]:
+    """Who embedded the job's rows in the last minute (``server``, or a worker's name), with
+    how many rows each, most first: from the stamps' recent end (their ``embedded_at``
+    index), never the whole table. Empty for a job whose stamps do not record it yet."""
+    n = objects.Names(job.pk)
+    try:
+        with connect(job.database) as conn:
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT embedded_by, count(*) FROM {} WHERE embedded_by IS NOT NULL"
+                    " AND embedded_at > clock_timestamp() - make_interval(secs => %s)"
+                    " GROUP BY 1 ORDER BY 2 DESC, 1"
+                ).format(n.stamps),
+                [RATE_WINDOW_S],
+            ).fetchall()
+    except (psycopg.Error, JobError):
+        return []
+    return [(str(by), int(count)) for by, count in rows]
 
 
 def failures(job: EmbeddingJob, limit: int = 20) -> list[tuple[Any, str, int]]:

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="jobs.run", bind=True, ignore_result=True)
 def run_job(self: object, job_id: int, slot: int, nudge: bool = False) -> str:
-    return runner.run(job_id, slot, self.request.id, nudge=nudge)  # type: ignore[attr-defined]
+    request = self.request  # type: ignore[attr-defined]
+    return runner.run(job_id, slot, request.id, nudge=nudge, node=request.hostname or "")
 
 
 @worker_ready.connect

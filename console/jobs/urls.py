@@ -16,5 +16,6 @@ urlpatterns = [
     path("<int:pk>/retry/", views.job_retry, name="retry"),
     path("<int:pk>/recount/", views.job_recount, name="recount"),
     path("<int:pk>/model/", views.job_change_model, name="change_model"),
+    path("<int:pk>/embed-on/", views.job_embed_on, name="embed_on"),
     path("<int:pk>/delete/", views.job_delete, name="delete"),
 ]

@@ -259,6 +259,9 @@ def _detail_context(request: HttpRequest, job: EmbeddingJob, **extra: Any) -> di
         "failures_problem": failures_problem,
         "can_manage": can_manage,
         "other_models": other_models,
+        "refusals": list(job.refusals.all()),
+        "embedders": service.recent_embedders(job) if watch.progress is not None else [],
+        "embed_on_choices": EmbeddingJob.EmbedOn.choices,
         **extra,
     }
 
@@ -348,6 +351,18 @@ def job_change_model(request: HttpRequest, pk: int) -> HttpResponse:
         )
 
     return _act(request, pk, change)
+
+
+@require_POST
+@_managers_only
+def job_embed_on(request: HttpRequest, pk: int) -> HttpResponse:
+    where = request.POST.get("embed_on", "")
+
+    def move(job: EmbeddingJob) -> str:
+        service.set_embed_on(job, where)
+        return f"Job #{job.pk} now embeds on {job.get_embed_on_display().lower()}."
+
+    return _act(request, pk, move)
 
 
 @require_http_methods(["GET", "POST"])

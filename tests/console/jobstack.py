@@ -45,9 +45,10 @@ class Jobs:
     queue: str
     workers: list[Worker] = field(default_factory=list)
 
-    def worker(self) -> Worker:
+    def worker(self, **env: str) -> Worker:
+        """Start a worker on the stack's queue, with ``env`` added to its environment."""
         started = Worker(
-            env=dict(self.env),
+            env={**self.env, **env},
             log_path=self.tmp_path / f"worker-{len(self.workers)}.log",
             queue=self.queue,
             restarts=100 * len(self.workers),

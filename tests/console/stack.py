@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -73,6 +74,11 @@ class Worker:
     child: ChildProcess | None = None
     restarts: int = field(default=0)
     beat: bool = False  # embed Celery beat, which sends the sweeper (one per installation)
+
+    @property
+    def hostname(self) -> str:
+        """The worker's node name, as its tasks see it (``request.hostname``)."""
+        return f"{self.queue}-{self.restarts}@{socket.gethostname()}"
 
     def start(self) -> None:
         argv = worker_command(

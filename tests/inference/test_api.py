@@ -17,7 +17,7 @@ import pytest
 
 from inference import protocol
 from inference.client import InferenceError
-from tests.fixtures.sidecar import TINY_URI, SidecarProcess, make_store_dir
+from tests.fixtures.sidecar import TINY_URI, SidecarProcess, make_store_dir, metric_value
 from tests.fixtures.tinymodel import HIDDEN, MAX_SEQ_LENGTH
 from tests.inference.conftest import MATRYOSHKA_DIMENSIONS
 
@@ -53,17 +53,6 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
     assert error["code"] == code
     assert set(error) >= {"message", "type", "param", "code"}
     return error
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the Prometheus text ``text`` (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.partition("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # -- /v1/embeddings ---------------------------------------------------------------------------

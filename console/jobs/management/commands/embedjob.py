@@ -51,6 +51,12 @@ class Command(BaseCommand):
         create.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
         create.add_argument("--workers", type=int, default=1, help="batches run at once")
         create.add_argument("--max-attempts", type=int, default=5)
+        create.add_argument(
+            "--embed-on",
+            choices=EmbeddingJob.EmbedOn.values,
+            default=EmbeddingJob.EmbedOn.SERVER,
+            help="where texts are embedded: the server's sidecar, or each worker's own",
+        )
         create.add_argument("--user", default="", help="console user to record as creator")
         actions.add_parser("list", help="every job with its progress")
         for name, text in (
@@ -73,6 +79,11 @@ class Command(BaseCommand):
         )
         change.add_argument("job", type=int, metavar="JOB_ID")
         change.add_argument("model", help="a deployed model")
+        where = actions.add_parser(
+            "embed-on", help="embed the next batches on the server or on the workers"
+        )
+        where.add_argument("job", type=int, metavar="JOB_ID")
+        where.add_argument("where", choices=EmbeddingJob.EmbedOn.values)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -98,6 +109,9 @@ class Command(BaseCommand):
                         f"job #{job.pk}: {queued} row(s) queued to embed again with "
                         f"{options['model']}; the current vectors stay until every row is done"
                     )
+                elif action == "embed-on":
+                    service.set_embed_on(job, options["where"])
+                    self.stdout.write(f"job #{job.pk} now embeds on the {options['where']}")
                 elif action == "retry-failed":
                     moved = service.retry_failed(job)
                     self.stdout.write(f"job #{job.pk}: {moved} failed row(s) queued again")
@@ -139,6 +153,7 @@ class Command(BaseCommand):
             batch_size=options["batch_size"],
             workers=options["workers"],
             max_attempts=options["max_attempts"],
+            embed_on=options["embed_on"],
             **chunking,
         )
         self.stdout.write(
@@ -164,6 +179,9 @@ class Command(BaseCommand):
         self.stdout.write(str(job))
         if job.state == EmbeddingJob.State.DELETED:
             return
+        self.stdout.write(f"embedded on the {job.embed_on}")
+        for refusal in job.refusals.all():
+            self.stdout.write(f"worker {refusal.worker} refuses its batches: {refusal.reason}")
         p = service.progress(job)
         self.stdout.write(
             f"{p.done}/{p.total} rows done ({p.percent}%), {p.pending} pending, "
