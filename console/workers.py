@@ -1,11 +1,17 @@
-"""The Celery queues and the one command line that starts a worker.
+"""The Celery queues, the workers' roles and the one command line that starts a worker.
 
 Deployments and embedding jobs have queues of their own, named from ``CELERY_QUEUE`` (the
 installation's prefix, ``console`` by default): ``console.deployments`` and ``console.jobs``.
 The Celery app routes each task by its name (``route_task``, the app's ``task_routes``), so
 the dispatch modules name no queue. Every worker is started with the argv ``worker_command``
-builds: ``make run`` (``manage.py up``), the tests' stacks and the benchmarks call it, and
-docker-compose.yml's worker command mirrors it (a test compares them).
+builds: ``make run`` (``manage.py up``), ``manage.py worker`` (docker-compose.yml's workers),
+the tests' stacks and the benchmarks call it.
+
+An installation runs a worker of each role (``ROLES``): one for deployments, so that a
+deployment never waits behind a job's batches (a job slot holds its process for seconds at a
+time), and one or more for jobs, one per worker machine, each with a sidecar beside it
+(``manage.py worker --role jobs --sidecar``). The tests' and benchmarks' short-lived workers
+take both queues in one process (role ``all``).
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ SWEEP_EVERY_S = 10.0
 # deployments, never behind a job slot.
 _ROUTES = {"deployments.": DEPLOYMENTS, "jobs.": JOBS, SWEEP: DEPLOYMENTS}
 
-# The production pool. Prefork runs each task in a child process; with a prefetch multiplier
-# of 1 and two processes, a deployment waits for no more than one running job slot.
+# The production pool. Prefork runs each task in a child process, taken one at a time (a
+# prefetch multiplier of 1). Two processes: a jobs worker runs two slots at once, and a
+# worker of both queues (role "all") has one for a deployment beside a running job slot.
 POOL = "prefork"
 CONCURRENCY = 2
 
@@ -50,6 +57,34 @@ def route_task(name: str, args: object, kwargs: object, options: object, **_: ob
         if name.startswith(start):
             return {"queue": queue_name(kind)}
     return {"queue": settings.CELERY_TASK_DEFAULT_QUEUE}
+
+
+# role -> (the queue kinds it consumes, its processes). Deployments run one at a time anyway
+# (each holds a lock of its model); job slots share the jobs workers' processes.
+ROLES: dict[str, tuple[tuple[str, ...], int]] = {
+    "deployments": ((DEPLOYMENTS,), 1),
+    "jobs": ((JOBS,), CONCURRENCY),
+    "all": ((DEPLOYMENTS, JOBS), CONCURRENCY),
+}
+
+
+def role_command(
+    role: str,
+    *,
+    beat: bool = False,
+    concurrency: int | None = None,
+    prefix: str | None = None,
+    **options: object,
+) -> list[str]:
+    """``worker_command`` for a worker of ``role`` (a key of ``ROLES``), named ``role@%h``."""
+    kinds, processes = ROLES[role]
+    return worker_command(
+        queues=[queue_name(kind, prefix) for kind in kinds],
+        concurrency=concurrency or processes,
+        hostname=f"{role}@%h",
+        beat=beat,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def worker_command(

@@ -4,12 +4,15 @@ its sidecar (which serves ``tiny:v1``) and one job."""
 
 from __future__ import annotations
 
+import socket
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -20,7 +23,9 @@ from psycopg import sql
 
 from console.jobs import objects, onworker, runner, service
 from console.jobs.models import EmbeddingJob, JobRunner, WorkerRefusal
-from inference.client import InferenceClient
+from inference.client import InferenceClient, InferenceUnavailable
+from inference.config import PROJECT_ROOT
+from inference.process import ChildProcess, free_port
 from tests.console.jobstack import Jobs
 from tests.fixtures.sidecar import TINY_URI, SidecarProcess, metric_value, start_sidecar
 
@@ -258,3 +263,43 @@ def test_a_slot_whose_worker_died_mid_run_is_nudged_once_its_run_is_long_overdue
     runner.nudge_abandoned()
     assert len(sent) == 1
 
+
+def test_manage_py_worker_with_a_sidecar_is_a_worker_machine_and_sigterm_stops_both(
+    jobs: Jobs, sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    """What each compose worker container runs: ``manage.py worker --role jobs --sidecar``."""
+    port = free_port()
+    state = tmp_path / "machine"
+    env = {**jobs.env, "WORKER_SIDECAR_DIR": str(state), "WORKER_SIDECAR_PORT": str(port)}
+    env.pop("WORKER_INFERENCE_URL", None)
+    machine = ChildProcess(
+        "worker machine",
+        [sys.executable, "manage.py", "worker", "--role", "jobs", "--sidecar"],
+        tmp_path / "machine.log",
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        machine.wait_ready(lambda: "worker:" in machine.output(), 120)
+        jobs.table("docs", 200)
+        server_before = texts_embedded(sidecar)
+        job = jobs.create(batch_size=16, workers=2, embed_on="worker")
+        jobs.wait_synced(job, timeout=120)
+        assert texts_embedded(sidecar) == server_before
+        assert provenance(jobs, job) == {f"jobs@{socket.gethostname()}": 200}
+        own = InferenceClient(f"http://127.0.0.1:{port}")
+        with own:
+            assert own.model(TINY_URI)["loaded"] is True
+        assert (state / "log" / "worker-jobs.log").exists()
+        machine.stop(grace=30)
+        assert machine.returncode == 0
+        with (
+            pytest.raises(InferenceUnavailable),
+            InferenceClient(f"http://127.0.0.1:{port}") as gone,
+        ):
+            gone.health()
+        assert not [
+            p for p in psutil.process_iter(["cmdline"]) if "jobs@%h" in (p.info["cmdline"] or [])
+        ]
+    finally:
+        machine.kill()

@@ -2,9 +2,10 @@
 
 Order: Redis (the running one at REDIS_URL, else a ``redis-server`` of our own), the managed
 PostgreSQL server (an external one at MANAGED_DATABASE_URL must already run), the inference
-sidecar (with every model of the store registered and loaded), the Celery worker, and the
-console. Each child's output goes to ``VAR_DIR/log``. If any child exits, everything is
-stopped and the command says which one and where its log is.
+sidecar (with every model of the store registered and loaded), the Celery workers (one for
+deployments, with beat, and one for jobs), and the console. Each child's output goes to
+``VAR_DIR/log``. If any child exits, everything is stopped and the command says which one
+and where its log is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from console.workers import worker_command
+from console.workers import role_command
 from inference.client import InferenceError
 from inference.config import inference_socket, log_dir
 from inference.process import ChildProcess, StartError, http_ready, start_sidecar
@@ -34,7 +35,7 @@ REDIS_START_TIMEOUT_S = 15
 
 
 class Command(BaseCommand):
-    help = "Start the managed server, Redis, the sidecar, the Celery worker and the console."
+    help = "Start the managed server, Redis, the sidecar, the Celery workers and the console."
 
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--web", default="127.0.0.1:8000", help="console address")
@@ -72,13 +73,13 @@ class Command(BaseCommand):
                     raise CommandError(problem)
                 self._ok("using the external server at MANAGED_DATABASE_URL")
             self._start_sidecar(logs)
-            self._step("Celery worker")
-            self._start(
-                "worker",
-                worker_command(beat=True),
-                logs,
-            )
-            self._ok(f"log: {logs / 'worker.log'}")
+            # A worker of each role: deployments never wait behind a job's batches. Beat
+            # (the sweeper's clock) runs in the deployments worker, exactly once. On this
+            # machine the jobs worker embeds with the server's own sidecar.
+            for role, beat in (("deployments", True), ("jobs", False)):
+                self._step(f"Celery worker ({role})")
+                self._start(f"worker-{role}", role_command(role, beat=beat), logs)
+                self._ok(f"log: {logs / f'worker-{role}.log'}")
             self._step("console")
             web = self._start(
                 "web",

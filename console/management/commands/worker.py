@@ -1,0 +1,101 @@
+"""Run one Celery worker of a role, optionally with an inference sidecar beside it.
+
+    manage.py worker --role jobs --sidecar     # a worker machine: jobs, and its own sidecar
+    manage.py worker --role deployments        # the deployments (one per installation)
+    manage.py worker --role jobs --print       # the worker's command line, and nothing else
+
+The worker's command line is ``console.workers.role_command``'s. With ``--sidecar``, a sidecar
+starts first on ``127.0.0.1:WORKER_SIDECAR_PORT`` (8091) with its state in
+``WORKER_SIDECAR_DIR`` (default ``VAR_DIR/worker-sidecar``), and the worker embeds the batches
+of jobs that embed on the workers there (``WORKER_INFERENCE_URL``). The sidecar registers the
+server's models from their files when a job first needs them, so a worker machine needs only
+the shared model store. If either process exits, the other is stopped and the command exits
+with an error, for the service manager (compose's ``restart``) to start both again; SIGTERM
+stops both, the worker first (its running batches finish or roll back).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from console.workers import ROLES, role_command
+from inference.config import env_int, env_str
+from inference.process import ChildProcess, SidecarProcess, StartError, start_sidecar
+
+SIDECAR_START_S = 120.0  # models it had registered load again first
+
+
+class Command(BaseCommand):
+    help = "Run a Celery worker of one role (deployments, jobs, all), with a sidecar beside it."
+
+    def add_arguments(self, parser):  # type: ignore[no-untyped-def]
+        parser.add_argument("--role", choices=sorted(ROLES), default="all")
+        parser.add_argument("--beat", action="store_true", help="embed Celery beat (one only)")
+        parser.add_argument(
+            "--sidecar", action="store_true", help="start an inference sidecar beside the worker"
+        )
+        parser.add_argument("--concurrency", type=int, help="processes (default: the role's)")
+        parser.add_argument("--print", action="store_true", help="print the command line only")
+
+    def handle(self, *args: object, **options: object) -> None:
+        argv = role_command(
+            str(options["role"]),
+            beat=bool(options["beat"]),
+            concurrency=options["concurrency"],  # type: ignore[arg-type]
+        )
+        if options["print"]:
+            self.stdout.write(shlex.join(argv))
+            return
+        env = dict(os.environ)
+        state = Path(env_str("WORKER_SIDECAR_DIR", "") or Path(settings.VAR_DIR) / "worker-sidecar")
+        # This worker's own logs, beside its sidecar's state (the VAR_DIR of a worker machine
+        # may be a store the other machines share).
+        logs = state / "log"
+        logs.mkdir(parents=True, exist_ok=True)
+        children: list[ChildProcess] = []
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            if options["sidecar"]:
+                sidecar = self._start_sidecar(state, logs)
+                children.append(sidecar.process)
+                env["WORKER_INFERENCE_URL"] = sidecar.url
+                env["WORKER_INFERENCE_TOKEN"] = sidecar.token or ""
+            log = logs / f"worker-{options['role']}.log"
+            worker = ChildProcess("worker", argv, log, env=env)
+            children.append(worker)
+            self.stdout.write(f"worker: {shlex.join(argv)} (log: {worker.log_path})")
+            while True:
+                for child in children:
+                    if not child.alive():
+                        raise CommandError(
+                            f"{child.name} exited with code {child.returncode}; see "
+                            f"{child.log_path}. Stopping the others."
+                        )
+                time.sleep(1)
+        except StartError as exc:
+            raise CommandError(str(exc)) from exc
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for child in reversed(children):  # the worker first: its batches end cleanly
+                child.stop()
+
+    def _start_sidecar(self, state: Path, logs: Path) -> SidecarProcess:
+        sidecar = start_sidecar(
+            state,
+            port=env_int("WORKER_SIDECAR_PORT", 8091),
+            # On loopback, for this worker only: its own token, if one is set.
+            token=os.environ.get("WORKER_INFERENCE_TOKEN", ""),
+            log_dir=logs,
+            timeout=SIDECAR_START_S,
+        )
+        self.stdout.write(f"sidecar: {sidecar.url} (state: {state}, log: {sidecar.log_path})")
+        return sidecar
