@@ -3,8 +3,10 @@
 Take up to ``batch_size`` due entries of the job's queue (``FOR UPDATE SKIP LOCKED``, so
 workers sharing a job take disjoint batches), lock their rows (``SKIP LOCKED`` again: a row a
 writer holds is left for a later batch, so a worker never waits on a writer), read the current
-text, embed it with ``azure_local_ai.create_embeddings(model, texts[])``, write the vectors
-and the model stamps, delete the entries, commit. Writers never wait on a batch for longer
+text, embed it with ``azure_local_ai.create_embeddings(model, texts[])`` on the server (or,
+for a job that embeds on the workers, with the sidecar beside this worker, checked to serve
+the server's very model: ``onworker.py``), write the vectors and the model stamps (with who
+embedded them), delete the entries, commit. Writers never wait on a batch for longer
 than it runs, and a batch never waits on a writer's rows, so the two cannot deadlock. A crash
 before the commit leaves the queue as it was: nothing is lost and nothing is embedded twice.
 

@@ -12,14 +12,20 @@ last ``IDLE_S`` seconds, the runner looks at it every ``POLL_S`` seconds; once i
 hands over with a countdown of ``IDLE_RECHECK_S``, so an idle job does not hold a worker that
 deployments and other jobs need. A poll of the queue's index is one cheap query; NOTIFY would
 add a ``pg_notify`` to every write the triggers see and need a connection held open per
-listener, to save at most ``IDLE_RECHECK_S`` of delay. With no celery beat in this project the
-chains are their own schedule.
+listener, to save at most ``IDLE_RECHECK_S`` of delay. The chains are their own schedule;
+Celery beat's sweeper only nudges lost ones.
+
+A batch a worker refuses (a job that embeds on the workers, where this worker's sidecar does
+not serve the server's model) is recorded with the reason, and the slot's task goes back to
+the queue after ``REFUSED_WAIT_S`` for another worker to take.
 
 Other tasks for a slot are nudges (sent when a job is created or resumed, when a worker
-starts, and by any runner that finds a slot whose handed-over task never started, lost with a
-worker): a nudge waits up to ``NUDGE_WAIT_S`` for the slot's lock (long enough for a dead
-worker's connection to go, and for a live runner to hand over) and, if it gets it, becomes
-the slot's chain; the superseded successor then finds itself no longer expected and ends.
+starts, and by any runner or the sweeper that finds a slot whose handed-over task never
+started, or whose running task was taken over ``ABANDONED_AFTER`` ago and never handed over:
+both lost with a worker): a nudge waits up to ``NUDGE_WAIT_S`` for the slot's lock (long
+enough for a dead worker's connection to go, and for a live runner to hand over) and, if it
+gets it, becomes the slot's chain; the superseded successor then finds itself no longer
+expected and ends.
 
 When a runner finds the queue empty it finishes what waits for that: the first time, the
 backfill is done (the bell says so); during a model change, the shadow replaces the

@@ -178,6 +178,20 @@ def test_a_job_created_in_the_form_fills_the_table_and_its_page_follows_it(
         assert _counts(page) == (ROWS + 40, ROWS + 40, 0)
         assert page.evaluate("window.notReloaded") is True
 
+        # Embedded on the workers from now on: rows that change go to the worker's sidecar
+        # (here the same one), and the page says who embedded what.
+        page.locator("#switch-embed-on").click()
+        expect(page.locator(".job-messages")).to_contain_text("now embeds on the workers")
+        expect(page.locator("#job-embed-on")).to_contain_text("The workers")
+        console.sql("UPDATE docs SET body = body || ' (changed)' WHERE id <= 20")
+        page.locator("#cmd-refresh").click()  # pending again: the page polls until in sync
+        expect(page.locator("#job-embedders")).to_contain_text(
+            console.worker.hostname, timeout=JOB_TIMEOUT_MS
+        )
+        expect(page.locator("#job-embedders")).to_contain_text("server")
+        expect(page.locator("#job-refusals")).to_have_count(0)
+        page.screenshot(path=str(screenshots / "jobs-3b-on-workers.png"), full_page=True)
+
         # The bell, refreshed while the backfill ran, tells it finished and leads here.
         bell = page.locator("details.notifications")
         expect(bell.locator("summary")).not_to_have_attribute("aria-label", re.compile("running"))
