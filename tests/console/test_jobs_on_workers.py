@@ -290,7 +290,10 @@ def test_manage_py_worker_with_a_sidecar_is_a_worker_machine_and_sigterm_stops_b
         own = InferenceClient(f"http://127.0.0.1:{port}")
         with own:
             assert own.model(TINY_URI)["loaded"] is True
+        # Both logs, echoed to the command's output (a container's log) as they are written.
         assert (state / "log" / "worker-jobs.log").exists()
+        assert "[worker]" in machine.output() and " ready." in machine.output()
+        assert "[sidecar]" in machine.output()
         machine.stop(grace=30)
         assert machine.returncode == 0
         with (

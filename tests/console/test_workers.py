@@ -76,6 +76,7 @@ def test_compose_runs_a_deployments_worker_scaled_job_workers_with_sidecars_and_
     # Only the beat service runs beat, so `--scale worker=N` never starts a second one.
     assert not any("--beat" in argv(name) for name in services if name != "beat")
     worker = services["worker"]
+    assert worker["restart"] == services["deployer"]["restart"] == "unless-stopped"
     assert worker["environment"]["WORKER_SIDECAR_DIR"].startswith("/tmp/")
     # The model store at the path the server's sidecar registered models from.
     assert "appdata:/var/lib/pg-local-ai" in worker["volumes"]

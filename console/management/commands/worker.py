@@ -9,9 +9,11 @@ starts first on ``127.0.0.1:WORKER_SIDECAR_PORT`` (8091) with its state in
 ``WORKER_SIDECAR_DIR`` (default ``VAR_DIR/worker-sidecar``), and the worker embeds the batches
 of jobs that embed on the workers there (``WORKER_INFERENCE_URL``). The sidecar registers the
 server's models from their files when a job first needs them, so a worker machine needs only
-the shared model store. If either process exits, the other is stopped and the command exits
-with an error, for the service manager (compose's ``restart``) to start both again; SIGTERM
-stops both, the worker first (its running batches finish or roll back).
+the shared model store. Both processes log to files beside the sidecar's state, and every
+line they write is echoed to this command's output (a container's log). If either process
+exits, the other is stopped and the command exits with an error, for the service manager
+(compose's ``restart``) to start both again; SIGTERM stops both, the worker first (its
+running batches finish or roll back).
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from console.workers import ROLES, role_command
 from inference.config import env_int, env_str
 from inference.process import ChildProcess, SidecarProcess, StartError, start_sidecar
 
 SIDECAR_START_S = 120.0  # models it had registered load again first
+ECHO_EVERY_S = 0.5
 
 
 class Command(BaseCommand):
@@ -61,14 +65,18 @@ class Command(BaseCommand):
         logs = state / "log"
         logs.mkdir(parents=True, exist_ok=True)
         children: list[ChildProcess] = []
+        echo = LogEcho(self.stdout)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
+            echo.start()
             if options["sidecar"]:
+                echo.follow("sidecar", logs / "inference.log")
                 sidecar = self._start_sidecar(state, logs)
                 children.append(sidecar.process)
                 env["WORKER_INFERENCE_URL"] = sidecar.url
                 env["WORKER_INFERENCE_TOKEN"] = sidecar.token or ""
             log = logs / f"worker-{options['role']}.log"
+            echo.follow("worker", log)
             worker = ChildProcess("worker", argv, log, env=env)
             children.append(worker)
             self.stdout.write(f"worker: {shlex.join(argv)} (log: {worker.log_path})")
@@ -87,6 +95,7 @@ class Command(BaseCommand):
         finally:
             for child in reversed(children):  # the worker first: its batches end cleanly
                 child.stop()
+            echo.stop()
 
     def _start_sidecar(self, state: Path, logs: Path) -> SidecarProcess:
         sidecar = start_sidecar(
@@ -99,3 +108,46 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"sidecar: {sidecar.url} (state: {state}, log: {sidecar.log_path})")
         return sidecar
+
+
+class LogEcho:
+    """Copies the lines the children append to their logs to this command's output, each
+    prefixed with the child's name, so that a container's log (``docker compose logs``)
+    shows the worker and its sidecar as they run."""
+
+    def __init__(self, out: OutputWrapper) -> None:
+        self.out = out
+        self.files: list[list] = []  # [name, path, offset, partial line]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log echo", daemon=True)
+
+    def follow(self, name: str, path: Path) -> None:
+        """Echo what is appended to ``path`` from now on."""
+        offset = path.stat().st_size if path.exists() else 0
+        self.files.append([name, path, offset, b""])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(ECHO_EVERY_S):
+            self.flush()
+
+    def flush(self) -> None:
+        for entry in self.files:
+            name, path, offset, partial = entry
+            try:
+                with path.open("rb") as log:
+                    log.seek(offset)
+                    data = log.read()
+            except OSError:
+                continue
+            entry[2] = offset + len(data)
+            *lines, entry[3] = (partial + data).split(b"\n")
+            for line in lines:
+                self.out.write(f"[{name}] {line.decode(errors='replace')}")
