@@ -74,14 +74,16 @@ def role_command(
     beat: bool = False,
     concurrency: int | None = None,
     prefix: str | None = None,
+    name: str | None = None,
     **options: object,
 ) -> list[str]:
-    """``worker_command`` for a worker of ``role`` (a key of ``ROLES``), named ``role@%h``."""
+    """``worker_command`` for a worker of ``role`` (a key of ``ROLES``), named ``name@%h``
+    (default: the role's; two workers of a role on one machine need names of their own)."""
     kinds, processes = ROLES[role]
     return worker_command(
         queues=[queue_name(kind, prefix) for kind in kinds],
         concurrency=concurrency or processes,
-        hostname=f"{role}@%h",
+        hostname=f"{name or role}@%h",
         beat=beat,
         **options,  # type: ignore[arg-type]
     )

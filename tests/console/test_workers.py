@@ -88,3 +88,6 @@ def test_manage_py_worker_prints_the_role_command(capsys: object) -> None:
     call_command("worker", "--role", "jobs", "--print")
     out = capsys.readouterr().out.strip()  # type: ignore[attr-defined]
     assert shlex.split(out) == role_command("jobs")
+    call_command("worker", "--role", "jobs", "--name", "jobs-b", "--print")
+    argv = shlex.split(capsys.readouterr().out.strip())  # type: ignore[attr-defined]
+    assert argv[argv.index("--hostname") + 1] == "jobs-b@%h"

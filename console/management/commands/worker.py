@@ -47,6 +47,11 @@ class Command(BaseCommand):
             "--sidecar", action="store_true", help="start an inference sidecar beside the worker"
         )
         parser.add_argument("--concurrency", type=int, help="processes (default: the role's)")
+        parser.add_argument(
+            "--name",
+            help="the worker's node name before @host (default: the role); give each worker of"
+            " a role on one machine its own, and its sidecar its own WORKER_SIDECAR_PORT",
+        )
         parser.add_argument("--print", action="store_true", help="print the command line only")
 
     def handle(self, *args: object, **options: object) -> None:
@@ -54,6 +59,7 @@ class Command(BaseCommand):
             str(options["role"]),
             beat=bool(options["beat"]),
             concurrency=options["concurrency"],  # type: ignore[arg-type]
+            name=options["name"],  # type: ignore[arg-type]
         )
         if options["print"]:
             self.stdout.write(shlex.join(argv))
@@ -75,7 +81,7 @@ class Command(BaseCommand):
                 children.append(sidecar.process)
                 env["WORKER_INFERENCE_URL"] = sidecar.url
                 env["WORKER_INFERENCE_TOKEN"] = sidecar.token or ""
-            log = logs / f"worker-{options['role']}.log"
+            log = logs / f"worker-{options['name'] or options['role']}.log"
             echo.follow("worker", log)
             worker = ChildProcess("worker", argv, log, env=env)
             children.append(worker)
