@@ -168,6 +168,8 @@ def test_a_worker_whose_sidecar_serves_other_files_refuses_and_the_other_embeds(
     client.force_login(jobs_admin())
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="job-refusals"' in page and refuser.hostname in page
+    listed = client.get("/jobs/").content.decode()
+    assert "on the workers, some refusing" in listed
     out = StringIO()
     call_command("embedjob", "status", str(job.pk), stdout=out)
     assert f"worker {refuser.hostname} refuses its batches" in out.getvalue()
