@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -20,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from console.databases import managed_databases
 from console.jobs import service
 from console.jobs.forms import JobForm
-from console.jobs.models import EmbeddingJob
+from console.jobs.models import EmbeddingJob, WorkerRefusal
 from console.playground.embedding import deployed_models
 from console.roles import can_manage_jobs
 from serverparams.server import ServerError
@@ -157,7 +158,10 @@ def _watch(job: EmbeddingJob, *, chunks: bool = True) -> Watch:
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
     show_deleted = request.GET.get("deleted") == "1"
-    jobs = EmbeddingJob.objects.all()
+    # Whether any worker refuses a job's batches, in the same query as the jobs.
+    jobs = EmbeddingJob.objects.annotate(
+        refused=Exists(WorkerRefusal.objects.filter(job=OuterRef("pk")))
+    )
     if not show_deleted:
         jobs = jobs.exclude(state=EmbeddingJob.State.DELETED)
     watches = [_watch(job, chunks=False) for job in jobs[:LIST_ROWS]]

@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
@@ -56,15 +54,11 @@ def provenance(jobs: Jobs, job: EmbeddingJob) -> dict[str, int]:
     return dict(rows)
 
 
-def jobs_admin() -> User:
-    user, _ = get_user_model().objects.get_or_create(
-        username="jobs-admin", defaults={"is_superuser": True, "is_staff": True}
-    )
-    return user
-
-
 def test_workers_embed_with_their_own_sidecars_and_the_server_only_writes(
-    jobs: Jobs, sidecar: SidecarProcess, worker_sidecars: list[SidecarProcess]
+    jobs: Jobs,
+    sidecar: SidecarProcess,
+    worker_sidecars: list[SidecarProcess],
+    admin_client: Client,
 ) -> None:
     jobs.table("docs", 600)
     workers = [jobs.worker(WORKER_INFERENCE_URL=s.url) for s in worker_sidecars]
@@ -98,9 +92,7 @@ def test_workers_embed_with_their_own_sidecars_and_the_server_only_writes(
     assert texts_embedded(sidecar) == server_before
     assert jobs.mismatches(job) == 0
     assert sum(provenance(jobs, job).values()) == 640
-    client = Client()
-    client.force_login(jobs_admin())
-    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    page = admin_client.get(f"/jobs/{job.pk}/").content.decode()
     assert "The workers: each one's own sidecar" in page
     assert 'id="job-embedders"' in page and workers[0].hostname in page
 
@@ -144,7 +136,10 @@ def test_a_worker_killed_mid_batch_leaves_every_row_embedded_exactly_once_by_the
 
 
 def test_a_worker_whose_sidecar_serves_other_files_refuses_and_the_other_embeds(
-    jobs: Jobs, worker_sidecars: list[SidecarProcess], tiny_cls_model_dir: Path
+    jobs: Jobs,
+    worker_sidecars: list[SidecarProcess],
+    tiny_cls_model_dir: Path,
+    admin_client: Client,
 ) -> None:
     odd, good = worker_sidecars
     # The same name, other weights: its vectors would not be the server's.
@@ -164,25 +159,23 @@ def test_a_worker_whose_sidecar_serves_other_files_refuses_and_the_other_embeds(
     assert "other files" in refusal.reason and "sha256" in refusal.reason
     assert odd.url in refusal.reason
 
-    client = Client()
-    client.force_login(jobs_admin())
-    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    page = admin_client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="job-refusals"' in page and refuser.hostname in page
-    listed = client.get("/jobs/").content.decode()
+    listed = admin_client.get("/jobs/").content.decode()
     assert "on the workers, some refusing" in listed
     out = StringIO()
     call_command("embedjob", "status", str(job.pk), stdout=out)
     assert f"worker {refuser.hostname} refuses its batches" in out.getvalue()
 
     # Back to the server: the refusals go, the next writes are the server's.
-    response = client.post(f"/jobs/{job.pk}/embed-on/", {"embed_on": "server"})
+    response = admin_client.post(f"/jobs/{job.pk}/embed-on/", {"embed_on": "server"})
     assert response.status_code == 302
     job.refresh_from_db()
     assert job.embed_on == "server" and not WorkerRefusal.objects.filter(job=job).exists()
     jobs.sql("UPDATE docs SET body = 'changed' WHERE id <= 10")
     jobs.wait_synced(job)
     assert provenance(jobs, job) == {embedder.hostname: 290, "server": 10}
-    bad = client.post(f"/jobs/{job.pk}/embed-on/", {"embed_on": "moon"})
+    bad = admin_client.post(f"/jobs/{job.pk}/embed-on/", {"embed_on": "moon"})
     assert bad.status_code == 409 and "where to embed must be one of" in bad.content.decode()
 
 
