@@ -91,7 +91,8 @@ def _lock(conn: psycopg.Connection, job_id: int, slot: int, wait_s: float) -> bo
 def run(job_id: int, slot: int, task_id: str, *, nudge: bool, node: str = "") -> str:
     """Run the slot's batches for a while, then hand over; returns what happened. ``node``
     is the Celery worker's name (``name@host``): where a job that embeds on the workers
-    records its vectors were made."""
+    records its vectors were made (default: this process's host:pid)."""
+    node = node or worker_name()
     close_old_connections()
     job = EmbeddingJob.objects.filter(pk=job_id).first()
     if job is None or job.state != EmbeddingJob.State.ACTIVE:
@@ -109,7 +110,7 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool, node: str = "") ->
         # pg_stat_activity shows whose batch a session runs.
         conn.execute(
             "SELECT set_config('application_name', %s, false)",
-            [f"embedding job {job_id} slot {slot} {node or worker_name()}"[:63]],
+            [f"embedding job {job_id} slot {slot} {node}"[:63]],
         )
         if not _lock(conn, job_id, slot, NUDGE_WAIT_S if nudge else 0):
             return "slot busy"
@@ -118,7 +119,7 @@ def run(job_id: int, slot: int, task_id: str, *, nudge: bool, node: str = "") ->
         )
         countdown = 0.0
         try:
-            outcome = _batches(conn, job, runner, node or worker_name())
+            outcome = _batches(conn, job, runner, node)
             if outcome == "refused":  # to the queue again: another worker may take it
                 outcome, countdown = "active", REFUSED_WAIT_S
         except Exception as exc:  # the chain must go on: record why, hand over a bit later
